@@ -1,0 +1,59 @@
+//! The mock Dify as a standalone process, for benchmarks and for trying opendify without a
+//! Dify: `mock-dify --port 5001` serves a chat app with key `app-mock-chat`, and one app of
+//! every other mode (`app-mock-<mode>`).
+
+use std::time::Duration;
+
+use clap::Parser;
+use opendify::mock_dify::{MockApp, MockDify, MockSettings};
+
+#[derive(Parser)]
+#[command(about = "A mock Dify service API (for tests, benchmarks and demos)")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5001)]
+    port: u16,
+    /// Emit exactly this many answer events per request
+    #[arg(long)]
+    events: Option<usize>,
+    /// Characters per answer event
+    #[arg(long, default_value_t = 4)]
+    chunk_chars: usize,
+    /// Milliseconds between events
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// Fixed answer text (default: echo the query)
+    #[arg(long)]
+    answer: Option<String>,
+    /// Worker threads
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    runtime.block_on(async move {
+        let apps = ["chat", "agent-chat", "advanced-chat", "agent", "completion", "workflow"]
+            .iter()
+            .map(|mode| {
+                let app = MockApp::new(&format!("app-mock-{mode}"), &format!("Mock {mode}"), mode);
+                match &args.answer {
+                    Some(a) => app.answer(a),
+                    None => app,
+                }
+            })
+            .collect();
+        let settings = MockSettings {
+            chunk_chars: args.chunk_chars,
+            events: args.events,
+            delay: Duration::from_secs_f64(args.delay_ms.max(0.0) / 1000.0),
+        };
+        let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
+        println!("mock Dify listening on {}", mock.base_url());
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    })
+}

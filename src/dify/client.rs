@@ -1,0 +1,436 @@
+//! The one HTTP client to Dify. `serve` and `doctor` both go through it, so a doctor check
+//! sees the same timeouts, TLS settings, proxies and error mapping that serving does.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
+
+use super::AppMode;
+use super::sse::{SseEvent, SseParser};
+use super::types::{AppInfo, AppParameters, ErrorBody, GenerateRequest, UploadedFile};
+use crate::config::Config;
+use crate::secret::{Secret, mask_keys_in};
+
+/// Everything that can go wrong talking to Dify, by layer, so callers can map each to the
+/// right HTTP status and the doctor can name the layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DifyError {
+    #[error("Dify rejected the app key (HTTP {status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("Dify answered HTTP {status} ({code}): {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("Dify answered HTTP {status} with a body that is not Dify JSON: {snippet}")]
+    Http { status: u16, snippet: String },
+    #[error("cannot connect to Dify at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("Dify did not answer within {}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("Dify sent nothing for {}s (STREAM_IDLE_TIMEOUT)", .0.as_secs_f64())]
+    Idle(Duration),
+    #[error("the connection to Dify broke: {0}")]
+    Transport(String),
+    #[error("Dify sent something that is not a valid event: {0}")]
+    Protocol(String),
+    #[error("invalid request to Dify: {0}")]
+    Request(String),
+}
+
+impl DifyError {
+    /// A short, fixed label (metrics, JSON output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DifyError::Unauthorized { .. } => "auth",
+            DifyError::Api { status: 429, .. } => "rate_limit",
+            DifyError::Api { status, .. } if *status >= 500 => "server",
+            DifyError::Api { .. } => "api",
+            DifyError::Http { .. } => "http",
+            DifyError::Connect { .. } => "connect",
+            DifyError::Timeout(_) => "timeout",
+            DifyError::Idle(_) => "idle_timeout",
+            DifyError::Transport(_) => "transport",
+            DifyError::Protocol(_) => "protocol",
+            DifyError::Request(_) => "request",
+        }
+    }
+
+    /// Dify's error code when it sent one (`not_found`, `invalid_param`, …).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            DifyError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DifyError::Unauthorized { status, .. } | DifyError::Api { status, .. } | DifyError::Http { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// Dify's "Conversation Not Exists": the stored conversation id is no good.
+    pub fn is_conversation_missing(&self) -> bool {
+        matches!(self, DifyError::Api { status: 404, .. })
+    }
+
+    fn from_reqwest(err: reqwest::Error, url: &str, timeout: Duration) -> Self {
+        if err.is_timeout() {
+            return DifyError::Timeout(timeout);
+        }
+        if err.is_connect() {
+            return DifyError::Connect { url: url.to_string(), reason: error_chain(&err) };
+        }
+        if err.is_builder() {
+            return DifyError::Request(error_chain(&err));
+        }
+        DifyError::Transport(error_chain(&err))
+    }
+}
+
+/// reqwest's top-level message is terse ("error sending request"); the cause is in the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[derive(Clone)]
+pub struct DifyClient {
+    http: reqwest::Client,
+    base: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl DifyClient {
+    pub fn new(config: &Config) -> Result<Self, DifyError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("opendify/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .map_err(|e| DifyError::Request(error_chain(&e)))?;
+        Ok(DifyClient {
+            http,
+            base: config.dify_api_base.clone(),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            idle_timeout: config.stream_idle_timeout,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn auth(key: &Secret) -> Result<HeaderValue, DifyError> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+            DifyError::Request(format!("app key {} contains characters not allowed in a header", key.masked()))
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// Starts a generation in streaming mode and returns its events once Dify has answered
+    /// 200. Errors before the stream starts (bad key, validation, unknown conversation, 429)
+    /// come back as `Err` with Dify's status and message.
+    pub async fn generate(
+        &self,
+        key: &Secret,
+        mode: AppMode,
+        request: &GenerateRequest,
+    ) -> Result<EventStream, DifyError> {
+        let url = self.url(mode.generate_path());
+        let body = serde_json::to_vec(request).map_err(|e| DifyError::Request(e.to_string()))?;
+        let response = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send();
+        // Only the wait for response headers is bounded here; the body is bounded per event
+        // by the idle timeout, because a healthy stream may last many minutes.
+        let response = match tokio::time::timeout(self.request_timeout, response).await {
+            Err(_) => return Err(DifyError::Timeout(self.request_timeout)),
+            Ok(result) => result.map_err(|e| DifyError::from_reqwest(e, &url, self.connect_timeout))?,
+        };
+        let response = check_status(response).await?;
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if is_json {
+            // A server that ignored `response_mode: streaming` sent one blocking answer.
+            let bytes = read_body(response, self.request_timeout).await?;
+            return Ok(EventStream::from_blocking(&bytes, self.idle_timeout));
+        }
+        Ok(EventStream::new(response, self.idle_timeout))
+    }
+
+    pub async fn info(&self, key: &Secret) -> Result<AppInfo, DifyError> {
+        self.get_json(key, "/info").await
+    }
+
+    pub async fn parameters(&self, key: &Secret) -> Result<AppParameters, DifyError> {
+        self.get_json(key, "/parameters").await
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &Secret, path: &str) -> Result<T, DifyError> {
+        let url = self.url(path);
+        let request = self.http.get(&url).header(AUTHORIZATION, Self::auth(key)?).timeout(self.request_timeout);
+        let response = request.send().await.map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        let response = check_status(response).await?;
+        let bytes = read_body(response, self.request_timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Asks Dify to stop a running generation (the client went away).
+    pub async fn stop(&self, key: &Secret, mode: AppMode, task_id: &str, user: &str) -> Result<(), DifyError> {
+        #[derive(Serialize)]
+        struct StopBody<'a> {
+            user: &'a str,
+        }
+        let url = self.url(&mode.stop_path(task_id));
+        let response = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .json(&StopBody { user })
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, Duration::from_secs(10)))?;
+        check_status(response).await.map(drop)
+    }
+
+    /// Uploads a file for use as `local_file` in a later request by the same user.
+    pub async fn upload(
+        &self,
+        key: &Secret,
+        user: &str,
+        filename: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> Result<UploadedFile, DifyError> {
+        let url = self.url("/files/upload");
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(filename.to_string())
+            .mime_str(mime)
+            .map_err(|e| DifyError::Request(format!("bad MIME type {mime:?}: {e}")))?;
+        let form = reqwest::multipart::Form::new().part("file", part).text("user", user.to_string());
+        let response = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .multipart(form)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        let response = check_status(response).await?;
+        let bytes = read_body(response, self.request_timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("/files/upload: {e}")))
+    }
+
+    /// Whether a conversation still exists for this user (`GET /messages` answers 404 when not).
+    pub async fn conversation_exists(
+        &self,
+        key: &Secret,
+        conversation_id: &str,
+        user: &str,
+    ) -> Result<bool, DifyError> {
+        let mut parsed = reqwest::Url::parse(&self.url("/messages")).map_err(|e| DifyError::Request(e.to_string()))?;
+        parsed
+            .query_pairs_mut()
+            .append_pair("conversation_id", conversation_id)
+            .append_pair("user", user)
+            .append_pair("limit", "1");
+        let url = parsed.to_string();
+        let response = self
+            .http
+            .get(parsed)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        match check_status(response).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conversation_missing() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+async fn check_status(response: Response) -> Result<Response, DifyError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut body = Vec::new();
+    let mut response = response;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            break;
+        }
+    }
+    Err(error_from_body(status, &body))
+}
+
+fn error_from_body(status: StatusCode, body: &[u8]) -> DifyError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let code = status.as_u16();
+    match parsed {
+        Some(ErrorBody { code: error_code, message }) if error_code.is_some() || message.is_some() => {
+            let message = mask_keys_in(message.as_deref().unwrap_or("(no message)"));
+            if code == 401 {
+                DifyError::Unauthorized { status: code, message }
+            } else {
+                DifyError::Api { status: code, code: error_code.unwrap_or_else(|| "unknown".into()), message }
+            }
+        }
+        _ => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            let snippet = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if code == 401 {
+                DifyError::Unauthorized { status: code, message: snippet }
+            } else {
+                DifyError::Http { status: code, snippet }
+            }
+        }
+    }
+}
+
+async fn read_body(response: Response, timeout: Duration) -> Result<Bytes, DifyError> {
+    match tokio::time::timeout(timeout, response.bytes()).await {
+        Err(_) => Err(DifyError::Timeout(timeout)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(DifyError::Transport(error_chain(&e))),
+    }
+}
+
+/// The events of one streaming generation, read as they arrive. Each wait for the next bytes
+/// is bounded by the idle timeout; a stream that ends without Dify's closing event is the
+/// caller's to judge (it knows which event closes its mode).
+pub struct EventStream {
+    source: Source,
+    parser: SseParser,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+enum Source {
+    Live(Response),
+    Replay(std::vec::IntoIter<SseEvent>),
+}
+
+impl EventStream {
+    fn new(response: Response, idle: Duration) -> Self {
+        EventStream {
+            source: Source::Live(response),
+            parser: SseParser::default(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            ended: false,
+        }
+    }
+
+    /// A blocking JSON answer, replayed as the events a stream would have carried.
+    fn from_blocking(body: &[u8], idle: Duration) -> Self {
+        let events = blocking_to_events(body);
+        EventStream {
+            source: Source::Replay(events.into_iter()),
+            parser: SseParser::default(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            ended: true,
+        }
+    }
+
+    /// The next event; `None` once the body has ended.
+    pub async fn next(&mut self) -> Option<Result<SseEvent, DifyError>> {
+        let response = match &mut self.source {
+            Source::Replay(events) => return events.next().map(Ok),
+            Source::Live(response) => response,
+        };
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(DifyError::Protocol(e.to_string()))),
+            }
+            if self.ended {
+                return match self.parser.finish() {
+                    Ok(event) => event.map(Ok),
+                    Err(e) => Some(Err(DifyError::Protocol(e.to_string()))),
+                };
+            }
+            self.deadline.as_mut().reset(Instant::now() + self.idle);
+            tokio::select! {
+                biased;
+                chunk = response.chunk() => match chunk {
+                    Ok(Some(bytes)) => self.parser.feed(&bytes),
+                    Ok(None) => self.ended = true,
+                    Err(e) => {
+                        self.ended = true;
+                        return Some(Err(DifyError::Transport(error_chain(&e))));
+                    }
+                },
+                () = &mut self.deadline => {
+                    self.ended = true;
+                    return Some(Err(DifyError::Idle(self.idle)));
+                }
+            }
+        }
+    }
+}
+
+fn blocking_to_events(body: &[u8]) -> Vec<SseEvent> {
+    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return vec![SseEvent { event: None, data: String::from_utf8_lossy(body).into_owned() }];
+    };
+    let frame = |value: serde_json::Value| SseEvent { event: None, data: value.to_string() };
+    if answer.contains_key("workflow_run_id") && answer.contains_key("data") && !answer.contains_key("answer") {
+        answer.insert("event".into(), "workflow_finished".into());
+        return vec![frame(answer.into())];
+    }
+    let mut end = serde_json::Map::new();
+    end.insert("event".into(), "message_end".into());
+    for key in ["conversation_id", "message_id", "id", "task_id", "metadata"] {
+        if let Some(v) = answer.get(key) {
+            end.insert(key.into(), v.clone());
+        }
+    }
+    answer.insert("event".into(), "message".into());
+    vec![frame(answer.into()), frame(end.into())]
+}

@@ -1,0 +1,202 @@
+//! The JSON shapes of Dify's service API (see `shared/docs/dify-api.md`), typed on what
+//! opendify reads, and tolerant of what it does not: unknown fields and events are ignored,
+//! because Dify adds new ones between releases.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The body of `/chat-messages`, `/completion-messages` and `/workflows/run`; fields a mode
+/// does not take are left out.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct GenerateRequest {
+    pub inputs: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    pub response_mode: &'static str,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_generate_name: Option<bool>,
+}
+
+/// A file attached to a request: a URL Dify fetches, or an id from `/files/upload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub transfer_method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_file_id: Option<String>,
+}
+
+/// One streamed event, flat: every field any event type carries, all optional. Borrowed
+/// where it can be, since `answer` deltas are the hot path.
+#[derive(Debug, Deserialize)]
+pub struct Event<'a> {
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub answer: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub workflow_run_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    /// Workflow and node payloads.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// `error` frames.
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub status: Option<Value>,
+    /// `agent_thought` frames.
+    #[serde(default)]
+    pub thought: Option<String>,
+    #[serde(default)]
+    pub observation: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    pub tool_input: Option<String>,
+    #[serde(default)]
+    pub position: Option<u32>,
+    /// `message_file` frames.
+    #[serde(default, rename = "type")]
+    pub file_type: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub belongs_to: Option<String>,
+    /// `message_replace` frames.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Event<'_> {
+    /// The HTTP-like status of an `error` frame (a number, or a number in a string).
+    pub fn error_status(&self) -> Option<u16> {
+        match &self.status {
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Metadata {
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// Token counts as Dify reports them. Prices and latency are not forwarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// `GET /info`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AppInfo {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub author_name: Option<String>,
+}
+
+/// `GET /parameters`, kept as JSON with accessors for what opendify uses.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AppParameters(pub Value);
+
+/// One field of an app's input form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputField {
+    pub control: String,
+    pub variable: String,
+    pub required: bool,
+}
+
+impl AppParameters {
+    pub fn input_fields(&self) -> Vec<InputField> {
+        let Some(items) = self.0.get("user_input_form").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| {
+                let (control, body) = item.as_object()?.iter().next()?;
+                Some(InputField {
+                    control: control.clone(),
+                    variable: body.get("variable")?.as_str()?.to_string(),
+                    required: body.get("required").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the app accepts image uploads, and how many per message.
+    pub fn image_upload(&self) -> Option<(bool, Option<u64>)> {
+        let image = self.0.get("file_upload")?.get("image")?;
+        let enabled = image.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+        Some((enabled, image.get("number_limits").and_then(Value::as_u64)))
+    }
+
+    /// Whether any file upload is switched on (images or the newer generic file settings).
+    pub fn file_upload_enabled(&self) -> bool {
+        let Some(upload) = self.0.get("file_upload") else { return false };
+        if upload.get("enabled").and_then(Value::as_bool) == Some(true) {
+            return true;
+        }
+        upload
+            .as_object()
+            .map(|o| o.values().any(|v| v.get("enabled").and_then(Value::as_bool) == Some(true)))
+            .unwrap_or(false)
+    }
+}
+
+/// `POST /files/upload` answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UploadedFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+}
+
+/// Dify's error body: `{"code": "...", "message": "...", "status": 400}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}

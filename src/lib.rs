@@ -1,0 +1,15 @@
+//! opendify: an OpenAI-compatible gateway for Dify apps.
+//!
+//! One shared core (configuration, the Dify client, translation, conversations) with two
+//! front ends: the server (`serve`) and the diagnostics (`doctor`).
+
+pub mod bridge;
+pub mod cli;
+pub mod config;
+pub mod conversations;
+pub mod dify;
+pub mod logging;
+pub mod mock_dify;
+pub mod openai;
+pub mod secret;
+pub mod server;

@@ -1,0 +1,69 @@
+//! Parses the command line, runs the command, maps the outcome to an exit code:
+//! 0 success, 1 a problem found (doctor), 2 could not run (bad configuration or arguments).
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use colored::Colorize;
+
+use opendify::cli::{Cli, Command};
+use opendify::config::{self, Loaded};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "opendify", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Serve(_) => serve(&cli),
+    }
+}
+
+fn serve(cli: &Cli) -> ExitCode {
+    let loaded = config::load(&cli.load_options());
+    let Some(config) = usable(&loaded) else {
+        return ExitCode::from(2);
+    };
+    opendify::logging::init(&config.log_level, config.log_format);
+    for warning in &loaded.warnings {
+        tracing::warn!("⚠️ {}", warning.message);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{} cannot start the async runtime: {e}", "❌".red());
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let state = opendify::server::AppState::build(config).await?;
+        opendify::server::serve(state).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("❌ {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints the original's validation report (users grep for it) when there are problems.
+fn usable(loaded: &Loaded) -> Option<config::Config> {
+    if loaded.problems.is_empty() {
+        return loaded.config.clone();
+    }
+    eprintln!("❌ Configuration validation failed:");
+    for problem in &loaded.problems {
+        eprintln!("  - {}", problem.message);
+        if let Some(fix) = &problem.fix {
+            eprintln!("    {} {fix}", "fix:".dimmed());
+        }
+    }
+    for warning in &loaded.warnings {
+        eprintln!("  ! {}", warning.message);
+    }
+    eprintln!("❌ Startup aborted due to configuration errors");
+    None
+}

@@ -1,0 +1,761 @@
+//! A mock Dify service API for tests, benchmarks and trying opendify without a Dify.
+//!
+//! It behaves like the real one where opendify depends on it (see `shared/docs/dify-api.md`):
+//! per-mode event sequences, `event: ping` keep-alives, error frames after the stream began,
+//! HTTP errors before it, conversation rules (UUIDs, per-user scoping, 404 "Conversation Not
+//! Exists."), agent apps refusing blocking mode, uploads scoped to a user, stop endpoints.
+//!
+//! A test steers one request by putting a directive in the user's message, e.g.
+//! `[[mock:error-mid]]` (see [`Directive`]), and afterwards asks the mock what it received.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// One app the mock serves, selected by its key like in Dify.
+#[derive(Debug, Clone)]
+pub struct MockApp {
+    pub key: String,
+    pub name: String,
+    pub mode: String,
+    /// The answer; `None` answers `Echo: <query>`.
+    pub answer: Option<String>,
+    /// `GET /parameters` body.
+    pub parameters: Value,
+    /// Old Dify releases have no `mode` in `/info`.
+    pub info_has_mode: bool,
+}
+
+impl MockApp {
+    pub fn new(key: &str, name: &str, mode: &str) -> Self {
+        MockApp {
+            key: key.into(),
+            name: name.into(),
+            mode: mode.into(),
+            answer: None,
+            parameters: default_parameters(mode),
+            info_has_mode: true,
+        }
+    }
+
+    pub fn answer(mut self, answer: &str) -> Self {
+        self.answer = Some(answer.into());
+        self
+    }
+
+    pub fn parameters(mut self, parameters: Value) -> Self {
+        self.parameters = parameters;
+        self
+    }
+}
+
+fn default_parameters(mode: &str) -> Value {
+    let form = if mode == "workflow" {
+        json!([{"paragraph": {"label": "Question", "variable": "question", "required": true, "default": ""}}])
+    } else {
+        json!([])
+    };
+    json!({
+        "opening_statement": "",
+        "user_input_form": form,
+        "file_upload": {"image": {"enabled": true, "number_limits": 3, "detail": "high", "transfer_methods": ["remote_url", "local_file"]}},
+        "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10}
+    })
+}
+
+/// Pacing and size of generated answers (benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct MockSettings {
+    /// Characters per `message` event.
+    pub chunk_chars: usize,
+    /// When set, answers are exactly this many events (of `chunk_chars` characters).
+    pub events: Option<usize>,
+    /// Pause between events.
+    pub delay: Duration,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        MockSettings { chunk_chars: 4, events: None, delay: Duration::ZERO }
+    }
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub key: String,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub user: String,
+    pub app_key: String,
+    /// The queries received, in order: one per turn.
+    pub queries: Vec<String>,
+    pub message_ids: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Vec<Recorded>,
+    stops: Vec<(String, String)>,
+    conversations: HashMap<String, Conversation>,
+    uploads: Vec<(String, String, usize)>,
+}
+
+struct MockState {
+    apps: Vec<MockApp>,
+    settings: MockSettings,
+    shared: Mutex<Shared>,
+}
+
+impl MockState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running mock; stops when dropped.
+pub struct MockDify {
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockDify {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl MockDify {
+    pub async fn start(apps: Vec<MockApp>) -> std::io::Result<MockDify> {
+        Self::start_with(apps, MockSettings::default(), "127.0.0.1:0").await
+    }
+
+    pub async fn start_with(apps: Vec<MockApp>, settings: MockSettings, bind: &str) -> std::io::Result<MockDify> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState { apps, settings, shared: Mutex::new(Shared::default()) });
+        let app = router(state.clone());
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockDify { addr, state, server })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, for DIFY_API_BASE.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().requests.clone()
+    }
+
+    /// Generation requests only (chat, completion, workflow).
+    pub fn generations(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && !r.path.contains("/stop") && !r.path.contains("/files"))
+            .collect()
+    }
+
+    /// `(task_id, user)` of every stop call received.
+    pub fn stops(&self) -> Vec<(String, String)> {
+        self.state.lock().stops.clone()
+    }
+
+    pub fn conversations(&self) -> HashMap<String, Conversation> {
+        self.state.lock().conversations.clone()
+    }
+
+    /// `(user, filename, bytes)` of every upload.
+    pub fn uploads(&self) -> Vec<(String, String, usize)> {
+        self.state.lock().uploads.clone()
+    }
+
+    /// Forgets a conversation, like a user deleting it in Dify.
+    pub fn delete_conversation(&self, id: &str) {
+        self.state.lock().conversations.remove(id);
+    }
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1", get(base))
+        .route("/v1/", get(base))
+        .route("/v1/info", get(info))
+        .route("/v1/parameters", get(parameters))
+        .route("/v1/chat-messages", post(generate))
+        .route("/v1/completion-messages", post(generate))
+        .route("/v1/workflows/run", post(generate))
+        .route("/v1/chat-messages/{task}/stop", post(stop))
+        .route("/v1/completion-messages/{task}/stop", post(stop))
+        .route("/v1/workflows/tasks/{task}/stop", post(stop))
+        .route("/v1/files/upload", post(upload))
+        .route("/v1/messages", get(messages))
+        .with_state(state)
+}
+
+fn dify_error(status: u16, code: &str, message: &str) -> Response {
+    let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status_code, axum::Json(json!({"code": code, "message": message, "status": status}))).into_response()
+}
+
+fn authorise<'a>(state: &'a MockState, headers: &HeaderMap) -> Result<&'a MockApp, Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token.is_empty() {
+        return Err(dify_error(401, "unauthorized", "Authorization header must be provided and start with 'Bearer'"));
+    }
+    state.apps.iter().find(|a| a.key == token).ok_or_else(|| dify_error(401, "unauthorized", "Access token is invalid"))
+}
+
+async fn base() -> Response {
+    (StatusCode::NOT_FOUND, "<!doctype html><title>404 Not Found</title>").into_response()
+}
+
+async fn info(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let mut body = json!({"name": app.name, "description": "mock app", "tags": []});
+    if app.info_has_mode {
+        body["mode"] = json!(app.mode);
+        body["author_name"] = json!("mock");
+    }
+    axum::Json(body).into_response()
+}
+
+async fn parameters(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    match authorise(&state, &headers) {
+        Ok(app) => axum::Json(app.parameters.clone()).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn messages(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorise(&state, &headers) {
+        return r;
+    }
+    let id = q.get("conversation_id").cloned().unwrap_or_default();
+    let user = q.get("user").cloned().unwrap_or_default();
+    let shared = state.lock();
+    match shared.conversations.get(&id) {
+        Some(c) if c.user == user => axum::Json(json!({"limit": 1, "has_more": false, "data": []})).into_response(),
+        _ => dify_error(404, "not_found", "Conversation Not Exists."),
+    }
+}
+
+async fn stop(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    Path(task): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorise(&state, &headers) {
+        return r;
+    }
+    let user = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("user").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    if user.is_empty() {
+        return dify_error(400, "invalid_param", "user is required");
+    }
+    let mut shared = state.lock();
+    shared.requests.push(Recorded {
+        method: "POST".into(),
+        path: format!("stop/{task}"),
+        key: String::new(),
+        body: json!({"user": user}),
+    });
+    shared.stops.push((task, user));
+    axum::Json(json!({"result": "success"})).into_response()
+}
+
+async fn upload(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorise(&state, &headers) {
+        return r;
+    }
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("multipart/form-data") {
+        return dify_error(415, "unsupported_media_type", "multipart/form-data required");
+    }
+    let text = String::from_utf8_lossy(&body);
+    let filename = text.split("filename=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string();
+    let user = text
+        .split("name=\"user\"")
+        .nth(1)
+        .and_then(|s| s.split("\r\n\r\n").nth(1))
+        .and_then(|s| s.split("\r\n").next())
+        .unwrap_or("")
+        .to_string();
+    if filename.is_empty() {
+        return dify_error(400, "no_file_uploaded", "Please upload your file.");
+    }
+    let id = uuid();
+    state.lock().uploads.push((user, filename.clone(), body.len()));
+    axum::Json(json!({"id": id, "name": filename, "size": body.len(), "extension": "png", "mime_type": "image/png"}))
+        .into_response()
+}
+
+/// What a query asks the mock to do, from `[[mock:NAME]]` in its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directive {
+    Normal,
+    /// Some text, then an `error` frame.
+    ErrorMid,
+    /// Some text, then the connection closes without a closing event.
+    Cut,
+    /// Multi-byte characters split across TCP writes.
+    SplitUtf8,
+    /// One event, then silence until the client goes away.
+    Hang,
+    /// A ping between two events.
+    Ping,
+    /// HTTP errors before the stream starts.
+    Http429,
+    Http500,
+    /// Cloudflare's HTML timeout page.
+    Http524,
+    /// A `data:` line that is not JSON.
+    Garbage,
+    /// `<think>` reasoning before the answer.
+    Think,
+    /// Output moderation replaces the answer.
+    Replace,
+    /// A `message_file` image in the answer.
+    File,
+    /// A chatflow/workflow run that fails.
+    Fail,
+    /// 50 ms between events.
+    Slow,
+}
+
+impl Directive {
+    fn parse(query: &str) -> Directive {
+        let Some(start) = query.find("[[mock:") else { return Directive::Normal };
+        let name = query[start + 7..].split("]]").next().unwrap_or("");
+        match name {
+            "error-mid" => Directive::ErrorMid,
+            "cut" => Directive::Cut,
+            "split-utf8" => Directive::SplitUtf8,
+            "hang" => Directive::Hang,
+            "ping" => Directive::Ping,
+            "http-429" => Directive::Http429,
+            "http-500" => Directive::Http500,
+            "http-524" => Directive::Http524,
+            "garbage" => Directive::Garbage,
+            "think" => Directive::Think,
+            "replace" => Directive::Replace,
+            "file" => Directive::File,
+            "fail" => Directive::Fail,
+            "slow" => Directive::Slow,
+            _ => Directive::Normal,
+        }
+    }
+}
+
+fn uuid() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let hex = format!("{a:016x}{b:016x}");
+    format!("{}-{}-4{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn generate(
+    State(state): State<Arc<MockState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let path = uri.path().to_string();
+    if !headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").starts_with("application/json") {
+        return dify_error(415, "unsupported_media_type", "Content-Type must be application/json");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return dify_error(
+            400,
+            "bad_request",
+            "The browser (or proxy) sent a request that this server could not understand.",
+        );
+    };
+    state.lock().requests.push(Recorded {
+        method: "POST".into(),
+        path: path.clone(),
+        key: app.key.clone(),
+        body: body.clone(),
+    });
+
+    let endpoint_ok = match app.mode.as_str() {
+        "completion" => path.ends_with("/completion-messages"),
+        "workflow" => path.ends_with("/workflows/run"),
+        _ => path.ends_with("/chat-messages"),
+    };
+    if !endpoint_ok {
+        return if path.ends_with("/chat-messages") {
+            dify_error(400, "not_chat_app", "Please check if your app mode matches the right API route.")
+        } else {
+            dify_error(400, "app_unavailable", "App unavailable, please check your app configurations.")
+        };
+    }
+    let user = body.get("user").and_then(Value::as_str).unwrap_or("").to_string();
+    if user.is_empty() {
+        return dify_error(400, "invalid_param", "Arg user must be provided.");
+    }
+    let Some(inputs) = body.get("inputs").and_then(Value::as_object) else {
+        return dify_error(400, "invalid_param", "inputs is required in input form");
+    };
+    let streaming = match body.get("response_mode").and_then(Value::as_str) {
+        Some("streaming") => true,
+        Some("blocking") => false,
+        None => app.mode == "agent",
+        Some(_) => return dify_error(400, "invalid_param", "response_mode must be blocking or streaming"),
+    };
+    if !streaming && app.mode == "agent-chat" {
+        return dify_error(400, "invalid_param", "Agent Chat App does not support blocking mode");
+    }
+    if !streaming && app.mode == "agent" {
+        return dify_error(400, "bad_request", "Agent App only supports streaming response mode.");
+    }
+    let query = if app.mode == "workflow" {
+        let var = app
+            .parameters
+            .get("user_input_form")
+            .and_then(Value::as_array)
+            .and_then(|f| f.first())
+            .and_then(|f| f.as_object())
+            .and_then(|o| o.values().next())
+            .and_then(|b| b.get("variable"))
+            .and_then(Value::as_str)
+            .unwrap_or("query")
+            .to_string();
+        match inputs.get(&var).and_then(Value::as_str) {
+            Some(q) if !q.is_empty() => q.to_string(),
+            _ => return dify_error(400, "invalid_param", &format!("{var} is required in input form")),
+        }
+    } else {
+        let q = body.get("query").and_then(Value::as_str).unwrap_or("");
+        if q.is_empty() && app.mode != "completion" {
+            return dify_error(400, "invalid_param", "query is required");
+        }
+        q.to_string()
+    };
+
+    let directive = Directive::parse(&query);
+    match directive {
+        Directive::Http429 => {
+            return dify_error(429, "too_many_requests", "Too many requests, please try again later.");
+        }
+        Directive::Http500 => {
+            return dify_error(500, "internal_server_error", "Internal Server Error, please contact support.");
+        }
+        Directive::Http524 => {
+            return (
+                StatusCode::from_u16(524).unwrap_or(StatusCode::GATEWAY_TIMEOUT),
+                "<html><body>A timeout occurred</body></html>",
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+
+    let chat_family = !matches!(app.mode.as_str(), "completion" | "workflow");
+    let message_id = uuid();
+    let mut conversation_id = String::new();
+    if chat_family {
+        let requested = body.get("conversation_id").and_then(Value::as_str).unwrap_or("");
+        let mut shared = state.lock();
+        if requested.is_empty() {
+            conversation_id = uuid();
+            shared.conversations.insert(
+                conversation_id.clone(),
+                Conversation {
+                    user: user.clone(),
+                    app_key: app.key.clone(),
+                    queries: Vec::new(),
+                    message_ids: Vec::new(),
+                },
+            );
+        } else if !is_uuid(requested) {
+            return dify_error(400, "invalid_param", &format!("{requested} is not a valid uuid."));
+        } else {
+            match shared.conversations.get(requested) {
+                Some(c) if c.user == user && c.app_key == app.key => conversation_id = requested.to_string(),
+                _ => return dify_error(404, "not_found", "Conversation Not Exists."),
+            }
+        }
+        if let Some(c) = shared.conversations.get_mut(&conversation_id) {
+            c.queries.push(query.clone());
+            c.message_ids.push(message_id.clone());
+        }
+    }
+
+    let answer = app.answer.clone().unwrap_or_else(|| format!("Echo: {query}"));
+    let script =
+        Script { app, settings: state.settings, directive, answer, conversation_id, message_id, task_id: uuid() };
+    if !streaming {
+        return blocking(&script);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(script.play(tx));
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({"prompt_tokens": prompt, "prompt_unit_price": "0.001", "prompt_price_unit": "0.001", "prompt_price": "0.0000100",
+           "completion_tokens": completion, "completion_unit_price": "0.002", "completion_price_unit": "0.001",
+           "completion_price": "0.0000200", "total_tokens": prompt + completion, "total_price": "0.0000300",
+           "currency": "USD", "latency": 0.1})
+}
+
+fn blocking(s: &Script) -> Response {
+    let tokens = s.answer.chars().count() as u64;
+    if s.app.mode == "workflow" {
+        return axum::Json(json!({"workflow_run_id": uuid(), "task_id": s.task_id, "data": {
+            "id": uuid(), "workflow_id": uuid(), "status": "succeeded", "outputs": {"text": s.answer},
+            "error": null, "elapsed_time": 0.1, "total_tokens": tokens, "total_steps": 3, "created_at": now(), "finished_at": now()}}))
+        .into_response();
+    }
+    axum::Json(json!({"event": "message", "task_id": s.task_id, "id": s.message_id, "message_id": s.message_id,
+        "conversation_id": s.conversation_id, "mode": s.app.mode, "answer": s.answer,
+        "metadata": {"usage": usage(10, tokens), "retriever_resources": []}, "created_at": now()}))
+    .into_response()
+}
+
+struct Script {
+    app: MockApp,
+    settings: MockSettings,
+    directive: Directive,
+    answer: String,
+    conversation_id: String,
+    message_id: String,
+    task_id: String,
+}
+
+impl Script {
+    fn chunks(&self) -> Vec<String> {
+        let chars: Vec<char> = self.answer.chars().collect();
+        let size = self.settings.chunk_chars.max(1);
+        if let Some(n) = self.settings.events {
+            return (0..n).map(|i| chars.iter().cycle().skip(i * size).take(size).collect()).collect();
+        }
+        chars.chunks(size).map(|c| c.iter().collect()).collect()
+    }
+
+    /// A chat-family frame: the common fields first, like Dify.
+    fn frame(&self, event: &str, extra: Value) -> Bytes {
+        let mut obj = serde_json::Map::new();
+        obj.insert("event".into(), json!(event));
+        if self.app.mode == "workflow" {
+            obj.insert("workflow_run_id".into(), json!(self.message_id));
+            obj.insert("task_id".into(), json!(self.task_id));
+        } else {
+            if self.app.mode != "completion" {
+                obj.insert("conversation_id".into(), json!(self.conversation_id));
+            }
+            obj.insert("message_id".into(), json!(self.message_id));
+            obj.insert("created_at".into(), json!(now()));
+            if event != "error" {
+                obj.insert("task_id".into(), json!(self.task_id));
+            }
+        }
+        if let Value::Object(extra) = extra {
+            obj.extend(extra);
+        }
+        Bytes::from(format!("data: {}\n\n", Value::Object(obj)))
+    }
+
+    fn answer_event(&self, text: &str) -> Bytes {
+        match self.app.mode.as_str() {
+            "workflow" => {
+                self.frame("text_chunk", json!({"data": {"text": text, "from_variable_selector": ["llm", "text"]}}))
+            }
+            "agent-chat" | "agent" => self.frame("agent_message", json!({"id": self.message_id, "answer": text})),
+            _ => self.frame("message", json!({"id": self.message_id, "answer": text, "from_variable_selector": null})),
+        }
+    }
+
+    async fn play(self, tx: mpsc::Sender<Bytes>) {
+        let delay = if self.directive == Directive::Slow { Duration::from_millis(50) } else { self.settings.delay };
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                tx.send(b).await.is_ok()
+            }
+        };
+        let mode = self.app.mode.clone();
+        let workflow_like = mode == "workflow" || mode == "advanced-chat";
+        let tokens = self.answer.chars().count() as u64;
+        if workflow_like {
+            let run = json!({"workflow_run_id": uuid(), "data": {"id": uuid(), "workflow_id": uuid(), "inputs": {}, "created_at": now()}});
+            if !send(self.frame("workflow_started", run)).await {
+                return;
+            }
+            let node = json!({"data": {"id": uuid(), "node_id": "llm", "node_type": "llm", "title": "LLM", "index": 1, "inputs": {}, "created_at": now()}});
+            if !send(self.frame("node_started", node)).await {
+                return;
+            }
+        }
+        if mode == "agent-chat" || mode == "agent" {
+            let thought = json!({"id": "thought-1", "position": 1, "thought": "", "observation": "", "tool": "", "tool_labels": {}, "tool_input": "", "message_files": []});
+            if !send(self.frame("agent_thought", thought)).await {
+                return;
+            }
+        }
+        if self.directive == Directive::Think {
+            for part in ["<thi", "nk>Let me think", " about it.</th", "ink>\n\n"] {
+                if !send(self.answer_event(part)).await {
+                    return;
+                }
+            }
+        }
+        let chunks = self.chunks();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if self.directive == Directive::SplitUtf8 {
+                let frame = self.answer_event(chunk);
+                // Split inside the first multi-byte character, as a network might.
+                let text = String::from_utf8_lossy(&frame).into_owned();
+                let cut =
+                    text.char_indices().find(|(_, c)| c.len_utf8() > 1).map(|(i, _)| i + 1).unwrap_or(frame.len() / 2);
+                if !send(frame.slice(..cut)).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if !send(frame.slice(cut..)).await {
+                    return;
+                }
+                continue;
+            }
+            if !send(self.answer_event(chunk)).await {
+                return;
+            }
+            if i == 0 {
+                match self.directive {
+                    Directive::Hang => {
+                        tx.closed().await;
+                        return;
+                    }
+                    Directive::Ping => {
+                        if !send(Bytes::from_static(b"event: ping\n\n")).await {
+                            return;
+                        }
+                    }
+                    Directive::Garbage => {
+                        let _ = send(Bytes::from_static(b"data: {this is not json\n\n")).await;
+                        return;
+                    }
+                    Directive::ErrorMid => {
+                        let error = json!({"status": 400, "code": "completion_request_error", "message": "[openai] Rate Limit Error"});
+                        let _ = send(self.frame("error", error)).await;
+                        return;
+                    }
+                    Directive::Cut => return,
+                    _ => {}
+                }
+            }
+        }
+        if self.directive == Directive::File {
+            let file = json!({"id": uuid(), "type": "image", "belongs_to": "assistant", "url": "https://files.example/cat.png"});
+            if !send(self.frame("message_file", file)).await {
+                return;
+            }
+        }
+        if mode == "agent-chat" || mode == "agent" {
+            let thought = json!({"id": "thought-1", "position": 1, "thought": self.answer, "observation": "", "tool": "calculator", "tool_labels": {}, "tool_input": "{\"x\": 1}", "message_files": []});
+            if !send(self.frame("agent_thought", thought)).await {
+                return;
+            }
+            let observed = json!({"id": "thought-1", "position": 1, "thought": self.answer, "observation": "2", "tool": "calculator", "tool_labels": {}, "tool_input": "{\"x\": 1}", "message_files": []});
+            if !send(self.frame("agent_thought", observed)).await {
+                return;
+            }
+            if mode == "agent" {
+                // The New Agent closes with one `message` repeating the whole answer.
+                let whole = json!({"id": self.message_id, "answer": self.answer, "from_variable_selector": null});
+                if !send(self.frame("message", whole)).await {
+                    return;
+                }
+            }
+        }
+        if self.directive == Directive::Replace {
+            let replace = json!({"answer": "This answer was withheld by moderation.", "reason": "moderation"});
+            if !send(self.frame("message_replace", replace)).await {
+                return;
+            }
+        }
+        if workflow_like {
+            let node = json!({"data": {"id": uuid(), "node_id": "llm", "node_type": "llm", "title": "LLM", "index": 1, "status": "succeeded", "outputs": {"text": self.answer}, "elapsed_time": 0.1, "created_at": now(), "finished_at": now()}});
+            if !send(self.frame("node_finished", node)).await {
+                return;
+            }
+            let failed = self.directive == Directive::Fail;
+            let finished = json!({"data": {"id": uuid(), "workflow_id": uuid(), "status": if failed {"failed"} else {"succeeded"},
+                "outputs": if failed { json!({}) } else { json!({"text": self.answer}) },
+                "error": if failed { json!("Node LLM run failed: model quota exceeded") } else { Value::Null },
+                "elapsed_time": 0.2, "total_tokens": tokens + 10, "total_steps": 3, "created_at": now(), "finished_at": now(), "exceptions_count": 0, "files": []}});
+            if !send(self.frame("workflow_finished", finished)).await {
+                return;
+            }
+            if failed && mode == "advanced-chat" {
+                let error = json!({"status": 400, "code": "invalid_param", "message": "Run failed: Node LLM run failed: model quota exceeded"});
+                let _ = send(self.frame("error", error)).await;
+                return;
+            }
+            if mode == "workflow" {
+                return;
+            }
+        }
+        let end = json!({"id": self.message_id, "metadata": {"usage": usage(10, tokens), "retriever_resources": []}, "files": null});
+        let _ = send(self.frame("message_end", end)).await;
+    }
+}

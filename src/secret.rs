@@ -1,0 +1,102 @@
+//! Secrets (Dify app keys, proxy keys, JWT secrets) must never reach a log line, an error
+//! message or doctor output in full. `Secret` makes the safe thing the default: its `Debug`
+//! and `Display` print the masked form, and the real value needs an explicit `expose()`.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The real value, for the one place that needs it (an `Authorization` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn masked(&self) -> String {
+        mask(&self.0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.masked())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// `app-abcdefgh12345xyz` → `app-ab…yz`. Short values show almost nothing: a masked form must
+/// never give away a meaningful fraction of the secret.
+pub fn mask(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    match chars.len() {
+        0 => "(empty)".to_string(),
+        n if n >= 12 => {
+            let head: String = chars[..6].iter().collect();
+            let tail: String = chars[n - 2..].iter().collect();
+            format!("{head}…{tail}")
+        }
+        n if n >= 6 => {
+            let head: String = chars[..2].iter().collect();
+            format!("{head}…")
+        }
+        _ => "…".to_string(),
+    }
+}
+
+/// Masks every `app-…` token inside free text (a `.env` line, an upstream message), for the
+/// places where text that may contain a key has to be shown.
+pub fn mask_keys_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("app-") {
+        out.push_str(&rest[..pos]);
+        let token_len = rest[pos..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(rest.len() - pos);
+        out.push_str(&mask(&rest[pos..pos + token_len]));
+        rest = &rest[pos + token_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_app_keys_like_the_docs() {
+        assert_eq!(mask("app-abcdefghijklmnyz"), "app-ab…yz");
+        assert_eq!(mask("short1"), "sh…");
+        assert_eq!(mask("abc"), "…");
+        assert_eq!(mask(""), "(empty)");
+    }
+
+    #[test]
+    fn masks_keys_inside_text() {
+        assert_eq!(mask_keys_in("MODEL_CONFIG={\"a\":\"app-abcdefghijklmnyz\"}"), "MODEL_CONFIG={\"a\":\"app-ab…yz\"}");
+        assert_eq!(mask_keys_in("no keys here"), "no keys here");
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = Secret::new("app-0123456789secret");
+        assert!(!format!("{s:?}").contains("0123456789"));
+        assert!(!format!("{s}").contains("0123456789"));
+        assert_eq!(s.expose(), "app-0123456789secret");
+    }
+}

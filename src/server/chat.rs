@@ -1,0 +1,249 @@
+//! `POST /v1/chat/completions`: validate, find the app, resolve the user and the
+//! conversation, call Dify (always streaming upstream), then stream or collect the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::relay::{Relay, RelayEnd, StopGuard, drain};
+use super::{SharedState, unknown_model};
+use crate::bridge::request::{self, BuildOptions, ConversationPlan};
+use crate::bridge::{AppRoute, Collected, Outcome, Translator, TranslatorOptions};
+use crate::conversations::{Identity, resolve_identity};
+use crate::openai::{
+    ApiError, ChatCompletion, ChatCompletionRequest, Choice, ChunkWriter, ResponseMessage, completion_id, unix_now,
+};
+
+pub const USER_HEADER: &str = "x-opendify-user";
+
+/// Everything known about a request before Dify is called.
+struct Prepared {
+    request: ChatCompletionRequest,
+    route: Arc<AppRoute>,
+    identity: Identity,
+    plan: ConversationPlan,
+}
+
+pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let prepared = match prepare(&state, &headers, &body).await {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::warn!(status = error.status.as_u16(), "❌ rejected request: {}", error.message);
+            return error.into_response();
+        }
+    };
+    let mut response = if prepared.request.is_stream() {
+        stream(state, prepared, started).await
+    } else {
+        complete(state, prepared, started).await
+    };
+    if let Some(user) = response.extensions_mut().remove::<UserEcho>() {
+        if let Ok(value) = HeaderValue::from_str(&user.0) {
+            response.headers_mut().insert(USER_HEADER, value);
+        }
+    }
+    response
+}
+
+/// Carries the resolved user to the response header, whatever path produced the response.
+#[derive(Clone)]
+struct UserEcho(String);
+
+async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Result<Prepared, ApiError> {
+    let request = ChatCompletionRequest::from_slice(body).map_err(|mut e| {
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.is_empty() && !content_type.contains("json") {
+            e.message = format!(
+                "{} (the request was sent as {content_type}; send JSON with Content-Type: application/json)",
+                e.message
+            );
+        }
+        e
+    })?;
+    let route = match state.registry.get(&request.model) {
+        Some(route) => route,
+        None => {
+            state.registry.refresh_if_stale().await;
+            state.registry.get(&request.model).ok_or_else(|| unknown_model(&request.model, &state.registry.names()))?
+        }
+    };
+    let identity =
+        resolve_identity(headers, request.user.as_deref(), &state.config.user_id_headers, &state.config.default_user);
+    let explicit = headers
+        .get("x-dify-conversation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| request.conversation_id.clone().filter(|s| !s.trim().is_empty()));
+    let plan = match explicit {
+        Some(id) => ConversationPlan { conversation_id: Some(id), ..Default::default() },
+        // No conversation to continue: carry the earlier turns as context.
+        None => ConversationPlan { seed_from: Some(0), ..Default::default() },
+    };
+    Ok(Prepared { request, route, identity, plan })
+}
+
+fn translator(state: &SharedState, p: &Prepared) -> Translator {
+    Translator::new(TranslatorOptions {
+        mode: p.route.mode,
+        model: p.request.model.clone(),
+        reasoning: state.config.reasoning_mode,
+        progress: state.config.reasoning_progress,
+        output: p.route.output.clone(),
+    })
+}
+
+/// Resolves files, builds the Dify body and starts the upstream stream.
+async fn start_upstream(state: &SharedState, p: &Prepared) -> Result<crate::dify::EventStream, ApiError> {
+    let files = request::resolve_files(&p.request, &p.route, &p.identity.user, &state.client, &state.uploads).await?;
+    let options = BuildOptions { user: &p.identity.user, system_input: state.config.system_input.as_deref() };
+    let body = request::build(&p.request, &p.route, &p.plan, files, &options);
+    state.client.generate(&p.route.key, p.route.mode, &body).await.map_err(|e| {
+        tracing::warn!(model = %p.request.model, kind = e.kind(), "❌ Dify API error: {e}");
+        ApiError::from_dify(&e, &p.request.model)
+    })
+}
+
+fn with_user(mut response: Response, identity: &Identity) -> Response {
+    response.extensions_mut().insert(UserEcho(identity.user.clone()));
+    response
+}
+
+async fn stream(state: SharedState, p: Prepared, started: Instant) -> Response {
+    let upstream = match start_upstream(&state, &p).await {
+        Ok(u) => u,
+        Err(e) => return with_user(e.into_response(), &p.identity),
+    };
+    let writer = ChunkWriter::new(completion_id(), unix_now(), p.request.model.clone(), p.request.include_usage());
+    let guard = StopGuard::new(
+        state.client.clone(),
+        p.route.key.clone(),
+        p.route.mode,
+        p.identity.user.clone(),
+        p.request.model.clone(),
+    );
+    let (model, user) = (p.request.model.clone(), p.identity.user.clone());
+    let on_end = Box::new(move |end: RelayEnd| log_end(&model, &user, started, true, &end));
+    let relay = Relay::new(upstream, translator(&state, &p), writer, guard, state.drain_deadline.clone(), on_end);
+    let mut response = Response::new(Body::from_stream(relay.into_stream()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) must not buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    with_user(response, &p.identity)
+}
+
+async fn complete(state: SharedState, p: Prepared, started: Instant) -> Response {
+    let mut upstream = match start_upstream(&state, &p).await {
+        Ok(u) => u,
+        Err(e) => return with_user(e.into_response(), &p.identity),
+    };
+    let mut translator = translator(&state, &p);
+    let mut collected = Collected::default();
+    // Dropped with this future if the client disconnects: then Dify is told to stop.
+    let mut guard = StopGuard::new(
+        state.client.clone(),
+        p.route.key.clone(),
+        p.route.mode,
+        p.identity.user.clone(),
+        p.request.model.clone(),
+    );
+    let timeout = state.config.request_timeout;
+    let collecting = async {
+        loop {
+            match upstream.next().await {
+                Some(Ok(event)) => {
+                    translator.on_event(&event, &mut collected);
+                    guard.set_task(translator.task_id.as_ref());
+                }
+                Some(Err(err)) => translator.on_end(Some(&err), &mut collected),
+                None => translator.on_end(None, &mut collected),
+            }
+            if translator.is_done() {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(timeout, collecting).await.is_err() {
+        translator.on_end(Some(&crate::dify::DifyError::Timeout(timeout)), &mut collected);
+    } else {
+        guard.disarm();
+    }
+    let end = RelayEnd {
+        outcome: translator.outcome().clone(),
+        conversation_id: translator.conversation_id.clone(),
+        message_id: translator.message_id.clone(),
+        events: translator.events,
+    };
+    log_end(&p.request.model, &p.identity.user, started, false, &end);
+    let response = match end.outcome {
+        Outcome::Finished { reason, usage } => {
+            drain(upstream);
+            let id = completion_id();
+            let answer = collected.answer();
+            let reasoning = (!collected.reasoning.is_empty()).then_some(collected.reasoning.as_str());
+            let body = ChatCompletion {
+                id: &id,
+                object: "chat.completion",
+                created: unix_now(),
+                model: &p.request.model,
+                choices: [Choice {
+                    index: 0,
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content: &answer,
+                        reasoning_content: reasoning,
+                        refusal: None,
+                    },
+                    logprobs: None,
+                    finish_reason: reason,
+                }],
+                usage,
+                system_fingerprint: None,
+            };
+            axum::Json(body).into_response()
+        }
+        Outcome::Failed(error) => error.into_response(),
+        Outcome::Running => {
+            ApiError::server(StatusCode::BAD_GATEWAY, "Dify's answer ended unexpectedly").into_response()
+        }
+    };
+    with_user(response, &p.identity)
+}
+
+fn log_end(model: &str, user: &str, started: Instant, stream: bool, end: &RelayEnd) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let conversation = end.conversation_id.as_deref().unwrap_or("-");
+    let message = end.message_id.as_deref().unwrap_or("-");
+    match &end.outcome {
+        Outcome::Failed(error) => tracing::warn!(
+            model,
+            user,
+            conversation,
+            message,
+            stream,
+            latency_ms,
+            events = end.events,
+            "❌ request failed: {}",
+            error.message
+        ),
+        _ => tracing::info!(
+            model,
+            user,
+            conversation,
+            message,
+            stream,
+            latency_ms,
+            events = end.events,
+            "👤 {user} ✅ completed"
+        ),
+    }
+}

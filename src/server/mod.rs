@@ -1,0 +1,197 @@
+//! `opendify serve`: the axum application, its state, and the listener with graceful
+//! shutdown. Routes live in their own files; errors leave in OpenAI's shape.
+
+mod chat;
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{Registry, UploadCache};
+use crate::config::Config;
+use crate::dify::DifyClient;
+use crate::openai::{ApiError, ModelList, ModelObject, unix_now};
+
+pub struct AppState {
+    pub config: Config,
+    pub client: DifyClient,
+    pub registry: Registry,
+    pub uploads: UploadCache,
+    /// `created` of every model object: when this server started.
+    pub started_at: u64,
+    /// Cancelled when the shutdown drain time is over: open streams end with an error.
+    pub drain_deadline: CancellationToken,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// Describes every configured app and builds the state `serve` runs with.
+    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        let client = DifyClient::new(&config)?;
+        let (registry, discovery) = Registry::discover(&config, client.clone()).await;
+        for warning in discovery.warnings {
+            tracing::warn!("⚠️ {warning}");
+        }
+        Ok(AppState {
+            config,
+            client,
+            registry,
+            uploads: UploadCache::default(),
+            started_at: unix_now(),
+            drain_deadline: CancellationToken::new(),
+        })
+    }
+}
+
+/// The application; tests drive it on an ephemeral port.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/models and /health",
+    )
+    .code("unknown_url")
+    .into_response()
+}
+
+async fn list_models(State(state): State<SharedState>) -> Response {
+    state.registry.refresh_if_stale().await;
+    let routes = state.registry.list();
+    let data = routes
+        .iter()
+        .map(|r| ModelObject { id: &r.name, object: "model", created: state.started_at, owned_by: "dify" })
+        .collect();
+    axum::Json(ModelList { object: "list", data }).into_response()
+}
+
+async fn get_model(State(state): State<SharedState>, Path(id): Path<String>) -> Response {
+    match state.registry.get(&id) {
+        Some(route) => {
+            axum::Json(ModelObject { id: &route.name, object: "model", created: state.started_at, owned_by: "dify" })
+                .into_response()
+        }
+        None => unknown_model(&id, &state.registry.names()).into_response(),
+    }
+}
+
+pub fn unknown_model(model: &str, available: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "The model `{model}` does not exist or you do not have access to it. Available models: {}",
+            if available.is_empty() { "(none)".to_string() } else { available.join(", ") }
+        ),
+    )
+    .param("model")
+    .code("model_not_found")
+}
+
+/// Binds, serves until SIGINT/SIGTERM, then lets in-flight requests finish for up to
+/// SHUTDOWN_TIMEOUT before ending the streams still open.
+pub async fn serve(state: AppState) -> anyhow::Result<()> {
+    let addr = state.config.listen_addr();
+    let listener = TcpListener::bind(&addr).await.map_err(|e| bind_error(&addr, e, state.config.port))?;
+    let local: SocketAddr = listener.local_addr()?;
+    let names = state.registry.names();
+    tracing::info!("Loaded {} models: {}", names.len(), names.join(", "));
+    tracing::info!("🚀 opendify listening on http://{local} (Dify: {})", state.client.base());
+    run(listener, Arc::new(state), shutdown_signal()).await
+}
+
+/// Serves on an already bound listener until `shutdown` completes (tests use this).
+pub async fn run(
+    listener: TcpListener,
+    state: SharedState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let drain_for = state.config.shutdown_timeout;
+    let deadline = state.drain_deadline.clone();
+    let app = router(state);
+    // Small SSE frames must leave at once, not wait for an ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, letting in-flight requests finish");
+        let _ = signalled_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Once shutdown starts, streams get `drain_for` to finish; then they are ended with an
+    // error chunk (not cut), and the server gets a moment to flush them.
+    tokio::spawn(async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(drain_for).await;
+            tracing::warn!("shutdown timeout reached: ending the streams still open");
+            deadline.cancel();
+        }
+    });
+    server.await??;
+    tracing::info!("opendify stopped");
+    Ok(())
+}
+
+fn bind_error(addr: &str, err: std::io::Error, port: u16) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: the address is already in use\n  hint: run `opendify doctor check-port` to see which process holds it, or set SERVER_PORT={} (or --port)",
+            port.saturating_add(1)
+        )
+    } else {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {err}\n  hint: check SERVER_HOST/SERVER_PORT (ports below 1024 need privileges)"
+        )
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// How long a finished upstream body may take to close before it is left to a background
+/// task (so pooled connections are reused rather than dropped).
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(5);

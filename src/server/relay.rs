@@ -1,0 +1,226 @@
+//! Relays one Dify generation to one OpenAI client. Each upstream event is translated and
+//! written out as soon as it arrives (no buffering, no pacing). When the client goes away
+//! first, the upstream request is dropped and Dify's stop endpoint is called, so Dify stops
+//! spending tokens on an answer nobody reads.
+
+use std::convert::Infallible;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::DRAIN_GRACE;
+use crate::bridge::{Outcome, Sink, Translator};
+use crate::dify::{AppMode, DifyClient, DifyError, EventStream};
+use crate::openai::ChunkWriter;
+use crate::secret::Secret;
+
+/// Calls Dify's stop endpoint if dropped while armed: the client left mid-answer.
+pub struct StopGuard {
+    target: Option<StopTarget>,
+    task_id: Option<String>,
+}
+
+struct StopTarget {
+    client: DifyClient,
+    key: Secret,
+    mode: AppMode,
+    user: String,
+    model: String,
+}
+
+impl StopGuard {
+    pub fn new(client: DifyClient, key: Secret, mode: AppMode, user: String, model: String) -> Self {
+        StopGuard { target: Some(StopTarget { client, key, mode, user, model }), task_id: None }
+    }
+
+    pub fn set_task(&mut self, task_id: Option<&String>) {
+        if self.task_id.is_none() {
+            self.task_id = task_id.cloned();
+        }
+    }
+
+    pub fn disarm(&mut self) {
+        self.target = None;
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let Some(target) = self.target.take() else { return };
+        let Some(task_id) = self.task_id.take() else {
+            tracing::info!(model = %target.model, "client went away before Dify named the task; nothing to stop");
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            match target.client.stop(&target.key, target.mode, &task_id, &target.user).await {
+                Ok(()) => tracing::info!(model = %target.model, task_id, "client went away: stopped the Dify task"),
+                Err(e) => tracing::warn!(model = %target.model, task_id, "client went away; stopping the Dify task failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Reads what is left of a finished upstream body so its connection goes back to the pool.
+pub fn drain(mut upstream: EventStream) {
+    for _ in 0..4 {
+        match upstream.next().now_or_never() {
+            Some(None) => return,
+            Some(Some(_)) => continue,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_GRACE, async { while upstream.next().await.is_some() {} }).await;
+    });
+}
+
+/// Writes translated output as SSE frames into the current buffer.
+struct StreamSink<'a> {
+    writer: &'a ChunkWriter,
+    out: &'a mut BytesMut,
+    sent_text: &'a mut bool,
+}
+
+impl Sink for StreamSink<'_> {
+    fn content(&mut self, text: &str) {
+        if !text.is_empty() {
+            *self.sent_text = true;
+            self.writer.content(self.out, text);
+        }
+    }
+    fn reasoning(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.writer.reasoning(self.out, text);
+        }
+    }
+    fn replace(&mut self, text: &str) {
+        // Text already sent cannot be taken back: the replacement follows after a blank line.
+        let sep = if *self.sent_text { "\n\n" } else { "" };
+        self.content(&format!("{sep}{text}"));
+    }
+    fn final_answer(&mut self, text: &str) {
+        if !*self.sent_text {
+            self.content(text);
+        }
+    }
+    fn keep_alive(&mut self) {
+        self.out.put_slice(b": keep-alive\n\n");
+    }
+}
+
+/// What the relay reports when the stream is over (for logs and metrics).
+pub struct RelayEnd {
+    pub outcome: Outcome,
+    pub conversation_id: Option<String>,
+    pub message_id: Option<String>,
+    pub events: u64,
+}
+
+pub struct Relay {
+    upstream: Option<EventStream>,
+    translator: Translator,
+    writer: ChunkWriter,
+    guard: StopGuard,
+    deadline: CancellationToken,
+    sent_role: bool,
+    sent_text: bool,
+    done: bool,
+    on_end: Option<Box<dyn FnOnce(RelayEnd) + Send>>,
+}
+
+impl Relay {
+    pub fn new(
+        upstream: EventStream,
+        translator: Translator,
+        writer: ChunkWriter,
+        guard: StopGuard,
+        deadline: CancellationToken,
+        on_end: Box<dyn FnOnce(RelayEnd) + Send>,
+    ) -> Self {
+        Relay {
+            upstream: Some(upstream),
+            translator,
+            writer,
+            guard,
+            deadline,
+            sent_role: false,
+            sent_text: false,
+            done: false,
+            on_end: Some(on_end),
+        }
+    }
+
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut relay| async move {
+            let bytes = relay.next_frame().await?;
+            Some((Ok(bytes), relay))
+        })
+    }
+
+    /// The next bytes for the client, or `None` when the response is complete.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        if !self.sent_role {
+            self.sent_role = true;
+            self.writer.role(&mut out);
+            return Some(out.freeze());
+        }
+        loop {
+            let upstream = self.upstream.as_mut()?;
+            let next = tokio::select! {
+                biased;
+                next = upstream.next() => next,
+                () = self.deadline.cancelled() => Some(Err(DifyError::Transport("opendify is shutting down".into()))),
+            };
+            let mut sink = StreamSink { writer: &self.writer, out: &mut out, sent_text: &mut self.sent_text };
+            match next {
+                Some(Ok(event)) => {
+                    self.translator.on_event(&event, &mut sink);
+                    self.guard.set_task(self.translator.task_id.as_ref());
+                }
+                Some(Err(err)) => self.translator.on_end(Some(&err), &mut sink),
+                None => self.translator.on_end(None, &mut sink),
+            }
+            match self.translator.outcome().clone() {
+                Outcome::Running => {
+                    if !out.is_empty() {
+                        return Some(out.freeze());
+                    }
+                }
+                Outcome::Finished { reason, usage } => {
+                    self.writer.finish(&mut out, reason, usage);
+                    return Some(self.complete(out, Outcome::Finished { reason, usage }));
+                }
+                Outcome::Failed(error) => {
+                    self.writer.error(&mut out, &error.to_json());
+                    return Some(self.complete(out, Outcome::Failed(error)));
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, out: BytesMut, outcome: Outcome) -> Bytes {
+        self.done = true;
+        // The generation is over either way: nothing left for Dify to stop.
+        self.guard.disarm();
+        if let Some(upstream) = self.upstream.take() {
+            if matches!(outcome, Outcome::Finished { .. }) {
+                drain(upstream);
+            }
+        }
+        if let Some(report) = self.on_end.take() {
+            report(RelayEnd {
+                outcome,
+                conversation_id: self.translator.conversation_id.clone(),
+                message_id: self.translator.message_id.clone(),
+                events: self.translator.events,
+            });
+        }
+        out.freeze()
+    }
+}
