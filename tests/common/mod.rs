@@ -1,0 +1,192 @@
+//! Test harness: a mock Dify and an opendify server, both in-process on ephemeral ports,
+//! spoken to over real HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opendify::config::{self, LoadOptions};
+use opendify::mock_dify::{MockApp, MockDify};
+use opendify::server::{self, AppState};
+use serde_json::{Value, json};
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts the graceful shutdown, as SIGTERM would.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// The apps most tests use: one of each mode.
+pub fn all_apps() -> Vec<MockApp> {
+    vec![
+        MockApp::new("app-chat-key-0001", "Chat Bot", "chat"),
+        MockApp::new("app-agentchat-0002", "Agent Bot", "agent-chat"),
+        MockApp::new("app-chatflow-0003", "Flow Bot", "advanced-chat"),
+        MockApp::new("app-newagent-0004", "New Agent", "agent"),
+        MockApp::new("app-complete-0005", "Writer", "completion"),
+        MockApp::new("app-workflow-0006", "Runner", "workflow"),
+    ]
+}
+
+pub const MODEL_CONFIG: &str = r#"{"chat":"app-chat-key-0001","agent-chat":"app-agentchat-0002","chatflow":"app-chatflow-0003","agent":"app-newagent-0004","completion":"app-complete-0005","workflow":"app-workflow-0006"}"#;
+
+pub async fn mock() -> MockDify {
+    MockDify::start(all_apps()).await.expect("start mock Dify")
+}
+
+/// Starts opendify against `mock` with MODEL_CONFIG and any extra settings.
+pub async fn gateway(mock: &MockDify, extra: &[(&'static str, &str)]) -> Gateway {
+    gateway_with(&mock.base_url(), MODEL_CONFIG, extra).await
+}
+
+pub async fn gateway_with(base: &str, models: &str, extra: &[(&'static str, &str)]) -> Gateway {
+    let dir = std::env::temp_dir().join(format!("opendify-test-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let empty_env = dir.join("test.env");
+    std::fs::write(&empty_env, "").expect("env file");
+    let mut overrides: Vec<(&'static str, String)> =
+        vec![("DIFY_API_BASE", base.to_string()), ("MODEL_CONFIG", models.to_string()), ("LOG_LEVEL", "warn".into())];
+    overrides.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let options = LoadOptions { env_file: Some(empty_env), overrides, ignore_process_env: true };
+    let loaded = config::load(&options);
+    assert!(loaded.problems.is_empty(), "test config has problems: {:?}", loaded.problems);
+    let config = loaded.config.expect("config");
+    let state = Arc::new(AppState::build(config).await.expect("state"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    Gateway { addr, state, shutdown: Some(tx), server: Some(server) }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+pub fn chat_body(model: &str, text: &str, stream: bool) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": stream})
+}
+
+/// One parsed SSE response from opendify: the JSON chunks, in order, and whether it ended
+/// with `[DONE]`.
+#[derive(Debug)]
+pub struct StreamResult {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub chunks: Vec<Value>,
+    pub comments: usize,
+    pub done: bool,
+    pub raw: String,
+}
+
+impl StreamResult {
+    pub fn content(&self) -> String {
+        self.delta_field("content")
+    }
+
+    pub fn reasoning(&self) -> String {
+        self.delta_field("reasoning_content")
+    }
+
+    fn delta_field(&self, field: &str) -> String {
+        self.chunks
+            .iter()
+            .filter_map(|c| c["choices"].get(0))
+            .filter_map(|choice| choice["delta"][field].as_str())
+            .collect()
+    }
+
+    pub fn finish_reason(&self) -> Option<String> {
+        self.chunks
+            .iter()
+            .filter_map(|c| c["choices"].get(0))
+            .find_map(|choice| choice["finish_reason"].as_str().map(str::to_string))
+    }
+
+    pub fn error(&self) -> Option<&Value> {
+        self.chunks.iter().find_map(|c| c.get("error"))
+    }
+
+    pub fn usage(&self) -> Option<&Value> {
+        self.chunks.iter().find(|c| c["choices"].as_array().is_some_and(|a| a.is_empty())).map(|c| &c["usage"])
+    }
+}
+
+pub async fn stream_chat(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -> StreamResult {
+    let mut request = client().post(gw.url("/v1/chat/completions")).json(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let response_headers = response.headers().clone();
+    let raw = response.text().await.expect("body");
+    let mut chunks = Vec::new();
+    let mut comments = 0;
+    let mut done = false;
+    for frame in raw.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        if frame.starts_with(':') {
+            comments += 1;
+            continue;
+        }
+        let data = frame.strip_prefix("data: ").unwrap_or_else(|| panic!("frame without data: {frame:?}"));
+        assert!(!done, "frame after [DONE]: {frame}");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        chunks.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad chunk {data:?}: {e}")));
+    }
+    StreamResult { status, headers: response_headers, chunks, comments, done, raw }
+}
+
+pub async fn post_chat(
+    gw: &Gateway,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = client().post(gw.url("/v1/chat/completions")).json(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, headers, json)
+}
+
+/// Asserts OpenAI's error shape and returns the error object.
+pub fn assert_openai_error(body: &Value) -> &Value {
+    let error = body.get("error").unwrap_or_else(|| panic!("no error object in {body}"));
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
+    assert!(error["type"].is_string(), "error without type: {body}");
+    assert!(error.get("param").is_some() && error.get("code").is_some(), "error without param/code: {body}");
+    error
+}
