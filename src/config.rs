@@ -70,6 +70,28 @@ pub const SETTINGS: &[SettingSpec] = &[
         "Dify input variable that receives the system prompt (else it is prepended to the query)",
     ),
     spec("SHUTDOWN_TIMEOUT", Some("30"), false, "Seconds in-flight requests may take to finish on SIGTERM"),
+    spec(
+        "PROXY_API_KEYS",
+        None,
+        true,
+        "Comma-separated keys clients must send as Authorization: Bearer (unset: no client auth)",
+    ),
+    spec(
+        "DIFY_KEY_PASSTHROUGH",
+        Some("false"),
+        false,
+        "Use a client's Bearer app-... key as the Dify app key for that request",
+    ),
+    spec("MAX_BODY_MB", Some("20"), false, "Largest request body accepted, in MiB"),
+    spec(
+        "MAX_CONCURRENT_UPSTREAM",
+        Some("512"),
+        false,
+        "Most Dify requests in flight at once; more get 503 with Retry-After",
+    ),
+    spec("LOG_FILE", None, false, "Also write logs to this file (rotated daily), e.g. logs/app.log"),
+    spec("CORS_ORIGINS", None, false, "Comma-separated origins allowed by CORS, or * (unset: CORS off)"),
+    spec("STREAM_SMOOTHING", Some("off"), false, "off, or adaptive to even out bursty streams"),
 ];
 
 const fn spec(name: &'static str, default: Option<&'static str>, secret: bool, help: &'static str) -> SettingSpec {
@@ -209,6 +231,18 @@ pub struct Config {
     pub reasoning_progress: bool,
     pub system_input: Option<String>,
     pub shutdown_timeout: Duration,
+    pub chat_id_headers: Vec<String>,
+    pub jwt_secret: Option<Secret>,
+    /// SQLite path or `redis://` URL.
+    pub conversation_store: String,
+    pub mapping_ttl: Duration,
+    pub proxy_api_keys: Vec<Secret>,
+    pub dify_key_passthrough: bool,
+    pub max_body_bytes: usize,
+    pub max_concurrent_upstream: usize,
+    pub log_file: Option<PathBuf>,
+    pub cors_origins: Vec<String>,
+    pub stream_smoothing: bool,
 }
 
 impl Config {
@@ -480,6 +514,51 @@ fn validate(raw: &RawValues, problems: &mut Vec<Finding>, warnings: &mut Vec<Fin
         reasoning_progress: raw.flag("REASONING_PROGRESS", problems),
         system_input: raw.nonempty("SYSTEM_INPUT").map(str::to_string),
         shutdown_timeout: raw.seconds("SHUTDOWN_TIMEOUT", 30, problems),
+        chat_id_headers: raw.list("CHAT_ID_HEADER").into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        jwt_secret: raw.nonempty("OPENWEBUI_JWT_SECRET").map(Secret::new),
+        conversation_store: raw.nonempty("CONVERSATION_STORE").unwrap_or("data/conversations.db").to_string(),
+        mapping_ttl: {
+            let days: f64 = raw.parse_or("MAPPING_TTL_DAYS", "a number of days", 30.0, problems);
+            if !(days.is_finite() && days > 0.0) {
+                problems.push(Finding::with_fix(
+                    format!("MAPPING_TTL_DAYS must be positive, got {days}"),
+                    "MAPPING_TTL_DAYS=30",
+                ));
+            }
+            Duration::from_secs_f64(days.clamp(0.001, 36_500.0) * 86_400.0)
+        },
+        proxy_api_keys: raw.list("PROXY_API_KEYS").into_iter().map(Secret::new).collect(),
+        dify_key_passthrough: raw.flag("DIFY_KEY_PASSTHROUGH", problems),
+        max_body_bytes: {
+            let mb: f64 = raw.parse_or("MAX_BODY_MB", "a number of MiB", 20.0, problems);
+            if !(mb.is_finite() && mb > 0.0) {
+                problems.push(Finding::with_fix(format!("MAX_BODY_MB must be positive, got {mb}"), "MAX_BODY_MB=20"));
+            }
+            (mb.clamp(0.001, 4096.0) * 1024.0 * 1024.0) as usize
+        },
+        max_concurrent_upstream: {
+            let n: usize = raw.parse_or("MAX_CONCURRENT_UPSTREAM", "a whole number", 512, problems);
+            if n == 0 {
+                problems.push(Finding::with_fix(
+                    "MAX_CONCURRENT_UPSTREAM must be at least 1",
+                    "MAX_CONCURRENT_UPSTREAM=512",
+                ));
+            }
+            n.max(1)
+        },
+        log_file: raw.nonempty("LOG_FILE").map(PathBuf::from),
+        cors_origins: raw.list("CORS_ORIGINS"),
+        stream_smoothing: match raw.nonempty("STREAM_SMOOTHING").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("off") => false,
+            Some("adaptive") => true,
+            Some(other) => {
+                problems.push(Finding::with_fix(
+                    format!("STREAM_SMOOTHING must be off or adaptive, got {other:?}"),
+                    "STREAM_SMOOTHING=off",
+                ));
+                false
+            }
+        },
     };
     if config.stream_idle_timeout <= Duration::from_secs(10) {
         warnings.push(Finding::with_fix(
@@ -490,9 +569,10 @@ fn validate(raw: &RawValues, problems: &mut Vec<Finding>, warnings: &mut Vec<Fin
             "STREAM_IDLE_TIMEOUT=60",
         ));
     }
-    for header in &config.user_id_headers {
+    for header in config.user_id_headers.iter().chain(&config.chat_id_headers) {
         if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            problems.push(Finding::new(format!("USER_ID_HEADER contains an invalid header name {header:?}")));
+            problems
+                .push(Finding::new(format!("USER_ID_HEADER/CHAT_ID_HEADER contain an invalid header name {header:?}")));
         }
     }
     Some(config)
