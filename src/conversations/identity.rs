@@ -3,13 +3,58 @@
 //! (Open WebUI's `X-OpenWebUI-User-Id` by default, any capitalisation), the body's `user`,
 //! then DEFAULT_USER. Changing how users are derived orphans existing Dify conversations.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::openai::ApiError;
+use crate::secret::Secret;
+
+/// Open WebUI's signed user header (sent instead of the plain ones when it has a secret).
+pub const JWT_HEADER: &str = "x-openwebui-user-jwt";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
     /// `header:<name>`, `body` or `default`: logged, and shown by the doctor.
     pub source: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenWebUiClaims {
+    sub: String,
+}
+
+/// With OPENWEBUI_JWT_SECRET set, the user comes only from a valid signed token (HS256, not
+/// expired): plain user headers are ignored, so no client can pose as another user. Without
+/// a token, the body's `user` or DEFAULT_USER applies.
+pub fn resolve_verified_identity(
+    headers: &HeaderMap,
+    body_user: Option<&str>,
+    secret: &Secret,
+    default_user: &str,
+) -> Result<Identity, ApiError> {
+    let Some(token) = headers.get(JWT_HEADER) else {
+        return Ok(resolve_identity(headers, body_user, &[], default_user));
+    };
+    let unauthorized = |why: String| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", format!("Invalid X-OpenWebUI-User-Jwt: {why}"))
+            .code("invalid_user_token")
+    };
+    let token = token.to_str().map_err(|_| unauthorized("not text".into()))?.trim();
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 30;
+    let data = jsonwebtoken::decode::<OpenWebUiClaims>(
+        token,
+        &DecodingKey::from_secret(secret.expose().as_bytes()),
+        &validation,
+    )
+    .map_err(|e| unauthorized(e.to_string()))?;
+    let user = data.claims.sub.trim().to_string();
+    if user.is_empty() {
+        return Err(unauthorized("empty subject".into()));
+    }
+    Ok(Identity { user, source: "jwt".into() })
 }
 
 pub fn resolve_identity(
@@ -34,6 +79,29 @@ pub fn resolve_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    fn token(secret: &str, sub: &str, exp_offset: i64) -> String {
+        let exp = (crate::conversations::store::now_secs() as i64 + exp_offset) as u64;
+        let claims = serde_json::json!({"sub": sub, "iss": "open-webui", "exp": exp, "role": "user"});
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("encode")
+    }
+
+    #[test]
+    fn signed_token_decides_the_user_and_plain_headers_are_ignored() {
+        let secret = Secret::new("s3cret");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-openwebui-user-id", "mallory".parse().expect("header"));
+        let id = resolve_verified_identity(&headers, None, &secret, "d").expect("no token is fine");
+        assert_eq!(id.user, "d", "plain header must be ignored in JWT mode");
+        headers.insert(JWT_HEADER, token("s3cret", "alice", 300).parse().expect("header"));
+        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect("valid").user, "alice");
+        headers.insert(JWT_HEADER, token("wrong", "alice", 300).parse().expect("header"));
+        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect_err("bad sig").status, 401);
+        headers.insert(JWT_HEADER, token("s3cret", "alice", -3600).parse().expect("header"));
+        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect_err("expired").status, 401);
+    }
 
     #[test]
     fn header_beats_body_beats_default_and_names_are_case_insensitive() {

@@ -1,5 +1,14 @@
-//! Who the user is, and which Dify conversation a request continues.
+//! Who the user is, and which Dify conversation a request continues: identity, history
+//! fingerprints, the resolver that applies the continuity rules, and the stores.
 
+pub mod fingerprint;
 pub mod identity;
+pub mod legacy;
+pub mod redis_store;
+pub mod resolver;
+pub mod sqlite;
+pub mod store;
 
-pub use identity::{Identity, resolve_identity};
+pub use identity::{Identity, resolve_identity, resolve_verified_identity};
+pub use resolver::{Continuity, Conversations, Decision, Recorder, RequestView};
+pub use store::{Store, StoreError};

@@ -1,0 +1,131 @@
+//! Fingerprints of a chat's history, for clients that send no chat id: after each answer,
+//! the hash of (app, user, every user/assistant turn so far, the answer) is recorded; the
+//! next request whose history before its last user message hashes to the same value
+//! continues that conversation.
+//!
+//! Content is canonicalised first so that harmless differences clients introduce do not
+//! break the match: whitespace runs collapse to one space and ends are trimmed, inline
+//! reasoning (`<think>…</think>`, `<details…>…</details>`) is dropped from assistant turns,
+//! and system/tool messages are left out (clients rewrite system prompts freely).
+
+use sha2::{Digest, Sha256};
+
+use crate::openai::{ChatMessage, Role};
+
+pub type Fingerprint = [u8; 32];
+
+/// An incremental fingerprint: feed turns in order, take the hash at any point.
+#[derive(Clone)]
+pub struct Fingerprinter {
+    hasher: Sha256,
+}
+
+impl Fingerprinter {
+    /// `app` identifies the Dify app (a hash of its key, never the key itself).
+    pub fn new(app: &str, user: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"opendify-fp-v1\0");
+        hasher.update(app.as_bytes());
+        hasher.update([0]);
+        hasher.update(user.as_bytes());
+        hasher.update([0]);
+        Fingerprinter { hasher }
+    }
+
+    pub fn turn(&mut self, role: Role, text: &str) {
+        let tag: &[u8] = match role {
+            Role::User => b"u",
+            Role::Assistant => b"a",
+            _ => return,
+        };
+        let text = if role == Role::Assistant { strip_reasoning(text) } else { text.to_string() };
+        self.hasher.update(tag);
+        let mut first = true;
+        for word in text.split_whitespace() {
+            if !first {
+                self.hasher.update(b" ");
+            }
+            self.hasher.update(word.as_bytes());
+            first = false;
+        }
+        self.hasher.update([0x1e]);
+    }
+
+    pub fn message(&mut self, message: &ChatMessage) {
+        self.turn(message.role, &message.text());
+    }
+
+    pub fn finish(&self) -> Fingerprint {
+        self.hasher.clone().finalize().into()
+    }
+}
+
+/// Removes `<think>…</think>` and `<details…>…</details>` blocks.
+fn strip_reasoning(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let think = rest.find("<think>");
+        let details = rest.find("<details");
+        let (start, close) = match (think, details) {
+            (Some(t), Some(d)) if d < t => (d, "</details>"),
+            (Some(t), _) => (t, "</think>"),
+            (None, Some(d)) => (d, "</details>"),
+            (None, None) => break,
+        };
+        match rest[start..].find(close) {
+            Some(end) => {
+                out.push_str(&rest[..start]);
+                rest = &rest[start + end + close.len()..];
+            }
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A short, stable, non-reversible id for an app key (stored instead of the key).
+pub fn app_id(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn hex(fp: &Fingerprint) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(turns: &[(Role, &str)]) -> Fingerprint {
+        let mut f = Fingerprinter::new("app", "user");
+        for (role, text) in turns {
+            f.turn(*role, text);
+        }
+        f.finish()
+    }
+
+    #[test]
+    fn whitespace_and_reasoning_do_not_change_the_fingerprint() {
+        let a = fp(&[(Role::User, "Hello  world\n"), (Role::Assistant, "<think>hmm</think>\n\nHi there")]);
+        let b = fp(&[(Role::User, " Hello world"), (Role::Assistant, "Hi   there")]);
+        assert_eq!(a, b);
+        let system_ignored =
+            fp(&[(Role::System, "be nice"), (Role::User, "Hello world"), (Role::Assistant, "Hi there")]);
+        assert_eq!(a, system_ignored);
+    }
+
+    #[test]
+    fn content_roles_and_scope_change_the_fingerprint() {
+        let base = fp(&[(Role::User, "a"), (Role::Assistant, "b")]);
+        assert_ne!(base, fp(&[(Role::User, "a"), (Role::Assistant, "c")]));
+        assert_ne!(base, fp(&[(Role::Assistant, "a"), (Role::User, "b")]));
+        assert_ne!(fp(&[(Role::User, "ab")]), fp(&[(Role::User, "a"), (Role::User, "b")]));
+        let mut other_user = Fingerprinter::new("app", "someone-else");
+        other_user.turn(Role::User, "a");
+        other_user.turn(Role::Assistant, "b");
+        assert_ne!(base, other_user.finish());
+    }
+}

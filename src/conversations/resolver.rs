@@ -1,0 +1,290 @@
+//! Decides which Dify conversation a request continues, and records each answered turn.
+//!
+//! In order: an explicit id (`X-Dify-Conversation-Id` or body `conversation_id`) is used as
+//! is; a client chat id (Open WebUI's `X-OpenWebUI-Chat-Id`) is looked up per (app, user,
+//! chat), never by chat id alone; otherwise the fingerprint of the history before the last
+//! user message finds the conversation. Either way the fingerprint says where in the
+//! conversation the request belongs: the next turn (continue), or an earlier one (the client
+//! regenerated or edited: never appended to the old thread). With no match but earlier
+//! turns, a new conversation starts with those turns as context. Open WebUI's background
+//! tasks (`### Task:`) are answered outside any conversation.
+//!
+//! Requests on the same conversation are handled one at a time, so turns are recorded in
+//! order. The store being down never fails a request: it is answered statelessly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::fingerprint::{Fingerprinter, app_id};
+use super::store::{ConversationRecord, Store, StoreError, TurnRecord};
+use crate::bridge::ConversationPlan;
+use crate::openai::{ChatMessage, Role};
+
+/// How the conversation was chosen (logs, tests, the doctor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    Explicit,
+    /// Continues the conversation the client's chat id maps to.
+    Chat,
+    /// Continues the conversation whose last answer matches the history.
+    Fingerprint,
+    /// The history matches an earlier turn: regenerate or edit.
+    Branch,
+    /// No earlier turns: a new conversation.
+    New,
+    /// Earlier turns but no mapping: a new conversation seeded with them.
+    Seeded,
+    /// Open WebUI background task: outside any conversation.
+    Task,
+    /// The store failed: answered statelessly.
+    Stateless,
+}
+
+impl Continuity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Continuity::Explicit => "explicit",
+            Continuity::Chat => "chat",
+            Continuity::Fingerprint => "fingerprint",
+            Continuity::Branch => "branch",
+            Continuity::New => "new",
+            Continuity::Seeded => "seeded",
+            Continuity::Task => "task",
+            Continuity::Stateless => "stateless",
+        }
+    }
+}
+
+pub struct Decision {
+    pub plan: ConversationPlan,
+    pub continuity: Continuity,
+    /// The conversation id came from the store (so Dify's 404 means the mapping is stale).
+    pub from_store: bool,
+    /// What to record once the answer is complete; `None` for stateless answers.
+    pub recorder: Option<Recorder>,
+}
+
+/// Everything needed to record the turn after the answer, plus the conversation lock.
+pub struct Recorder {
+    fingerprint: Fingerprinter,
+    turn: u32,
+    app: String,
+    model: String,
+    user: String,
+    chat_id: Option<String>,
+    _lock: Option<OwnedMutexGuard<()>>,
+}
+
+pub struct RequestView<'a> {
+    pub key: &'a str,
+    pub model: &'a str,
+    pub user: &'a str,
+    pub chat_id: Option<&'a str>,
+    pub explicit: Option<&'a str>,
+    pub messages: &'a [ChatMessage],
+    pub last_user: usize,
+}
+
+pub struct Conversations {
+    store: Store,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    branch_with_parent: bool,
+}
+
+/// `### Task:` prompts are Open WebUI's title/tags/follow-up generation.
+pub fn is_background_task(messages: &[ChatMessage], last_user: usize) -> bool {
+    messages.get(last_user).is_some_and(|m| m.text().trim_start().starts_with("### Task:"))
+}
+
+impl Conversations {
+    pub fn new(store: Store, branch_with_parent: bool) -> Self {
+        Conversations { store, locks: Mutex::new(HashMap::new()), branch_with_parent }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lock(&self, key: String) -> OwnedMutexGuard<()> {
+        let mutex = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            if locks.len() > 4096 {
+                locks.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            locks.entry(key).or_default().clone()
+        };
+        mutex.lock_owned().await
+    }
+
+    pub async fn decide(&self, req: &RequestView<'_>) -> Decision {
+        let app = app_id(req.key);
+        let mut prefix = Fingerprinter::new(&app, req.user);
+        let mut has_history = false;
+        for m in &req.messages[..req.last_user] {
+            if matches!(m.role, Role::User | Role::Assistant) {
+                prefix.message(m);
+                has_history = true;
+            }
+        }
+        let prefix_fp = prefix.finish();
+        let mut full = prefix;
+        if let Some(last) = req.messages.get(req.last_user) {
+            full.message(last);
+        }
+        let turn = req.messages[..=req.last_user.min(req.messages.len().saturating_sub(1))]
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .count() as u32;
+        let recorder = |lock: Option<OwnedMutexGuard<()>>| Recorder {
+            fingerprint: full.clone(),
+            turn,
+            app: app.clone(),
+            model: req.model.to_string(),
+            user: req.user.to_string(),
+            chat_id: req.chat_id.map(str::to_string),
+            _lock: lock,
+        };
+        let fresh = |continuity: Continuity, recorder: Option<Recorder>| Decision {
+            plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
+            continuity: if continuity == Continuity::New && has_history { Continuity::Seeded } else { continuity },
+            from_store: false,
+            recorder,
+        };
+
+        if is_background_task(req.messages, req.last_user) {
+            return fresh(Continuity::Task, None);
+        }
+        if let Some(id) = req.explicit {
+            let lock = self.lock(format!("conv:{id}")).await;
+            return Decision {
+                plan: ConversationPlan { conversation_id: Some(id.to_string()), ..Default::default() },
+                continuity: Continuity::Explicit,
+                from_store: false,
+                recorder: Some(recorder(Some(lock))),
+            };
+        }
+
+        let outcome: Result<Decision, StoreError> = async {
+            if let Some(chat_id) = req.chat_id {
+                let lock = self.lock(format!("chat:{app}:{}:{chat_id}", req.user)).await;
+                let mapped = self.store.chat(&app, req.user, chat_id).await?;
+                let matched = if has_history { self.store.turn(&prefix_fp).await? } else { None };
+                if let Some(found) = matched {
+                    return self.place(found, &recorder, Some(lock), has_history).await;
+                }
+                if let (Some(conversation_id), true) = (mapped, has_history) {
+                    // The history did not match (a client rewrote it), but the chat id is
+                    // trusted when the turn count shows this is the next turn. A mapping
+                    // imported from the original proxy has no conversation row: trusted too.
+                    let record = self.store.conversation(&conversation_id).await?;
+                    if record.is_none_or(|r| r.latest_turn + 1 == turn) {
+                        tracing::debug!(conversation = %conversation_id, "🔍 continuing by chat id");
+                        return Ok(Decision {
+                            plan: ConversationPlan { conversation_id: Some(conversation_id), ..Default::default() },
+                            continuity: Continuity::Chat,
+                            from_store: true,
+                            recorder: Some(recorder(Some(lock))),
+                        });
+                    }
+                }
+                return Ok(fresh(Continuity::New, Some(recorder(Some(lock)))));
+            }
+            if has_history {
+                if let Some(found) = self.store.turn(&prefix_fp).await? {
+                    let lock = self.lock(format!("conv:{}", found.conversation_id)).await;
+                    // Re-read after waiting: the conversation may have moved on meanwhile.
+                    let found = self.store.turn(&prefix_fp).await?.unwrap_or(found);
+                    return self.place(found, &recorder, Some(lock), has_history).await;
+                }
+            }
+            Ok(fresh(Continuity::New, Some(recorder(None))))
+        }
+        .await;
+        match outcome {
+            Ok(decision) => {
+                tracing::debug!(continuity = decision.continuity.as_str(), "🔍 conversation lookup");
+                decision
+            }
+            Err(e) => {
+                tracing::warn!("⚠️ conversation store unavailable, answering without conversation memory: {e}");
+                fresh(Continuity::Stateless, None)
+            }
+        }
+    }
+
+    /// The history matched a recorded turn: the next turn of its conversation, or a branch.
+    async fn place(
+        &self,
+        found: TurnRecord,
+        recorder: &dyn Fn(Option<OwnedMutexGuard<()>>) -> Recorder,
+        lock: Option<OwnedMutexGuard<()>>,
+        has_history: bool,
+    ) -> Result<Decision, StoreError> {
+        let latest = self.store.conversation(&found.conversation_id).await?.map(|c| c.latest_turn);
+        match latest {
+            Some(latest) if latest == found.turn => Ok(Decision {
+                plan: ConversationPlan { conversation_id: Some(found.conversation_id), ..Default::default() },
+                continuity: Continuity::Fingerprint,
+                from_store: true,
+                recorder: Some(recorder(lock)),
+            }),
+            Some(_) if self.branch_with_parent && found.message_id.is_some() => Ok(Decision {
+                plan: ConversationPlan {
+                    conversation_id: Some(found.conversation_id),
+                    parent_message_id: found.message_id,
+                    seed_from: None,
+                },
+                continuity: Continuity::Branch,
+                from_store: true,
+                recorder: Some(recorder(lock)),
+            }),
+            _ => Ok(Decision {
+                // Regenerate/edit of an earlier turn, or the conversation expired: a new
+                // conversation seeded with the history, so the old thread stays clean.
+                plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
+                continuity: if latest.is_some() { Continuity::Branch } else { Continuity::Seeded },
+                from_store: false,
+                recorder: Some(recorder(lock)),
+            }),
+        }
+    }
+
+    /// Records an answered turn (before the client sees `[DONE]`). Failures are logged: the
+    /// answer itself was fine.
+    pub async fn record(&self, recorder: Recorder, conversation_id: &str, message_id: Option<&str>, answer: &str) {
+        let mut fp = recorder.fingerprint;
+        fp.turn(Role::Assistant, answer);
+        let fingerprint = fp.finish();
+        let turn = TurnRecord {
+            conversation_id: conversation_id.to_string(),
+            turn: recorder.turn,
+            message_id: message_id.map(str::to_string),
+        };
+        let conversation = ConversationRecord {
+            conversation_id: conversation_id.to_string(),
+            app: recorder.app,
+            model: recorder.model,
+            user: recorder.user,
+            chat_id: recorder.chat_id,
+            latest_turn: recorder.turn,
+            latest_message_id: message_id.map(str::to_string),
+            created_at: 0,
+            updated_at: 0,
+        };
+        if let Err(e) = self.store.record(&fingerprint, &turn, &conversation).await {
+            tracing::warn!(
+                conversation = conversation_id,
+                "⚠️ could not record the turn; the next one starts a new conversation: {e}"
+            );
+        }
+    }
+
+    /// Dify no longer knows this conversation: drop its mappings.
+    pub async fn forget(&self, conversation_id: &str) {
+        if let Err(e) = self.store.forget(conversation_id).await {
+            tracing::warn!(conversation = conversation_id, "⚠️ could not drop a stale mapping: {e}");
+        }
+    }
+}
