@@ -236,6 +236,7 @@ pub struct Config {
     /// SQLite path or `redis://` URL.
     pub conversation_store: String,
     pub mapping_ttl: Duration,
+    pub branch_with_parent: bool,
     pub proxy_api_keys: Vec<Secret>,
     pub dify_key_passthrough: bool,
     pub max_body_bytes: usize,
@@ -527,6 +528,7 @@ fn validate(raw: &RawValues, problems: &mut Vec<Finding>, warnings: &mut Vec<Fin
             }
             Duration::from_secs_f64(days.clamp(0.001, 36_500.0) * 86_400.0)
         },
+        branch_with_parent: raw.flag("DIFY_PARENT_MESSAGE_ID", problems),
         proxy_api_keys: raw.list("PROXY_API_KEYS").into_iter().map(Secret::new).collect(),
         dify_key_passthrough: raw.flag("DIFY_KEY_PASSTHROUGH", problems),
         max_body_bytes: {

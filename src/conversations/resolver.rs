@@ -218,7 +218,7 @@ impl Conversations {
     async fn place(
         &self,
         found: TurnRecord,
-        recorder: &dyn Fn(Option<OwnedMutexGuard<()>>) -> Recorder,
+        recorder: &(dyn Fn(Option<OwnedMutexGuard<()>>) -> Recorder + Sync),
         lock: Option<OwnedMutexGuard<()>>,
         has_history: bool,
     ) -> Result<Decision, StoreError> {

@@ -10,11 +10,11 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::relay::{Relay, RelayEnd, StopGuard, drain};
+use super::relay::{Finisher, Relay, RelayEnd, StopGuard, drain};
 use super::{SharedState, unknown_model};
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
 use crate::bridge::{AppRoute, Collected, Outcome, Translator, TranslatorOptions};
-use crate::conversations::{Identity, resolve_identity};
+use crate::conversations::{Decision, Identity, RequestView, resolve_identity, resolve_verified_identity};
 use crate::openai::{
     ApiError, ChatCompletion, ChatCompletionRequest, Choice, ChunkWriter, ResponseMessage, completion_id, unix_now,
 };
@@ -26,7 +26,7 @@ struct Prepared {
     request: ChatCompletionRequest,
     route: Arc<AppRoute>,
     identity: Identity,
-    plan: ConversationPlan,
+    decision: Decision,
 }
 
 pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -38,6 +38,13 @@ pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderM
             return error.into_response();
         }
     };
+    tracing::debug!(
+        model = %prepared.request.model,
+        continuity = prepared.decision.continuity.as_str(),
+        "👤 user {} ({})",
+        prepared.identity.user,
+        prepared.identity.source
+    );
     let mut response = if prepared.request.is_stream() {
         stream(state, prepared, started).await
     } else {
@@ -73,8 +80,17 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
             state.registry.get(&request.model).ok_or_else(|| unknown_model(&request.model, &state.registry.names()))?
         }
     };
-    let identity =
-        resolve_identity(headers, request.user.as_deref(), &state.config.user_id_headers, &state.config.default_user);
+    let identity = match &state.config.jwt_secret {
+        Some(secret) => {
+            resolve_verified_identity(headers, request.user.as_deref(), secret, &state.config.default_user)?
+        }
+        None => resolve_identity(
+            headers,
+            request.user.as_deref(),
+            &state.config.user_id_headers,
+            &state.config.default_user,
+        ),
+    };
     let explicit = headers
         .get("x-dify-conversation-id")
         .and_then(|v| v.to_str().ok())
@@ -82,12 +98,41 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .or_else(|| request.conversation_id.clone().filter(|s| !s.trim().is_empty()));
-    let plan = match explicit {
-        Some(id) => ConversationPlan { conversation_id: Some(id), ..Default::default() },
-        // No conversation to continue: carry the earlier turns as context.
-        None => ConversationPlan { seed_from: Some(0), ..Default::default() },
+    let chat_id = first_header(headers, &state.config.chat_id_headers);
+    let decision = if route.mode.is_chat_family() {
+        state
+            .conversations
+            .decide(&RequestView {
+                key: route.key.expose(),
+                model: &request.model,
+                user: &identity.user,
+                chat_id: chat_id.as_deref(),
+                explicit: explicit.as_deref(),
+                messages: &request.messages,
+                last_user: request.last_user_index(),
+            })
+            .await
+    } else {
+        // Completion and workflow apps keep no conversation.
+        Decision {
+            plan: ConversationPlan::default(),
+            continuity: crate::conversations::Continuity::New,
+            from_store: false,
+            recorder: None,
+        }
     };
-    Ok(Prepared { request, route, identity, plan })
+    Ok(Prepared { request, route, identity, decision })
+}
+
+fn first_header(headers: &HeaderMap, names: &[String]) -> Option<String> {
+    names.iter().find_map(|name| {
+        headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
 }
 
 fn translator(state: &SharedState, p: &Prepared) -> Translator {
@@ -100,15 +145,44 @@ fn translator(state: &SharedState, p: &Prepared) -> Translator {
     })
 }
 
-/// Resolves files, builds the Dify body and starts the upstream stream.
-async fn start_upstream(state: &SharedState, p: &Prepared) -> Result<crate::dify::EventStream, ApiError> {
+/// Resolves files, builds the Dify body and starts the upstream stream. A stored
+/// conversation Dify no longer knows (404) is dropped and the request retried once as a new
+/// conversation seeded with the history: the client never sees that error.
+async fn start_upstream(state: &SharedState, p: &mut Prepared) -> Result<crate::dify::EventStream, ApiError> {
     let files = request::resolve_files(&p.request, &p.route, &p.identity.user, &state.client, &state.uploads).await?;
     let options = BuildOptions { user: &p.identity.user, system_input: state.config.system_input.as_deref() };
-    let body = request::build(&p.request, &p.route, &p.plan, files, &options);
-    state.client.generate(&p.route.key, p.route.mode, &body).await.map_err(|e| {
-        tracing::warn!(model = %p.request.model, kind = e.kind(), "❌ Dify API error: {e}");
-        ApiError::from_dify(&e, &p.request.model)
-    })
+    let mut healed = false;
+    loop {
+        let body = request::build(&p.request, &p.route, &p.decision.plan, files.clone(), &options);
+        match state.client.generate(&p.route.key, p.route.mode, &body).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if e.is_conversation_missing() && p.decision.from_store && !healed => {
+                if let Some(stale) = p.decision.plan.conversation_id.take() {
+                    tracing::info!(conversation = %stale, "🔍 Dify no longer knows this conversation; starting a new one");
+                    state.conversations.forget(&stale).await;
+                }
+                p.decision.plan = ConversationPlan { seed_from: Some(0), ..Default::default() };
+                p.decision.from_store = false;
+                healed = true;
+            }
+            Err(e) => {
+                tracing::warn!(model = %p.request.model, kind = e.kind(), "❌ Dify API error: {e}");
+                return Err(ApiError::from_dify(&e, &p.request.model));
+            }
+        }
+    }
+}
+
+fn finisher(state: &SharedState, p: &mut Prepared, started: Instant, stream: bool) -> Finisher {
+    Finisher {
+        state: state.clone(),
+        recorder: p.decision.recorder.take(),
+        model: p.request.model.clone(),
+        user: p.identity.user.clone(),
+        continuity: p.decision.continuity.as_str(),
+        started,
+        stream,
+    }
 }
 
 fn with_user(mut response: Response, identity: &Identity) -> Response {
@@ -116,8 +190,8 @@ fn with_user(mut response: Response, identity: &Identity) -> Response {
     response
 }
 
-async fn stream(state: SharedState, p: Prepared, started: Instant) -> Response {
-    let upstream = match start_upstream(&state, &p).await {
+async fn stream(state: SharedState, mut p: Prepared, started: Instant) -> Response {
+    let upstream = match start_upstream(&state, &mut p).await {
         Ok(u) => u,
         Err(e) => return with_user(e.into_response(), &p.identity),
     };
@@ -129,9 +203,8 @@ async fn stream(state: SharedState, p: Prepared, started: Instant) -> Response {
         p.identity.user.clone(),
         p.request.model.clone(),
     );
-    let (model, user) = (p.request.model.clone(), p.identity.user.clone());
-    let on_end = Box::new(move |end: RelayEnd| log_end(&model, &user, started, true, &end));
-    let relay = Relay::new(upstream, translator(&state, &p), writer, guard, state.drain_deadline.clone(), on_end);
+    let finish = finisher(&state, &mut p, started, true);
+    let relay = Relay::new(upstream, translator(&state, &p), writer, guard, state.drain_deadline.clone(), finish);
     let mut response = Response::new(Body::from_stream(relay.into_stream()));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
@@ -141,8 +214,8 @@ async fn stream(state: SharedState, p: Prepared, started: Instant) -> Response {
     with_user(response, &p.identity)
 }
 
-async fn complete(state: SharedState, p: Prepared, started: Instant) -> Response {
-    let mut upstream = match start_upstream(&state, &p).await {
+async fn complete(state: SharedState, mut p: Prepared, started: Instant) -> Response {
+    let mut upstream = match start_upstream(&state, &mut p).await {
         Ok(u) => u,
         Err(e) => return with_user(e.into_response(), &p.identity),
     };
@@ -177,18 +250,13 @@ async fn complete(state: SharedState, p: Prepared, started: Instant) -> Response
     } else {
         guard.disarm();
     }
-    let end = RelayEnd {
-        outcome: translator.outcome().clone(),
-        conversation_id: translator.conversation_id.clone(),
-        message_id: translator.message_id.clone(),
-        events: translator.events,
-    };
-    log_end(&p.request.model, &p.identity.user, started, false, &end);
+    let end = RelayEnd::from_translator(&translator);
+    let answer = collected.answer();
+    finisher(&state, &mut p, started, false).finish(&end, &answer).await;
     let response = match end.outcome {
         Outcome::Finished { reason, usage } => {
             drain(upstream);
             let id = completion_id();
-            let answer = collected.answer();
             let reasoning = (!collected.reasoning.is_empty()).then_some(collected.reasoning.as_str());
             let body = ChatCompletion {
                 id: &id,
@@ -217,33 +285,4 @@ async fn complete(state: SharedState, p: Prepared, started: Instant) -> Response
         }
     };
     with_user(response, &p.identity)
-}
-
-fn log_end(model: &str, user: &str, started: Instant, stream: bool, end: &RelayEnd) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let conversation = end.conversation_id.as_deref().unwrap_or("-");
-    let message = end.message_id.as_deref().unwrap_or("-");
-    match &end.outcome {
-        Outcome::Failed(error) => tracing::warn!(
-            model,
-            user,
-            conversation,
-            message,
-            stream,
-            latency_ms,
-            events = end.events,
-            "❌ request failed: {}",
-            error.message
-        ),
-        _ => tracing::info!(
-            model,
-            user,
-            conversation,
-            message,
-            stream,
-            latency_ms,
-            events = end.events,
-            "👤 {user} ✅ completed"
-        ),
-    }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Registry, UploadCache};
 use crate::config::Config;
+use crate::conversations::{Conversations, Store};
 use crate::dify::DifyClient;
 use crate::openai::{ApiError, ModelList, ModelObject, unix_now};
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub client: DifyClient,
     pub registry: Registry,
     pub uploads: UploadCache,
+    pub conversations: Conversations,
     /// `created` of every model object: when this server started.
     pub started_at: u64,
     /// Cancelled when the shutdown drain time is over: open streams end with an error.
@@ -38,6 +40,11 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     /// Describes every configured app and builds the state `serve` runs with.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        let store = Store::open(&config.conversation_store, config.mapping_ttl).await.map_err(|e| {
+            let fix = e.fix().map(|f| format!("\n  hint: {f}")).unwrap_or_default();
+            anyhow::anyhow!("{e}{fix}")
+        })?;
+        let conversations = Conversations::new(store, config.branch_with_parent);
         let client = DifyClient::new(&config)?;
         let (registry, discovery) = Registry::discover(&config, client.clone()).await;
         for warning in discovery.warnings {
@@ -48,6 +55,7 @@ impl AppState {
             client,
             registry,
             uploads: UploadCache::default(),
+            conversations,
             started_at: unix_now(),
             drain_deadline: CancellationToken::new(),
         })
@@ -131,6 +139,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let drain_for = state.config.shutdown_timeout;
+    spawn_store_cleanup(state.clone());
     let deadline = state.drain_deadline.clone();
     let app = router(state);
     // Small SSE frames must leave at once, not wait for an ACK (Nagle).
@@ -156,6 +165,23 @@ pub async fn run(
     server.await??;
     tracing::info!("opendify stopped");
     Ok(())
+}
+
+/// Removes expired mappings every hour (SQLite; Redis expires keys itself).
+fn spawn_store_cleanup(state: SharedState) {
+    let weak = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            match state.conversations.store().prune_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("🧹 removed {n} expired conversation mappings"),
+                Err(e) => tracing::warn!("⚠️ cleaning up expired mappings failed: {e}"),
+            }
+        }
+    });
 }
 
 fn bind_error(addr: &str, err: std::io::Error, port: u16) -> anyhow::Error {

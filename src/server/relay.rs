@@ -4,13 +4,15 @@
 //! spending tokens on an answer nobody reads.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::DRAIN_GRACE;
+use super::{DRAIN_GRACE, SharedState};
 use crate::bridge::{Outcome, Sink, Translator};
+use crate::conversations::Recorder;
 use crate::dify::{AppMode, DifyClient, DifyError, EventStream};
 use crate::openai::ChunkWriter;
 use crate::secret::Secret;
@@ -81,6 +83,8 @@ struct StreamSink<'a> {
     writer: &'a ChunkWriter,
     out: &'a mut BytesMut,
     sent_text: &'a mut bool,
+    /// The answer as the client sees it, kept only when the turn will be recorded.
+    answer: Option<&'a mut String>,
 }
 
 impl Sink for StreamSink<'_> {
@@ -88,6 +92,9 @@ impl Sink for StreamSink<'_> {
         if !text.is_empty() {
             *self.sent_text = true;
             self.writer.content(self.out, text);
+            if let Some(answer) = self.answer.as_deref_mut() {
+                answer.push_str(text);
+            }
         }
     }
     fn reasoning(&mut self, text: &str) {
@@ -118,6 +125,72 @@ pub struct RelayEnd {
     pub events: u64,
 }
 
+impl RelayEnd {
+    pub fn from_translator(translator: &Translator) -> Self {
+        RelayEnd {
+            outcome: translator.outcome().clone(),
+            conversation_id: translator.conversation_id.clone(),
+            message_id: translator.message_id.clone(),
+            events: translator.events,
+        }
+    }
+}
+
+/// What happens once an answer is complete, streamed or not: the turn is recorded (before
+/// the client sees the end, so its next turn finds it) and the completion is logged.
+pub struct Finisher {
+    pub state: SharedState,
+    pub recorder: Option<Recorder>,
+    pub model: String,
+    pub user: String,
+    pub continuity: &'static str,
+    pub started: Instant,
+    pub stream: bool,
+}
+
+impl Finisher {
+    pub fn records(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    pub async fn finish(self, end: &RelayEnd, answer: &str) {
+        if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
+            (&end.outcome, self.recorder, end.conversation_id.as_deref())
+        {
+            self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
+        }
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (model, user, stream, continuity) = (self.model.as_str(), self.user.as_str(), self.stream, self.continuity);
+        let conversation = end.conversation_id.as_deref().unwrap_or("-");
+        let message = end.message_id.as_deref().unwrap_or("-");
+        match &end.outcome {
+            Outcome::Failed(error) => tracing::warn!(
+                model,
+                user,
+                conversation,
+                message,
+                continuity,
+                stream,
+                latency_ms,
+                events = end.events,
+                "❌ request failed: {}",
+                error.message
+            ),
+            _ => tracing::info!(
+                model,
+                user,
+                conversation,
+                message,
+                continuity,
+                stream,
+                latency_ms,
+                events = end.events,
+                "👤 {user} ✅ completed"
+            ),
+        }
+    }
+}
+
 pub struct Relay {
     upstream: Option<EventStream>,
     translator: Translator,
@@ -127,7 +200,8 @@ pub struct Relay {
     sent_role: bool,
     sent_text: bool,
     done: bool,
-    on_end: Option<Box<dyn FnOnce(RelayEnd) + Send>>,
+    answer: Option<String>,
+    finisher: Option<Finisher>,
 }
 
 impl Relay {
@@ -137,7 +211,7 @@ impl Relay {
         writer: ChunkWriter,
         guard: StopGuard,
         deadline: CancellationToken,
-        on_end: Box<dyn FnOnce(RelayEnd) + Send>,
+        finisher: Finisher,
     ) -> Self {
         Relay {
             upstream: Some(upstream),
@@ -148,7 +222,8 @@ impl Relay {
             sent_role: false,
             sent_text: false,
             done: false,
-            on_end: Some(on_end),
+            answer: finisher.records().then(String::new),
+            finisher: Some(finisher),
         }
     }
 
@@ -177,7 +252,12 @@ impl Relay {
                 next = upstream.next() => next,
                 () = self.deadline.cancelled() => Some(Err(DifyError::Transport("opendify is shutting down".into()))),
             };
-            let mut sink = StreamSink { writer: &self.writer, out: &mut out, sent_text: &mut self.sent_text };
+            let mut sink = StreamSink {
+                writer: &self.writer,
+                out: &mut out,
+                sent_text: &mut self.sent_text,
+                answer: self.answer.as_mut(),
+            };
             match next {
                 Some(Ok(event)) => {
                     self.translator.on_event(&event, &mut sink);
@@ -194,32 +274,28 @@ impl Relay {
                 }
                 Outcome::Finished { reason, usage } => {
                     self.writer.finish(&mut out, reason, usage);
-                    return Some(self.complete(out, Outcome::Finished { reason, usage }));
+                    return Some(self.complete(out).await);
                 }
                 Outcome::Failed(error) => {
                     self.writer.error(&mut out, &error.to_json());
-                    return Some(self.complete(out, Outcome::Failed(error)));
+                    return Some(self.complete(out).await);
                 }
             }
         }
     }
 
-    fn complete(&mut self, out: BytesMut, outcome: Outcome) -> Bytes {
+    async fn complete(&mut self, out: BytesMut) -> Bytes {
         self.done = true;
         // The generation is over either way: nothing left for Dify to stop.
         self.guard.disarm();
+        let end = RelayEnd::from_translator(&self.translator);
         if let Some(upstream) = self.upstream.take() {
-            if matches!(outcome, Outcome::Finished { .. }) {
+            if matches!(end.outcome, Outcome::Finished { .. }) {
                 drain(upstream);
             }
         }
-        if let Some(report) = self.on_end.take() {
-            report(RelayEnd {
-                outcome,
-                conversation_id: self.translator.conversation_id.clone(),
-                message_id: self.translator.message_id.clone(),
-                events: self.translator.events,
-            });
+        if let Some(finisher) = self.finisher.take() {
+            finisher.finish(&end, self.answer.as_deref().unwrap_or("")).await;
         }
         out.freeze()
     }

@@ -67,8 +67,12 @@ pub async fn gateway_with(base: &str, models: &str, extra: &[(&'static str, &str
     std::fs::create_dir_all(&dir).expect("temp dir");
     let empty_env = dir.join("test.env");
     std::fs::write(&empty_env, "").expect("env file");
-    let mut overrides: Vec<(&'static str, String)> =
-        vec![("DIFY_API_BASE", base.to_string()), ("MODEL_CONFIG", models.to_string()), ("LOG_LEVEL", "warn".into())];
+    let mut overrides: Vec<(&'static str, String)> = vec![
+        ("DIFY_API_BASE", base.to_string()),
+        ("MODEL_CONFIG", models.to_string()),
+        ("LOG_LEVEL", "warn".into()),
+        ("CONVERSATION_STORE", dir.join("conversations.db").display().to_string()),
+    ];
     overrides.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let options = LoadOptions { env_file: Some(empty_env), overrides, ignore_process_env: true };
     let loaded = config::load(&options);
