@@ -52,6 +52,31 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec("DEFAULT_USER", Some("default_user"), false, "Dify user when the request names none"),
     spec("USER_ID_HEADER", Some("x-openwebui-user-id"), false, "Comma-separated header names carrying the user id"),
     spec(
+        "CHAT_ID_HEADER",
+        Some("x-openwebui-chat-id"),
+        false,
+        "Comma-separated header names carrying the client's chat id",
+    ),
+    spec(
+        "OPENWEBUI_JWT_SECRET",
+        None,
+        true,
+        "Verify Open WebUI's signed X-OpenWebUI-User-Jwt with this secret and take the user from it",
+    ),
+    spec(
+        "CONVERSATION_STORE",
+        Some("data/conversations.db"),
+        false,
+        "SQLite file path, or redis://host:port/db to share conversations between instances",
+    ),
+    spec("MAPPING_TTL_DAYS", Some("30"), false, "Days a conversation mapping is kept after its last use"),
+    spec(
+        "DIFY_PARENT_MESSAGE_ID",
+        Some("false"),
+        false,
+        "true if your Dify accepts parent_message_id: regenerates then branch inside the conversation",
+    ),
+    spec(
         "REASONING_MODE",
         Some("reasoning"),
         false,
@@ -370,6 +395,7 @@ struct RawValues {
 
 impl RawValues {
     fn get(&self, name: &str) -> Option<&str> {
+        debug_assert!(SETTINGS.iter().any(|s| s.name == name), "setting {name} is missing from SETTINGS");
         self.values.get(name).map(|(v, _)| v.as_str())
     }
 
