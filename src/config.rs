@@ -670,7 +670,12 @@ fn parse_model_config(text: &str, problems: &mut Vec<Finding>, warnings: &mut Ve
         Err(e) => {
             problems.push(Finding::with_fix(
                 format!(
-                    "MODEL_CONFIG is not valid JSON: {} at line {} column {}",
+                    "MODEL_CONFIG is not valid JSON{}: {} at line {} column {}",
+                    if text.contains('{') && !text.contains('"') {
+                        " (its double quotes are gone: .env parsing removes them unless the value is in single quotes)"
+                    } else {
+                        ""
+                    },
                     json_error_reason(&e),
                     e.line(),
                     e.column()
