@@ -2,6 +2,8 @@
 //! sees the same timeouts, TLS settings, proxies and error mapping that serving does.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +44,21 @@ pub enum DifyError {
 }
 
 impl DifyError {
+    /// Every value [`DifyError::kind`] can take (metrics render them all).
+    pub const KINDS: [&'static str; 11] = [
+        "auth",
+        "rate_limit",
+        "server",
+        "api",
+        "http",
+        "connect",
+        "timeout",
+        "idle_timeout",
+        "transport",
+        "protocol",
+        "request",
+    ];
+
     /// A short, fixed label (metrics, JSON output).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -110,9 +127,30 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Failed calls by [`DifyError::kind`], for `/metrics`.
+#[derive(Default)]
+pub struct ErrorCounts([AtomicU64; DifyError::KINDS.len()]);
+
+impl ErrorCounts {
+    fn record(&self, err: &DifyError) {
+        if let Some(i) = DifyError::KINDS.iter().position(|k| *k == err.kind()) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        DifyError::KINDS.iter().zip(&self.0).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).collect()
+    }
+}
+
+/// Connection attempts a generation gets when Dify cannot be reached at all (nothing was
+/// sent, so trying again cannot run anything twice).
+const CONNECT_ATTEMPTS: u32 = 3;
+
 #[derive(Clone)]
 pub struct DifyClient {
     http: reqwest::Client,
+    errors: Arc<ErrorCounts>,
     base: String,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -132,6 +170,7 @@ impl DifyClient {
             .map_err(|e| DifyError::Request(error_chain(&e)))?;
         Ok(DifyClient {
             http,
+            errors: Arc::default(),
             base: config.dify_api_base.clone(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -141,6 +180,11 @@ impl DifyClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Failed generations and streams so far, by kind.
+    pub fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        self.errors.snapshot()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -164,15 +208,51 @@ impl DifyClient {
         mode: AppMode,
         request: &GenerateRequest,
     ) -> Result<EventStream, DifyError> {
+        let started = self.start_generation(key, mode, request).await;
+        if let Err(e) = &started {
+            self.errors.record(e);
+        }
+        started
+    }
+
+    async fn start_generation(
+        &self,
+        key: &Secret,
+        mode: AppMode,
+        request: &GenerateRequest,
+    ) -> Result<EventStream, DifyError> {
         let url = self.url(mode.generate_path());
-        let body = serde_json::to_vec(request).map_err(|e| DifyError::Request(e.to_string()))?;
-        let response = self
-            .http
-            .post(&url)
-            .header(AUTHORIZATION, Self::auth(key)?)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body)
-            .send();
+        let body = Bytes::from(serde_json::to_vec(request).map_err(|e| DifyError::Request(e.to_string()))?);
+        let auth = Self::auth(key)?;
+        let opened = Instant::now();
+        // A connection that could not even be opened sent nothing: it is retried, briefly.
+        let response = async {
+            let mut attempt = 1;
+            loop {
+                let sent = self
+                    .http
+                    .post(&url)
+                    .header(AUTHORIZATION, auth.clone())
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
+                        let backoff = Duration::from_millis(100 * 3u64.pow(attempt - 1) + fastrand::u64(0..50));
+                        tracing::warn!(
+                            attempt,
+                            "🔍 cannot connect to Dify ({}); retrying in {} ms",
+                            error_chain(&e),
+                            backoff.as_millis()
+                        );
+                        tokio::time::sleep(backoff).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        };
         // Only the wait for response headers is bounded here; the body is bounded per event
         // by the idle timeout, because a healthy stream may last many minutes.
         let response = match tokio::time::timeout(self.request_timeout, response).await {
@@ -188,9 +268,9 @@ impl DifyClient {
         if is_json {
             // A server that ignored `response_mode: streaming` sent one blocking answer.
             let bytes = read_body(response, self.request_timeout).await?;
-            return Ok(EventStream::from_blocking(&bytes, self.idle_timeout));
+            return Ok(EventStream::from_blocking(&bytes, self.idle_timeout, opened, self.errors.clone()));
         }
-        Ok(EventStream::new(response, self.idle_timeout))
+        Ok(EventStream::new(response, self.idle_timeout, opened, self.errors.clone()))
     }
 
     pub async fn info(&self, key: &Secret) -> Result<AppInfo, DifyError> {
@@ -347,6 +427,10 @@ pub struct EventStream {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     ended: bool,
+    errors: Arc<ErrorCounts>,
+    /// When the request was sent, and when the latest event arrived.
+    opened: Instant,
+    last_event: Instant,
 }
 
 enum Source {
@@ -355,18 +439,21 @@ enum Source {
 }
 
 impl EventStream {
-    fn new(response: Response, idle: Duration) -> Self {
+    fn new(response: Response, idle: Duration, opened: Instant, errors: Arc<ErrorCounts>) -> Self {
         EventStream {
             source: Source::Live(response),
             parser: SseParser::default(),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             ended: false,
+            errors,
+            opened,
+            last_event: Instant::now(),
         }
     }
 
     /// A blocking JSON answer, replayed as the events a stream would have carried.
-    fn from_blocking(body: &[u8], idle: Duration) -> Self {
+    fn from_blocking(body: &[u8], idle: Duration, opened: Instant, errors: Arc<ErrorCounts>) -> Self {
         let events = blocking_to_events(body);
         EventStream {
             source: Source::Replay(events.into_iter()),
@@ -374,11 +461,29 @@ impl EventStream {
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             ended: true,
+            errors,
+            opened,
+            last_event: Instant::now(),
         }
+    }
+
+    /// Time spent waiting on Dify: from sending the request to the latest event.
+    pub fn upstream_time(&self) -> Duration {
+        self.last_event.saturating_duration_since(self.opened)
     }
 
     /// The next event; `None` once the body has ended.
     pub async fn next(&mut self) -> Option<Result<SseEvent, DifyError>> {
+        let next = self.next_event().await;
+        match &next {
+            Some(Ok(_)) => self.last_event = Instant::now(),
+            Some(Err(e)) => self.errors.record(e),
+            None => {}
+        }
+        next
+    }
+
+    async fn next_event(&mut self) -> Option<Result<SseEvent, DifyError>> {
         let response = match &mut self.source {
             Source::Replay(events) => return events.next().map(Ok),
             Source::Live(response) => response,
