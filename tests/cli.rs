@@ -45,8 +45,16 @@ fn missing_settings_abort_with_the_originals_report_and_exit_2() {
 fn each_bad_setting_gets_a_precise_line_and_a_fix() {
     let cases = [
         // The classic .env pitfall: unquoted JSON loses its double quotes.
-        ("DIFY_API_BASE=http://x/v1\nMODEL_CONFIG={\"a\":\"app-1234567890\"}\n", "its double quotes are gone", "single quotes around the JSON"),
-        ("DIFY_API_BASE=http://x/v1\nMODEL_CONFIG={\"a\": \"app-1234567890\"}\n", ".env has a line that cannot be parsed", "wrap JSON in single quotes"),
+        (
+            "DIFY_API_BASE=http://x/v1\nMODEL_CONFIG={\"a\":\"app-1234567890\"}\n",
+            "its double quotes are gone",
+            "single quotes around the JSON",
+        ),
+        (
+            "DIFY_API_BASE=http://x/v1\nMODEL_CONFIG={\"a\": \"app-1234567890\"}\n",
+            ".env has a line that cannot be parsed",
+            "wrap JSON in single quotes",
+        ),
         (
             "DIFY_API_BASE=http://x/v1\nMODEL_CONFIG='{\"a\":}'\n",
             "MODEL_CONFIG is not valid JSON: expected value at line 1 column 6",

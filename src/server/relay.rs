@@ -162,13 +162,13 @@ impl Finisher {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let (model, user, stream, continuity) = (self.model.as_str(), self.user.as_str(), self.stream, self.continuity);
         let conversation = end.conversation_id.as_deref().unwrap_or("-");
-        let message = end.message_id.as_deref().unwrap_or("-");
+        let message_id = end.message_id.as_deref().unwrap_or("-");
         match &end.outcome {
             Outcome::Failed(error) => tracing::warn!(
                 model,
                 user,
                 conversation,
-                message,
+                message_id,
                 continuity,
                 stream,
                 latency_ms,
@@ -180,7 +180,7 @@ impl Finisher {
                 model,
                 user,
                 conversation,
-                message,
+                message_id,
                 continuity,
                 stream,
                 latency_ms,
