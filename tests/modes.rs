@@ -206,3 +206,22 @@ async fn an_unreachable_dify_at_startup_is_a_warning_and_mode_overrides_apply() 
     let (status, _, _) = post_chat(&gw, &chat_body("flow", "x", false), &[]).await;
     assert_eq!(status, 502);
 }
+
+#[tokio::test]
+async fn file_and_audio_parts_are_uploaded_with_their_names_and_types() {
+    let mock = mock().await;
+    let gw = gateway(&mock, &[]).await;
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise"},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK", "filename": "report.pdf"}},
+        {"type": "input_audio", "input_audio": {"data": "SUQzBAAAAAAA", "format": "mp3"}}
+    ]}]});
+    let (status, _, answer) = post_chat(&gw, &body, &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    let names: Vec<String> = mock.uploads().into_iter().map(|(_, name, _)| name).collect();
+    assert_eq!(names, ["report.pdf", "audio.mp3"]);
+    let files = &mock.generations()[0].body["files"];
+    assert_eq!(files[0]["type"], "document");
+    assert_eq!(files[1]["type"], "audio");
+    assert!(files.as_array().is_some_and(|f| f.iter().all(|f| f["transfer_method"] == "local_file")));
+}
