@@ -25,7 +25,14 @@ fn serve(cli: &Cli) -> ExitCode {
     let Some(config) = usable(&loaded) else {
         return ExitCode::from(2);
     };
-    opendify::logging::init(&config.log_level, config.log_format);
+    // Declared before the runtime so it is dropped after it: queued log lines are flushed.
+    let _log_guard = match opendify::logging::init_serve(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("❌ {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     for warning in &loaded.warnings {
         tracing::warn!("⚠️ {}", warning.message);
     }

@@ -1,19 +1,25 @@
 //! `opendify serve`: the axum application, its state, and the listener with graceful
 //! shutdown. Routes live in their own files; errors leave in OpenAI's shape.
 
+pub mod auth;
 mod chat;
+pub mod gate;
+pub mod limits;
+mod listen;
+pub mod metrics;
+mod ops;
 mod relay;
+mod smoothing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +39,9 @@ pub struct AppState {
     pub started_at: u64,
     /// Cancelled when the shutdown drain time is over: open streams end with an error.
     pub drain_deadline: CancellationToken,
+    /// Client auth, body and concurrency limits, the shutdown flag.
+    pub gate: gate::Gate,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -50,6 +59,7 @@ impl AppState {
         for warning in discovery.warnings {
             tracing::warn!("⚠️ {warning}");
         }
+        let gate = gate::Gate::from_config(&config);
         Ok(AppState {
             config,
             client,
@@ -58,19 +68,30 @@ impl AppState {
             conversations,
             started_at: unix_now(),
             drain_deadline: CancellationToken::new(),
+            gate,
+            metrics: Arc::default(),
         })
     }
 }
 
 /// The application; tests drive it on an ephemeral port.
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    let cors = gate::cors(&state.config);
+    let app = Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .fallback(not_found)
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate::gate))
+        .with_state(state);
+    match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -129,6 +150,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let names = state.registry.names();
     tracing::info!("Loaded {} models: {}", names.len(), names.join(", "));
     tracing::info!("🚀 opendify listening on http://{local} (Dify: {})", state.client.base());
+    auth::warn_if_open(&state.gate.auth, local);
     run(listener, Arc::new(state), shutdown_signal()).await
 }
 
@@ -141,18 +163,19 @@ pub async fn run(
     let drain_for = state.config.shutdown_timeout;
     spawn_store_cleanup(state.clone());
     let deadline = state.drain_deadline.clone();
-    let app = router(state);
-    // Small SSE frames must leave at once, not wait for an ACK (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let options = listen::ServeOptions {
+        header_timeout: state.gate.limits.header_timeout,
+        drain_deadline: state.drain_deadline.clone(),
+    };
+    let app = router(state.clone());
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let signalled = async move {
         shutdown.await;
-        tracing::info!("shutdown requested: no new connections, letting in-flight requests finish");
+        state.gate.begin_shutdown();
+        tracing::info!("shutdown requested: /ready is 503, no new connections, letting in-flight requests finish");
         let _ = signalled_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
+    };
+    let server = tokio::spawn(listen::serve(listener, app, signalled, options));
     // Once shutdown starts, streams get `drain_for` to finish; then they are ended with an
     // error chunk (not cut), and the server gets a moment to flush them.
     tokio::spawn(async move {

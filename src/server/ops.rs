@@ -1,0 +1,78 @@
+//! Endpoints for operators and orchestrators: `GET /ready` (may this instance take traffic:
+//! not shutting down, conversation store reachable) and `GET /metrics` (Prometheus text).
+//! Neither needs a client key and neither shows a secret. `GET /health` (in `mod.rs`) only
+//! says the process is up.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::SharedState;
+use super::metrics::Snapshot;
+
+/// The longest /ready and /metrics wait on the conversation store.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often /metrics recounts the conversation mappings (counting can be slow).
+const MAPPINGS_MAX_AGE: Duration = Duration::from_secs(30);
+
+pub async fn ready(State(state): State<SharedState>) -> Response {
+    if state.gate.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting_down"}))).into_response();
+    }
+    match store_health(&state).await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            tracing::warn!("❌ not ready: {reason}");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": reason})))
+                .into_response()
+        }
+    }
+}
+
+async fn store_health(state: &SharedState) -> Result<(), String> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().health()).await;
+    state.metrics.store_latency.observe(started.elapsed());
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the conversation store did not answer within {}s", STORE_PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+pub async fn metrics(State(state): State<SharedState>) -> Response {
+    let ready = !state.gate.is_shutting_down() && store_health(&state).await.is_ok();
+    let snapshot = Snapshot {
+        upstream_errors: state.client.error_counts(),
+        conversation_mappings: mappings(&state).await,
+        upstream_in_flight: state.gate.limits.upstream_in_flight(),
+        upstream_capacity: state.gate.limits.upstream_capacity(),
+        ready,
+    };
+    let text = state.metrics.render(&snapshot);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn mappings(state: &SharedState) -> Option<u64> {
+    let cached = *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, n)) = cached
+        && at.elapsed() < MAPPINGS_MAX_AGE
+    {
+        return Some(n);
+    }
+    let started = Instant::now();
+    let stats = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().stats()).await;
+    state.metrics.store_latency.observe(started.elapsed());
+    match stats {
+        Ok(Ok(stats)) => {
+            *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), stats.conversations));
+            Some(stats.conversations)
+        }
+        _ => cached.map(|(_, n)| n),
+    }
+}
