@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::ClientAppKey;
+use super::gate::{ChatLabels, UpstreamTime};
 use super::relay::{Finisher, Relay, RelayEnd, StopGuard, drain};
 use super::{SharedState, unknown_model};
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
@@ -29,15 +32,25 @@ struct Prepared {
     decision: Decision,
 }
 
-pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let prepared = match prepare(&state, &headers, &body).await {
+    let mut prepared = match prepare(&state, &headers, &body).await {
         Ok(p) => p,
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), "❌ rejected request: {}", error.message);
             return error.into_response();
         }
     };
+    // DIFY_KEY_PASSTHROUGH: the client's own key of this app, for this request only.
+    if let Some(Extension(ClientAppKey(key))) = client_key {
+        prepared.route = Arc::new(AppRoute { key, ..(*prepared.route).clone() });
+    }
+    let labels = ChatLabels { route: prepared.route.clone(), stream: prepared.request.is_stream() };
     tracing::debug!(
         model = %prepared.request.model,
         continuity = prepared.decision.continuity.as_str(),
@@ -55,6 +68,7 @@ pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderM
             response.headers_mut().insert(USER_HEADER, value);
         }
     }
+    response.extensions_mut().insert(labels);
     response
 }
 
@@ -99,6 +113,7 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
         .map(str::to_string)
         .or_else(|| request.conversation_id.clone().filter(|s| !s.trim().is_empty()));
     let chat_id = first_header(headers, &state.config.chat_id_headers);
+    let lookup = Instant::now();
     let decision = if route.mode.is_chat_family() {
         state
             .conversations
@@ -121,6 +136,9 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
             recorder: None,
         }
     };
+    if route.mode.is_chat_family() {
+        state.metrics.store_latency.observe(lookup.elapsed());
+    }
     Ok(Prepared { request, route, identity, decision })
 }
 
@@ -251,9 +269,10 @@ async fn complete(state: SharedState, mut p: Prepared, started: Instant) -> Resp
         guard.disarm();
     }
     let end = RelayEnd::from_translator(&translator);
+    let upstream_time = UpstreamTime(upstream.upstream_time());
     let answer = collected.answer();
     finisher(&state, &mut p, started, false).finish(&end, &answer).await;
-    let response = match end.outcome {
+    let mut response = match end.outcome {
         Outcome::Finished { reason, usage } => {
             drain(upstream);
             let id = completion_id();
@@ -284,5 +303,6 @@ async fn complete(state: SharedState, mut p: Prepared, started: Instant) -> Resp
             ApiError::server(StatusCode::BAD_GATEWAY, "Dify's answer ended unexpectedly").into_response()
         }
     };
+    response.extensions_mut().insert(upstream_time);
     with_user(response, &p.identity)
 }

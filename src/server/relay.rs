@@ -157,7 +157,9 @@ impl Finisher {
         if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
             (&end.outcome, self.recorder, end.conversation_id.as_deref())
         {
+            let recording = Instant::now();
             self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
+            self.state.metrics.store_latency.observe(recording.elapsed());
         }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let (model, user, stream, continuity) = (self.model.as_str(), self.user.as_str(), self.stream, self.continuity);
