@@ -122,6 +122,24 @@ struct MockState {
     apps: Vec<MockApp>,
     settings: MockSettings,
     shared: Mutex<Shared>,
+    /// Streaming answers still being played (tests check none is left behind).
+    active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one playing stream for as long as it lives.
+struct Playing(Arc<MockState>);
+
+impl Playing {
+    fn new(state: Arc<MockState>) -> Self {
+        state.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Playing(state)
+    }
+}
+
+impl Drop for Playing {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl MockState {
@@ -151,7 +169,12 @@ impl MockDify {
     pub async fn start_with(apps: Vec<MockApp>, settings: MockSettings, bind: &str) -> std::io::Result<MockDify> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(MockState { apps, settings, shared: Mutex::new(Shared::default()) });
+        let state = Arc::new(MockState {
+            apps,
+            settings,
+            shared: Mutex::new(Shared::default()),
+            active: std::sync::atomic::AtomicUsize::new(0),
+        });
         let app = router(state.clone());
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -177,6 +200,11 @@ impl MockDify {
             .into_iter()
             .filter(|r| r.method == "POST" && !r.path.contains("/stop") && !r.path.contains("/files"))
             .collect()
+    }
+
+    /// Streaming answers still being sent: 0 once every client connection is gone.
+    pub fn active_streams(&self) -> usize {
+        self.state.active.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `(task_id, user)` of every stop call received.
@@ -358,6 +386,12 @@ pub enum Directive {
     Fail,
     /// 50 ms between events.
     Slow,
+    /// Dify rejects the key with 401 (as for a key that was revoked).
+    Http401,
+    /// The stream is sent one byte per second.
+    Trickle,
+    /// After the first event, one event larger than the gateway's 16 MiB limit.
+    Huge,
 }
 
 impl Directive {
@@ -379,6 +413,9 @@ impl Directive {
             "file" => Directive::File,
             "fail" => Directive::Fail,
             "slow" => Directive::Slow,
+            "http-401" => Directive::Http401,
+            "trickle" => Directive::Trickle,
+            "huge" => Directive::Huge,
             _ => Directive::Normal,
         }
     }
@@ -491,6 +528,9 @@ async fn generate(
         Directive::Http500 => {
             return dify_error(500, "internal_server_error", "Internal Server Error, please contact support.");
         }
+        Directive::Http401 => {
+            return dify_error(401, "unauthorized", "Access token is invalid");
+        }
         Directive::Http524 => {
             return (
                 StatusCode::from_u16(524).unwrap_or(StatusCode::GATEWAY_TIMEOUT),
@@ -539,7 +579,11 @@ async fn generate(
         return blocking(&script);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(script.play(tx));
+    let playing = Playing::new(state.clone());
+    tokio::spawn(async move {
+        let _playing = playing;
+        script.play(tx).await;
+    });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
     Response::builder()
@@ -624,9 +668,19 @@ impl Script {
 
     async fn play(self, tx: mpsc::Sender<Bytes>) {
         let delay = if self.directive == Directive::Slow { Duration::from_millis(50) } else { self.settings.delay };
+        let trickle = self.directive == Directive::Trickle;
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move {
+                if trickle {
+                    for i in 0..b.len() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tx.send(b.slice(i..i + 1)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -700,6 +754,11 @@ impl Script {
                         return;
                     }
                     Directive::Cut => return,
+                    Directive::Huge => {
+                        if !send(self.answer_event(&"x".repeat(17 * 1024 * 1024))).await {
+                            return;
+                        }
+                    }
                     _ => {}
                 }
             }
