@@ -1,8 +1,10 @@
 //! The command line: clap definitions only. Validation of settings happens in `config`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Url;
 
 use crate::config::LoadOptions;
 
@@ -21,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the OpenAI-compatible server
     Serve(ServeArgs),
+    /// Diagnose the setup: configuration, port, Dify connectivity, app keys, streaming, conversations
+    Doctor(DoctorArgs),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -50,7 +54,195 @@ impl Cli {
                 .override_with("SERVER_HOST", args.host.as_ref())
                 .override_with("SERVER_PORT", args.port)
                 .override_with("LOG_LEVEL", args.log_level.as_ref()),
-            Command::Completions { .. } => options,
+            Command::Doctor(DoctorArgs { check: Some(DoctorCommand::CheckPort(args)), .. }) => {
+                options.override_with("SERVER_HOST", args.host.as_ref()).override_with("SERVER_PORT", args.port)
+            }
+            Command::Doctor(_) | Command::Completions { .. } => options,
         }
+    }
+}
+
+/// How `opendify doctor --help` ends: the checks and the exit codes scripts rely on.
+pub const DOCTOR_AFTER_HELP: &str = "\
+Checks, fast ones first: check-config, check-port, inspect-mappings, ping-dify, test-key, test-stream.
+Run one with `opendify doctor CHECK [its options]`, some with `--only a,b`.
+`opendify doctor report` prints a Markdown bundle (nothing secret in it) to paste into an issue.
+
+Exit codes:
+  0  no check failed (warnings allowed)
+  1  at least one check failed (with --strict, a warning counts as a failure)
+  2  the doctor could not run (bad arguments)";
+
+#[derive(Debug, Args)]
+#[command(after_help = DOCTOR_AFTER_HELP)]
+pub struct DoctorArgs {
+    /// Print one JSON document with a stable schema instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Longest wait, in seconds, for each network step [default: 10]
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_seconds, env = "OPENDIFY_DOCTOR_TIMEOUT")]
+    pub timeout: Option<f64>,
+    /// Run only these checks (comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CHECK,...")]
+    pub only: Vec<CheckId>,
+    /// Name the checks and exit
+    #[arg(long)]
+    pub list: bool,
+    /// Count warnings as failures (exit code 1)
+    #[arg(long, global = true)]
+    pub strict: bool,
+    /// Report network failures as failures or, for flaky CI, as warnings
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = NetworkErrors::Fail,
+        env = "OPENDIFY_DOCTOR_NETWORK_ERRORS"
+    )]
+    pub network_errors: NetworkErrors,
+    /// Never colour the output (NO_COLOR is honoured too)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Show every check's details, not only its problems
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub check: Option<DoctorCommand>,
+}
+
+/// The checks `opendify doctor` runs, in the order it runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum CheckId {
+    CheckConfig,
+    CheckPort,
+    InspectMappings,
+    PingDify,
+    TestKey,
+    TestStream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkErrors {
+    Fail,
+    Warn,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DoctorCommand {
+    /// Which .env was loaded, every setting with its source, every problem with its fix
+    CheckConfig,
+    /// Whether SERVER_HOST:SERVER_PORT can be bound, and which process holds it if not
+    CheckPort(CheckPortArgs),
+    /// The conversation store and the chat-to-conversation mappings in it
+    InspectMappings(InspectMappingsArgs),
+    /// DNS, TCP, TLS and HTTP to DIFY_API_BASE, layer by layer
+    PingDify(PingDifyArgs),
+    /// Each model's app key against Dify's /info and /parameters
+    TestKey(TestKeyArgs),
+    /// One streaming request, timed, to Dify or through a running opendify
+    TestStream(TestStreamArgs),
+    /// A Markdown bundle for an issue: OS, version, redacted config, every check, log tail
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckPortArgs {
+    /// Port to check instead of SERVER_PORT
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Address to check instead of SERVER_HOST
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectMappingsArgs {
+    /// Only the mappings of this user
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only the mapping of this chat id
+    #[arg(long, value_name = "CHAT")]
+    pub chat: Option<String>,
+    /// Remove expired mappings (the only option that changes anything)
+    #[arg(long)]
+    pub prune: bool,
+    /// Ask Dify whether each listed conversation still exists
+    #[arg(long)]
+    pub verify: bool,
+    /// Show at most this many mappings
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PingDifyArgs {
+    /// Also resolve with this DNS server (IP or IP:PORT) and compare
+    #[arg(long, value_name = "SERVER", value_parser = parse_dns_server)]
+    pub dns: Option<SocketAddr>,
+    /// Repeat the TCP and HTTP steps N times and show min/avg/max and loss
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestKeyArgs {
+    /// Models to test [default: all configured]
+    #[arg(value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Also send one tiny message per model (as user opendify-doctor; it costs tokens)
+    #[arg(long)]
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestStreamArgs {
+    /// Model to test [default: the first configured]
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Go through a running opendify at this URL (e.g. http://127.0.0.1:5000) instead of to Dify
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub via: Option<Url>,
+    /// The message to send
+    #[arg(long, value_name = "TEXT", default_value = "Say hello in five words.")]
+    pub message: String,
+    /// The user to send as (X-OpenWebUI-User-Id with --via, Dify's `user` without)
+    #[arg(long, value_name = "USER", default_value = "opendify-doctor")]
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Write the report to this file instead of stdout
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// How many lines of the log file to include
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub log_lines: usize,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => Ok(secs),
+        _ => Err(format!("expected a number of seconds between 0 and 3600, got {text:?}")),
+    }
+}
+
+/// `8.8.8.8`, `8.8.8.8:53`, `2001:4860:4860::8888` or `[2001:4860:4860::8888]:53`.
+pub fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("expected a DNS server IP address, optionally with :PORT, got {text:?}"))
+}
+
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    match Url::parse(text.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(url),
+        _ => Err(format!("expected an http:// or https:// URL such as http://127.0.0.1:5000, got {text:?}")),
     }
 }

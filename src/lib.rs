@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod conversations;
 pub mod dify;
+pub mod doctor;
 pub mod logging;
 pub mod mock_dify;
 pub mod openai;

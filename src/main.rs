@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(_) => serve(&cli),
+        Command::Doctor(args) => ExitCode::from(opendify::doctor::main(args, &cli.load_options())),
     }
 }
 

@@ -147,6 +147,26 @@ impl ErrorCounts {
 /// sent, so trying again cannot run anything twice).
 const CONNECT_ATTEMPTS: u32 = 3;
 
+/// What the base URL answered ([`DifyClient::probe_base`]).
+#[derive(Debug, Clone)]
+pub struct BaseAnswer {
+    pub status: u16,
+    /// The server's certificate (DER) when the base is https://.
+    pub peer_certificate: Option<Vec<u8>>,
+    pub tls_version: Option<&'static str>,
+}
+
+fn tls_version_name(version: reqwest::tls::Version) -> &'static str {
+    use reqwest::tls::Version;
+    match version {
+        v if v == Version::TLS_1_3 => "TLS 1.3",
+        v if v == Version::TLS_1_2 => "TLS 1.2",
+        v if v == Version::TLS_1_1 => "TLS 1.1",
+        v if v == Version::TLS_1_0 => "TLS 1.0",
+        _ => "TLS",
+    }
+}
+
 #[derive(Clone)]
 pub struct DifyClient {
     http: reqwest::Client,
@@ -166,6 +186,8 @@ impl DifyClient {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(30))
+            // Keeps the server's certificate on responses, for `doctor ping-dify`.
+            .tls_info(true)
             .build()
             .map_err(|e| DifyError::Request(error_chain(&e)))?;
         Ok(DifyClient {
@@ -279,6 +301,24 @@ impl DifyClient {
 
     pub async fn parameters(&self, key: &Secret) -> Result<AppParameters, DifyError> {
         self.get_json(key, "/parameters").await
+    }
+
+    /// GETs the base URL itself, without a key, for `doctor ping-dify`: any HTTP answer means
+    /// Dify is reachable (Dify answers 404 there). Carries the server's TLS certificate.
+    pub async fn probe_base(&self) -> Result<BaseAnswer, DifyError> {
+        let response = self
+            .http
+            .get(&self.base)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &self.base, self.request_timeout))?;
+        let tls = response.extensions().get::<reqwest::tls::TlsInfo>();
+        Ok(BaseAnswer {
+            status: response.status().as_u16(),
+            peer_certificate: tls.and_then(|t| t.peer_certificate()).map(<[u8]>::to_vec),
+            tls_version: tls.and_then(|t| t.version()).map(tls_version_name),
+        })
     }
 
     async fn get_json<T: DeserializeOwned>(&self, key: &Secret, path: &str) -> Result<T, DifyError> {

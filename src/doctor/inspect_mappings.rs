@@ -1,0 +1,494 @@
+//! `inspect-mappings` (the guide's problem 9, "conversation context lost"): the store that
+//! maps client chats to Dify conversations, opened through the same `Store` that `serve`
+//! uses, but without creating anything. Is it there, reachable, readable, writable, with a
+//! valid schema; how many conversations (per user, per model), how old, how many expired;
+//! the mappings themselves, filtered. `--prune` removes expired ones (the only option that
+//! changes anything) and `--verify` asks Dify whether each listed conversation still
+//! exists. A fresh install without a store yet is fine: zero conversations, not a failure.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::cert::iso;
+use super::check_config::{dir_state, parent_dir};
+use super::{CheckResult, Context};
+use crate::config::Config;
+use crate::conversations::fingerprint::app_id;
+use crate::conversations::store::{ConversationRecord, ListFilter, StoreLocation, StoreStats, now_secs};
+use crate::conversations::{Store, StoreError};
+use crate::secret::Secret;
+
+pub const ID: &str = "inspect-mappings";
+
+#[derive(Debug, Clone)]
+pub struct MappingOptions {
+    pub user: Option<String>,
+    pub chat: Option<String>,
+    pub prune: bool,
+    pub verify: bool,
+    pub limit: usize,
+}
+
+impl Default for MappingOptions {
+    fn default() -> Self {
+        MappingOptions { user: None, chat: None, prune: false, verify: false, limit: 20 }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Details {
+    /// `sqlite:data/conversations.db` or the Redis URL with its password masked.
+    store: String,
+    /// `sqlite` or `redis`.
+    backend: &'static str,
+    exists: bool,
+    file: Option<FileState>,
+    reachable: bool,
+    schema_ok: bool,
+    writable: Option<bool>,
+    ttl_days: f64,
+    counts: Option<Counts>,
+    pruned: Option<u64>,
+    mappings: Vec<Mapping>,
+    verified: Option<Verified>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileState {
+    path: String,
+    size_bytes: u64,
+    mode: Option<String>,
+    owner_uid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Counts {
+    conversations: u64,
+    turns: u64,
+    chats: u64,
+    expired: u64,
+    oldest_updated_at: Option<String>,
+    newest_updated_at: Option<String>,
+    per_user: Vec<Count>,
+    per_model: Vec<Count>,
+}
+
+#[derive(Debug, Serialize)]
+struct Count {
+    name: String,
+    conversations: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Mapping {
+    conversation_id: String,
+    chat_id: Option<String>,
+    user: String,
+    model: String,
+    latest_turn: u32,
+    created_at: String,
+    updated_at: String,
+    expired: bool,
+    /// `--verify`: whether Dify still has the conversation (null: not asked or unknown).
+    exists_in_dify: Option<bool>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Verified {
+    checked: usize,
+    missing: usize,
+    /// Conversations of apps no longer configured (their key is unknown).
+    unknown_app: usize,
+    errors: usize,
+}
+
+pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
+    let config = match ctx.require_config(ID) {
+        Ok(config) => config,
+        Err(result) => return *result,
+    };
+    let mut result = CheckResult::new(ID);
+    let location = StoreLocation::parse(&config.conversation_store);
+    let mut details = Details {
+        store: location.describe(),
+        ttl_days: (config.mapping_ttl.as_secs_f64() / 86_400.0 * 100.0).round() / 100.0,
+        ..Details::default()
+    };
+    result.line(format!("store: {}", details.store));
+
+    if let StoreLocation::Sqlite(path) = &location {
+        details.backend = "sqlite";
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {
+                details.exists = true;
+                let file = file_state(path, &meta);
+                result.line(format!(
+                    "file: {} bytes, mode {}, owner uid {}",
+                    file.size_bytes,
+                    file.mode.as_deref().unwrap_or("?"),
+                    file.owner_uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())
+                ));
+                details.file = Some(file);
+            }
+            Ok(_) => {
+                details.exists = true;
+                result.summary(format!("{} is not a file", path.display()));
+                result.fail(
+                    format!("the conversation store {} exists but is not a file", path.display()),
+                    Some(
+                        "move it aside, or point CONVERSATION_STORE at a file path, e.g. data/conversations.db".into(),
+                    ),
+                );
+                details.error = Some("not a file".into());
+                result.details(details);
+                return result;
+            }
+            Err(_) => {
+                // A fresh install: serve creates the file with the first conversation.
+                let dir = parent_dir(path);
+                let state = dir_state(&dir);
+                details.writable = Some(state.writable);
+                if state.writable {
+                    result.summary(format!("no store yet at {} (fresh install): 0 conversations", path.display()));
+                    result.line("the file is created with the first conversation");
+                } else {
+                    result.summary(format!("no store yet, and {} is not writable", dir.display()));
+                    result.fail(
+                        format!(
+                            "the store {} cannot be created: {}",
+                            path.display(),
+                            state.error.as_deref().unwrap_or("directory not writable")
+                        ),
+                        Some(format!(
+                            "make {} writable for the user running opendify, or set CONVERSATION_STORE to a writable path",
+                            dir.display()
+                        )),
+                    );
+                }
+                result.details(details);
+                return result;
+            }
+        }
+    } else {
+        details.backend = "redis";
+    }
+
+    ctx.progress.set(format!("{ID}: opening {}…", details.store));
+    let opened =
+        tokio::time::timeout(ctx.step_timeout, Store::open_existing(&config.conversation_store, config.mapping_ttl))
+            .await;
+    let store = match opened {
+        Ok(Ok(Some(store))) => store,
+        Ok(Ok(None)) => {
+            result.summary("no store yet (fresh install): 0 conversations");
+            result.details(details);
+            return result;
+        }
+        Ok(Err(error)) => {
+            store_failure(&mut result, &details, &error, "cannot open");
+            details.error = Some(error.to_string());
+            result.details(details);
+            return result;
+        }
+        Err(_) => {
+            result.summary(format!("{} does not answer", details.store));
+            result.network_fail(
+                format!(
+                    "opening {} took longer than {}",
+                    details.store,
+                    super::report::format_duration(ctx.step_timeout)
+                ),
+                Some("check that the store is reachable (`redis-cli -u URL ping`), or raise --timeout".into()),
+            );
+            result.details(details);
+            return result;
+        }
+    };
+    details.reachable = true;
+    if let Err(error) = store.health().await {
+        store_failure(&mut result, &details, &error, "is not healthy");
+        details.error = Some(error.to_string());
+        result.details(details);
+        return result;
+    }
+    let stats = match store.stats().await {
+        Ok(stats) => stats,
+        Err(error) => {
+            store_failure(&mut result, &details, &error, "cannot be read");
+            details.error = Some(error.to_string());
+            result.details(details);
+            return result;
+        }
+    };
+    details.schema_ok = true;
+
+    if let StoreLocation::Sqlite(path) = &location {
+        let writable = sqlite_writable(path);
+        details.writable = Some(writable.is_ok());
+        if let Err(reason) = writable {
+            result.fail(
+                format!(
+                    "the store {} is readable but not writable: {reason}; new conversations cannot be saved",
+                    path.display()
+                ),
+                Some(format!(
+                    "make {} and its directory writable for the user running opendify (chown/chmod)",
+                    path.display()
+                )),
+            );
+        }
+    }
+
+    let counts = counts(&stats);
+    result.line(format!(
+        "{} conversations, {} turns, {} chat mappings, {} expired (TTL {} days)",
+        counts.conversations, counts.turns, counts.chats, counts.expired, details.ttl_days
+    ));
+    if let (Some(oldest), Some(newest)) = (&counts.oldest_updated_at, &counts.newest_updated_at) {
+        result.line(format!("last used: oldest {oldest}, newest {newest}"));
+    }
+    if !counts.per_user.is_empty() {
+        result.line(format!("per user: {}", top(&counts.per_user)));
+        result.line(format!("per model: {}", top(&counts.per_model)));
+    }
+
+    if options.prune {
+        match &location {
+            StoreLocation::Redis(_) => {
+                result.line("--prune: Redis expires mappings by itself (TTL); nothing to remove");
+                details.pruned = Some(0);
+            }
+            StoreLocation::Sqlite(_) => match store.prune_expired().await {
+                Ok(removed) => {
+                    result.line(format!("--prune: removed {removed} expired conversation{}", plural(removed)));
+                    details.pruned = Some(removed);
+                }
+                Err(error) => store_failure(&mut result, &details, &error, "cannot be pruned"),
+            },
+        }
+    } else if counts.expired > 0 {
+        result.line(format!("{} expired conversations can be removed with --prune", counts.expired));
+    }
+
+    let filter = ListFilter { user: options.user.clone(), chat_id: options.chat.clone(), limit: options.limit.max(1) };
+    let records = match store.list(&filter).await {
+        Ok(records) => records,
+        Err(error) => {
+            store_failure(&mut result, &details, &error, "cannot be listed");
+            Vec::new()
+        }
+    };
+    let cutoff = now_secs().saturating_sub(config.mapping_ttl.as_secs());
+    details.mappings = records.iter().map(|r| mapping(r, cutoff)).collect();
+    if options.verify {
+        ctx.progress.set(format!("{ID}: asking Dify about {} conversations…", records.len()));
+        details.verified = Some(verify(ctx, config, &records, &mut details.mappings, &mut result).await);
+    }
+    if records.is_empty() && (options.user.is_some() || options.chat.is_some()) {
+        result.line("no mapping matches the filter");
+    }
+    for m in &details.mappings {
+        result.line(format!(
+            "chat {} → {} ({}, user {}, turn {}, last used {}{}{})",
+            m.chat_id.as_deref().unwrap_or("-"),
+            m.conversation_id,
+            m.model,
+            m.user,
+            m.latest_turn,
+            m.updated_at,
+            if m.expired { ", expired" } else { "" },
+            match m.exists_in_dify {
+                Some(true) => ", exists in Dify",
+                Some(false) => ", GONE from Dify",
+                None => "",
+            }
+        ));
+    }
+
+    let users = counts.per_user.len();
+    result.summary(format!(
+        "{}: {} conversation{} ({} user{}), {} expired{}",
+        details.store,
+        counts.conversations,
+        plural(counts.conversations),
+        users,
+        plural(users as u64),
+        counts.expired,
+        details.pruned.map(|n| format!(", {n} pruned")).unwrap_or_default()
+    ));
+    details.counts = Some(counts);
+    result.details(details);
+    result
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn top(list: &[Count]) -> String {
+    let mut shown: Vec<String> = list.iter().take(10).map(|c| format!("{} ({})", c.name, c.conversations)).collect();
+    if list.len() > 10 {
+        shown.push(format!("… {} more", list.len() - 10));
+    }
+    shown.join(", ")
+}
+
+fn counts(stats: &StoreStats) -> Counts {
+    let to_counts = |list: &[(String, u64)]| {
+        list.iter().map(|(name, n)| Count { name: name.clone(), conversations: *n }).collect::<Vec<_>>()
+    };
+    Counts {
+        conversations: stats.conversations,
+        turns: stats.turns,
+        chats: stats.chats,
+        expired: stats.expired,
+        oldest_updated_at: stats.oldest_updated_at.map(to_iso),
+        newest_updated_at: stats.newest_updated_at.map(to_iso),
+        per_user: to_counts(&stats.per_user),
+        per_model: to_counts(&stats.per_model),
+    }
+}
+
+fn to_iso(secs: u64) -> String {
+    iso(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+fn mapping(record: &ConversationRecord, cutoff: u64) -> Mapping {
+    Mapping {
+        conversation_id: record.conversation_id.clone(),
+        chat_id: record.chat_id.clone(),
+        user: record.user.clone(),
+        model: record.model.clone(),
+        latest_turn: record.latest_turn,
+        created_at: to_iso(record.created_at),
+        updated_at: to_iso(record.updated_at),
+        expired: record.updated_at < cutoff,
+        exists_in_dify: None,
+    }
+}
+
+/// Explains a store error: corrupt, unreadable, or unreachable (Redis).
+fn store_failure(result: &mut CheckResult, details: &Details, error: &StoreError, what: &str) {
+    result.summary(format!("{} {what}", details.store));
+    let fix = error.fix().map(str::to_string);
+    match error {
+        StoreError::Corrupt { .. } => result.fail(error.to_string(), fix),
+        StoreError::Open { .. } | StoreError::Backend { .. } if details.backend == "redis" => {
+            result.network_fail(error.to_string(), fix)
+        }
+        _ => result.fail(
+            error.to_string(),
+            fix.or_else(|| Some("check the file's permissions and the disk (`df -h`, `ls -l`)".into())),
+        ),
+    };
+}
+
+fn file_state(path: &Path, meta: &std::fs::Metadata) -> FileState {
+    FileState { path: path.display().to_string(), size_bytes: meta.len(), mode: mode(meta), owner_uid: owner(meta) }
+}
+
+#[cfg(unix)]
+fn mode(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(format!("{:o}", meta.permissions().mode() & 0o7777))
+}
+
+#[cfg(not(unix))]
+fn mode(meta: &std::fs::Metadata) -> Option<String> {
+    Some(if meta.permissions().readonly() { "read-only" } else { "read-write" }.into())
+}
+
+#[cfg(unix)]
+fn owner(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Some(meta.uid())
+}
+
+#[cfg(not(unix))]
+fn owner(_meta: &std::fs::Metadata) -> Option<u32> {
+    None
+}
+
+/// Whether serve could write: the file opens for writing (nothing is written) and its
+/// directory takes new files (SQLite's WAL and lock files live beside it).
+fn sqlite_writable(path: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = dir_state(&parent_dir(path));
+    if dir.writable {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", dir.path.display(), dir.error.unwrap_or_else(|| "not writable".into())))
+    }
+}
+
+/// `--verify`: asks Dify whether each listed conversation still exists, with the key of
+/// the app it belongs to (the store keeps only an id of the key).
+async fn verify(
+    ctx: &Context,
+    config: &Config,
+    records: &[ConversationRecord],
+    mappings: &mut [Mapping],
+    result: &mut CheckResult,
+) -> Verified {
+    let mut verified = Verified::default();
+    let keys: HashMap<String, Secret> = config
+        .models
+        .iter()
+        .map(|m| m.key.clone())
+        .chain(config.unnamed_keys.iter().cloned())
+        .map(|key| (app_id(key.expose()), key))
+        .collect();
+    let client = match ctx.client(config) {
+        Ok(client) => client,
+        Err(e) => {
+            result.fail(format!("cannot build the Dify client: {e}"), None);
+            return verified;
+        }
+    };
+    let mut first_error = None;
+    for (record, mapping) in records.iter().zip(mappings.iter_mut()) {
+        let Some(key) = keys.get(&record.app) else {
+            verified.unknown_app += 1;
+            continue;
+        };
+        verified.checked += 1;
+        match client.conversation_exists(key, &record.conversation_id, &record.user).await {
+            Ok(exists) => {
+                mapping.exists_in_dify = Some(exists);
+                if !exists {
+                    verified.missing += 1;
+                }
+            }
+            Err(e) => {
+                verified.errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    result.line(format!(
+        "--verify: {} checked with Dify, {} gone, {} of apps no longer configured, {} errors",
+        verified.checked, verified.missing, verified.unknown_app, verified.errors
+    ));
+    if verified.missing > 0 {
+        result.warn(
+            format!("{} mapped conversation{} no longer exist in Dify (deleted there)", verified.missing, plural(verified.missing as u64)),
+            Some("nothing to do: opendify starts a new conversation with the earlier turns as context and updates the mapping; `--prune` only removes expired ones".into()),
+        );
+    }
+    if verified.unknown_app > 0 {
+        result.line(format!(
+            "{} conversations belong to apps whose key is no longer configured; they expire after MAPPING_TTL_DAYS",
+            verified.unknown_app
+        ));
+    }
+    if let Some(error) = first_error {
+        result.network_fail(
+            format!("{} of the Dify checks failed: {error}", verified.errors),
+            Some("run `opendify doctor ping-dify` and `opendify doctor test-key`".into()),
+        );
+    }
+    verified
+}

@@ -1,0 +1,383 @@
+//! `test-key [MODEL…]` (the guide's problems 5 and 6: 401, empty model list): asks Dify
+//! about each configured app with its key, through the same discovery `serve` runs at
+//! startup (`bridge::apps::describe`: `/info` and `/parameters`). Says which keys work, what
+//! each app is (name, mode, required inputs, file upload), and for each failure whether the
+//! key is wrong, the app unavailable or Dify unreachable. Read-only unless `--live`, which
+//! sends one tiny message per model, as user `opendify-doctor`, and says so.
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::test_stream::{self, Ended};
+use super::{CheckResult, Context, Status};
+use crate::bridge::AppRoute;
+use crate::bridge::apps::describe;
+use crate::config::{Config, ModelSpec};
+use crate::dify::{AppMode, DifyClient, DifyError, InputField};
+
+pub const ID: &str = "test-key";
+
+/// The Dify `user` of `--live` messages.
+pub const LIVE_USER: &str = "opendify-doctor";
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    /// Only these models (empty: all).
+    pub models: Vec<String>,
+    pub live: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Details {
+    live: bool,
+    models: Vec<ModelReport>,
+}
+
+/// What Dify said about one model's app.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub model: String,
+    pub key: String,
+    pub ok: bool,
+    pub app_name: Option<String>,
+    /// The mode opendify will use, and where it came from (`configured`, `info`, `default`).
+    pub mode: Option<String>,
+    pub mode_source: Option<&'static str>,
+    /// The mode Dify reports, when it reports one.
+    pub dify_mode: Option<String>,
+    pub inputs: Vec<InputField>,
+    /// The input variable that receives the message (workflow and completion apps).
+    pub input_variable: Option<String>,
+    pub file_upload: Option<bool>,
+    /// `/parameters` could not be read.
+    pub parameters_missing: bool,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub live: Option<LiveResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveResult {
+    pub ok: bool,
+    pub user: &'static str,
+    pub ms: f64,
+    pub answer_chars: usize,
+    pub error: Option<String>,
+}
+
+/// How to explain a failed Dify call to a person.
+pub struct Explained {
+    pub reason: String,
+    pub fix: String,
+    /// A network problem (`--network-errors=warn` softens it).
+    pub network: bool,
+    /// Not worth failing for (rate limits).
+    pub level: Status,
+}
+
+/// Why a call for `model` failed and what to do, by the error's kind.
+pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
+    let make = |reason: String, fix: &str, network: bool| Explained {
+        reason,
+        fix: fix.to_string(),
+        network,
+        level: Status::Fail,
+    };
+    match error {
+        DifyError::Unauthorized { message, .. } => make(
+            format!("Dify rejected the key of model `{model}` (401: {message})"),
+            "get a valid key in Dify: open the app > API Access > API Key (create one if needed), and put it in MODEL_CONFIG",
+            false,
+        ),
+        DifyError::Api { code, message, .. } if code == "app_unavailable" || code == "not_chat_app" => make(
+            format!("the app of model `{model}` is unavailable ({code}: {message})"),
+            "open the app in Dify, check its model settings and click Publish; a draft app cannot answer the API",
+            false,
+        ),
+        DifyError::Api { status: 404, message, .. } | DifyError::Http { status: 404, snippet: message } => make(
+            format!("Dify answered 404 for model `{model}` ({message}): {base} is not Dify's service API"),
+            "DIFY_API_BASE must end in /v1, e.g. https://api.dify.ai/v1 or http://your-dify-host/v1",
+            false,
+        ),
+        DifyError::Api { status: 429, message, .. } => Explained {
+            reason: format!("Dify rate-limited the test of model `{model}`: {message}"),
+            fix: "wait a minute and retry; check the app's rate limits in Dify".into(),
+            network: false,
+            level: Status::Warn,
+        },
+        DifyError::Api { status, code, message } if *status >= 500 => make(
+            format!("Dify failed answering for model `{model}` (HTTP {status}, {code}): {message}"),
+            "Dify itself has a problem: check its api container logs (`docker compose logs api`)",
+            true,
+        ),
+        DifyError::Api { status, code, message } => make(
+            format!("Dify refused the request for model `{model}` (HTTP {status}, {code}): {message}"),
+            "check the app's settings in Dify",
+            false,
+        ),
+        DifyError::Http { status, snippet } => make(
+            format!("{base} answered HTTP {status} with something that is not Dify JSON: {snippet}"),
+            "DIFY_API_BASE must point at Dify's service API (…/v1), not the web console or another server",
+            *status >= 500,
+        ),
+        DifyError::Connect { .. } | DifyError::Timeout(_) | DifyError::Idle(_) | DifyError::Transport(_) => make(
+            format!("cannot reach Dify for model `{model}`: {error}"),
+            "run `opendify doctor ping-dify` to find the broken layer (DNS, TCP, TLS, HTTP)",
+            true,
+        ),
+        DifyError::Protocol(detail) => make(
+            format!("Dify's answer for model `{model}` is not what Dify sends: {detail}"),
+            "DIFY_API_BASE must point at Dify's service API (…/v1)",
+            false,
+        ),
+        DifyError::Request(detail) => make(
+            format!("the request for model `{model}` cannot be sent: {detail}"),
+            "check the key in MODEL_CONFIG for spaces, quotes or line breaks",
+            false,
+        ),
+    }
+}
+
+/// One model as tested: what is shown, the route serve would use, the typed error.
+struct Tested {
+    report: ModelReport,
+    route: Option<AppRoute>,
+    error: Option<DifyError>,
+}
+
+pub async fn run(ctx: &Context, options: &KeyOptions, _before: &[CheckResult]) -> CheckResult {
+    let config = match ctx.require_config(ID) {
+        Ok(config) => config,
+        Err(result) => return *result,
+    };
+    let mut result = CheckResult::new(ID);
+    let client = match ctx.client(config) {
+        Ok(client) => client,
+        Err(e) => {
+            result.summary("cannot build the Dify client");
+            result.fail(e.to_string(), None);
+            return result;
+        }
+    };
+    ctx.progress.set(format!("{ID}: asking Dify about {} app(s)…", config.models.len() + config.unnamed_keys.len()));
+    let mut tested = describe_all(&client, config).await;
+    if !options.models.is_empty() {
+        let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
+        for wanted in &options.models {
+            if !known.contains(wanted) {
+                result.fail(
+                    format!("no model named `{wanted}` is configured (configured: {})", known.join(", ")),
+                    Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
+                );
+            }
+        }
+        tested.retain(|t| options.models.contains(&t.report.model));
+    }
+    if options.live {
+        for t in &mut tested {
+            if let (true, Some(route)) = (t.report.ok, &t.route) {
+                ctx.progress.set(format!("{ID}: sending one message to `{}`…", t.report.model));
+                t.report.live = Some(live(ctx, config, &client, route).await);
+            }
+        }
+    }
+
+    let base = &config.dify_api_base;
+    for t in &tested {
+        result.line(model_line(&t.report));
+        match &t.error {
+            Some(error) => push(&mut result, explain(error, &t.report.model, base)),
+            None => advise(&mut result, &t.report),
+        }
+    }
+    if options.live {
+        result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));
+    }
+
+    let valid = tested.iter().filter(|t| t.report.ok).count();
+    let total = tested.len();
+    let note = if options.live { ", one live message each" } else { "" };
+    result.summary(match (valid, total) {
+        (_, 0) => "no model to test".to_string(),
+        (v, t) if v == t => format!("{t} key{} valid{note}", if t == 1 { "" } else { "s" }),
+        (v, t) => format!("{} of {t} keys failed{note}", t - v),
+    });
+    result.details(Details { live: options.live, models: tested.into_iter().map(|t| t.report).collect() });
+    result
+}
+
+/// Warnings about an app whose key works.
+fn advise(result: &mut CheckResult, report: &ModelReport) {
+    if let (Some(dify), Some("configured")) = (&report.dify_mode, report.mode_source)
+        && Some(dify) != report.mode.as_ref()
+    {
+        result.warn(
+            format!(
+                "MODEL_CONFIG sets mode {} for `{}`, but Dify says the app is {dify}",
+                report.mode.as_deref().unwrap_or("?"),
+                report.model
+            ),
+            Some(format!("remove \"mode\" for `{}` from MODEL_CONFIG (Dify's answer is used then)", report.model)),
+        );
+    }
+    if report.mode_source == Some("default") {
+        result.warn(
+            format!("Dify's /info does not say which mode the app of `{}` is (older Dify); assuming chat", report.model),
+            Some(format!(
+                "set it in MODEL_CONFIG: \"{}\":{{\"key\":\"app-…\",\"mode\":\"workflow\"}} (chat, agent-chat, advanced-chat, completion or workflow)",
+                report.model
+            )),
+        );
+    }
+    if report.parameters_missing {
+        result.warn(
+            format!("Dify's /parameters for `{}` could not be read; input fields are unknown", report.model),
+            Some("check the app in Dify; opendify will send the message as `query`".into()),
+        );
+    }
+    let unfillable: Vec<&str> = report
+        .inputs
+        .iter()
+        .filter(|f| f.required && Some(&f.variable) != report.input_variable.as_ref())
+        .map(|f| f.variable.as_str())
+        .collect();
+    if !unfillable.is_empty() {
+        result.warn(
+            format!(
+                "the app of `{}` requires input{} {} that chat clients do not send; Dify will reject their requests",
+                report.model,
+                if unfillable.len() == 1 { "" } else { "s" },
+                unfillable.join(", ")
+            ),
+            Some(
+                "make these inputs optional in the app's start form, or send them in the request's `inputs` object"
+                    .into(),
+            ),
+        );
+    }
+    if let Some(live) = report.live.as_ref().filter(|l| !l.ok) {
+        result.fail(
+            format!("`{}`: the live message failed: {}", report.model, live.error.as_deref().unwrap_or("?")),
+            Some(format!("run `opendify doctor test-stream {}` for details", report.model)),
+        );
+    }
+}
+
+fn push(result: &mut CheckResult, explained: Explained) {
+    match (explained.level, explained.network) {
+        (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
+        (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
+        _ => result.fail(explained.reason, Some(explained.fix)),
+    };
+}
+
+fn model_line(report: &ModelReport) -> String {
+    if !report.ok {
+        return format!("{} [{}]: {}", report.model, report.key, report.error.as_deref().unwrap_or("failed"));
+    }
+    let mut text = format!(
+        "{} [{}]: app \"{}\", mode {} ({})",
+        report.model,
+        report.key,
+        report.app_name.as_deref().unwrap_or(""),
+        report.mode.as_deref().unwrap_or("?"),
+        match report.mode_source {
+            Some("info") => "from Dify",
+            Some("configured") => "from MODEL_CONFIG",
+            _ => "assumed",
+        }
+    );
+    if let Some(var) = &report.input_variable {
+        text.push_str(&format!(", message goes to input `{var}`"));
+    }
+    let required: Vec<&str> = report.inputs.iter().filter(|f| f.required).map(|f| f.variable.as_str()).collect();
+    if !required.is_empty() {
+        text.push_str(&format!(", required inputs: {}", required.join(", ")));
+    }
+    if let Some(upload) = report.file_upload {
+        text.push_str(if upload { ", file upload on" } else { ", file upload off" });
+    }
+    if let Some(live) = report.live.as_ref().filter(|l| l.ok) {
+        text.push_str(&format!(", live: {} chars in {} ms", live.answer_chars, live.ms));
+    }
+    text
+}
+
+/// Describes every configured app concurrently, the way `serve` does at startup. Apps of
+/// DIFY_API_KEYS are named after their `/info` name, like the server names them.
+async fn describe_all(client: &DifyClient, config: &Config) -> Vec<Tested> {
+    let mut specs: Vec<ModelSpec> = config.models.clone();
+    specs.extend(config.unnamed_keys.iter().map(|key| ModelSpec {
+        name: String::new(),
+        key: key.clone(),
+        mode: None,
+        input: None,
+        output: None,
+    }));
+    join_all(specs.iter().map(|spec| test_one(client, spec))).await
+}
+
+async fn test_one(client: &DifyClient, spec: &ModelSpec) -> Tested {
+    let route = describe(client, spec).await;
+    let mut report = ModelReport {
+        model: if spec.name.is_empty() { route.app_name.clone().unwrap_or_default() } else { spec.name.clone() },
+        key: spec.key.masked(),
+        ok: route.discovery_error.is_none(),
+        app_name: route.app_name.clone(),
+        mode: None,
+        mode_source: None,
+        dify_mode: None,
+        inputs: Vec::new(),
+        input_variable: None,
+        file_upload: None,
+        parameters_missing: false,
+        error_kind: None,
+        error: None,
+        live: None,
+    };
+    if let Some(discovery_error) = &route.discovery_error {
+        // `describe` keeps only the message; ask once more for the typed error.
+        let error = match client.info(&spec.key).await {
+            Err(e) => e,
+            Ok(_) => DifyError::Transport(discovery_error.clone()),
+        };
+        report.error_kind = Some(error.kind());
+        report.error = Some(error.to_string());
+        return Tested { report, route: None, error: Some(error) };
+    }
+    report.mode = Some(route.mode.to_string());
+    report.mode_source = Some(route.mode_source);
+    report.dify_mode = match route.mode_source {
+        "info" => Some(route.mode.to_string()),
+        "configured" => client.info(&spec.key).await.ok().and_then(|info| info.mode),
+        _ => None,
+    };
+    match &route.parameters {
+        Some(parameters) => {
+            report.inputs = parameters.input_fields();
+            report.file_upload = Some(parameters.file_upload_enabled());
+        }
+        None => report.parameters_missing = true,
+    }
+    if matches!(route.mode, AppMode::Workflow | AppMode::Completion) {
+        report.input_variable = Some(route.input_variable());
+    }
+    Tested { report, route: Some(route), error: None }
+}
+
+/// `--live`: one tiny message through serve's request building, as [`LIVE_USER`].
+async fn live(ctx: &Context, config: &Config, client: &DifyClient, route: &AppRoute) -> LiveResult {
+    let run = test_stream::measure_direct(ctx, config, client, route, "ping", LIVE_USER).await;
+    match run {
+        Ok(run) => LiveResult {
+            ok: run.ended == Ended::Finished,
+            user: LIVE_USER,
+            ms: super::report::millis(run.total),
+            answer_chars: run.answer_chars,
+            error: run.error,
+        },
+        Err(error) => {
+            LiveResult { ok: false, user: LIVE_USER, ms: 0.0, answer_chars: 0, error: Some(error.to_string()) }
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! `test-stream [MODEL] [--via URL]` (the guide's problems 7, 8 and 12: cut streams, every
+//! user showing up as default_user, slow answers): one streaming request, timed. Directly to
+//! Dify it goes through serve's own request building and event translation, so "ended
+//! properly" means what serve means by it; `--via` sends it through a running opendify like
+//! Open WebUI would, with `X-OpenWebUI-User-Id`, and checks which user the server resolved
+//! (its `X-Opendify-User` header).
+
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::report::{format_duration, millis};
+use super::test_key::explain;
+use super::{CheckResult, Context, Status};
+use crate::bridge::request::{self, BuildOptions, ConversationPlan};
+use crate::bridge::{AppRoute, Collected, Outcome, Translator, TranslatorOptions};
+use crate::config::{Config, ModelSpec};
+use crate::dify::sse::SseParser;
+use crate::dify::{DifyClient, DifyError, Usage};
+use crate::openai::ChatCompletionRequest;
+
+pub const ID: &str = "test-stream";
+
+/// The header Open WebUI forwards the user in; `--via` sends it.
+pub const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
+/// The header opendify answers with the user it resolved.
+pub const RESOLVED_USER_HEADER: &str = "x-opendify-user";
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub model: Option<String>,
+    pub via: Option<Url>,
+    pub message: String,
+    pub user: String,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            model: None,
+            via: None,
+            message: "Say hello in five words.".into(),
+            user: "opendify-doctor".into(),
+        }
+    }
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ended {
+    /// With Dify's closing event (or `[DONE]` after a finish reason).
+    Finished,
+    /// The connection closed or went silent before the end.
+    Cut,
+    /// An error frame.
+    Error,
+}
+
+/// What one streaming request looked like.
+#[derive(Debug, Clone)]
+pub struct StreamRun {
+    /// Until the response headers.
+    pub headers: Duration,
+    pub first_event: Option<Duration>,
+    pub events: u64,
+    pub keep_alives: u64,
+    pub gaps: Vec<Duration>,
+    pub total: Duration,
+    pub usage: Option<Usage>,
+    pub ended: Ended,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+    pub answer_chars: usize,
+    /// `--via`: the user opendify resolved, from its response header.
+    pub resolved_user: Option<String>,
+}
+
+impl StreamRun {
+    fn new() -> Self {
+        StreamRun {
+            headers: Duration::ZERO,
+            first_event: None,
+            events: 0,
+            keep_alives: 0,
+            gaps: Vec::new(),
+            total: Duration::ZERO,
+            usage: None,
+            ended: Ended::Cut,
+            finish_reason: None,
+            error: None,
+            answer_chars: 0,
+            resolved_user: None,
+        }
+    }
+}
+
+/// Times events as they arrive.
+struct Clock {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Clock {
+    fn tick(&mut self, run: &mut StreamRun) {
+        let now = Instant::now();
+        match self.last {
+            None => run.first_event = Some(now - self.started),
+            Some(last) => run.gaps.push(now - last),
+        }
+        self.last = Some(now);
+        run.events += 1;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Details {
+    model: Option<String>,
+    via: Option<String>,
+    user_sent: String,
+    user_resolved: Option<String>,
+    time_to_headers_ms: Option<f64>,
+    time_to_first_event_ms: Option<f64>,
+    events: u64,
+    keep_alives: u64,
+    gaps_ms: Gaps,
+    total_ms: Option<f64>,
+    tokens_per_s: Option<f64>,
+    usage: Option<Usage>,
+    /// `finished`, `cut` or `error`; null when the request did not start.
+    ended: Option<Ended>,
+    finish_reason: Option<String>,
+    answer_chars: usize,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Gaps {
+    p50: Option<f64>,
+    p95: Option<f64>,
+    max: Option<f64>,
+}
+
+fn gaps(list: &[Duration]) -> Gaps {
+    if list.is_empty() {
+        return Gaps::default();
+    }
+    let mut sorted = list.to_vec();
+    sorted.sort();
+    let rank = |q: f64| {
+        let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+        Some(millis(sorted[index]))
+    };
+    Gaps { p50: rank(0.50), p95: rank(0.95), max: sorted.last().map(|d| millis(*d)) }
+}
+
+pub async fn run(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
+    if let Some(via) = &options.via {
+        return run_via(ctx, options, via).await;
+    }
+    let config = match ctx.require_config(ID) {
+        Ok(config) => config,
+        Err(result) => return *result,
+    };
+    if let Some(ping) = before.iter().find(|c| c.id == super::ping_dify::ID)
+        && ping.details.get("reachable") == Some(&Value::Bool(false))
+    {
+        return CheckResult::skipped(ID, "skipped: Dify is unreachable (see ping-dify)");
+    }
+    let mut result = CheckResult::new(ID);
+    let client = match ctx.client(config) {
+        Ok(client) => client,
+        Err(e) => {
+            result.summary("cannot build the Dify client");
+            result.fail(e.to_string(), None);
+            return result;
+        }
+    };
+    let Some(spec) = pick_model(config, options.model.as_deref(), &client).await else {
+        let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+        result.summary("no such model");
+        result.fail(
+            format!(
+                "no model named `{}` is configured (configured: {})",
+                options.model.as_deref().unwrap_or(""),
+                names.join(", ")
+            ),
+            Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
+        );
+        return result;
+    };
+    if let Some(keys) = before.iter().find(|c| c.id == super::test_key::ID) {
+        let failed = keys
+            .details
+            .get("models")
+            .and_then(Value::as_array)
+            .is_some_and(|models| models.iter().any(|m| m["model"] == spec.name.as_str() && m["ok"] == false));
+        if failed {
+            return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
+        }
+    }
+    let route = crate::bridge::apps::describe(&client, &spec).await;
+    let run = measure_direct(ctx, config, &client, &route, &options.message, &options.user).await;
+    let idle = ctx.doctor_config(config).stream_idle_timeout;
+    judge(&mut result, run, &spec.name, None, &options.user, idle, &config.dify_api_base);
+    result
+}
+
+/// The model to test: the one named, else the first configured. Apps of DIFY_API_KEYS are
+/// found by their Dify name.
+async fn pick_model(config: &Config, wanted: Option<&str>, client: &DifyClient) -> Option<ModelSpec> {
+    match wanted {
+        None => {
+            if let Some(first) = config.models.first() {
+                return Some(first.clone());
+            }
+        }
+        Some(name) => {
+            if let Some(spec) = config.models.iter().find(|m| m.name == name) {
+                return Some(spec.clone());
+            }
+        }
+    }
+    for key in &config.unnamed_keys {
+        let info = client.info(key).await.ok()?;
+        let name = info.name.trim().to_string();
+        if wanted.is_none_or(|w| w == name) {
+            return Some(ModelSpec { name, key: key.clone(), mode: None, input: None, output: None });
+        }
+    }
+    None
+}
+
+/// One streaming generation straight to Dify, built and judged by serve's own code.
+pub async fn measure_direct(
+    ctx: &Context,
+    config: &Config,
+    client: &DifyClient,
+    route: &AppRoute,
+    message: &str,
+    user: &str,
+) -> Result<StreamRun, DifyError> {
+    let body = json!({"model": route.name, "messages": [{"role": "user", "content": message}], "stream": true});
+    let chat =
+        ChatCompletionRequest::from_slice(body.to_string().as_bytes()).map_err(|e| DifyError::Request(e.message))?;
+    let options = BuildOptions { user, system_input: config.system_input.as_deref() };
+    let plan = ConversationPlan { seed_from: Some(0), ..ConversationPlan::default() };
+    let generate = request::build(&chat, route, &plan, Vec::new(), &options);
+
+    let started = Instant::now();
+    let mut stream = client.generate(&route.key, route.mode, &generate).await?;
+    let mut run = StreamRun::new();
+    run.headers = started.elapsed();
+    let mut clock = Clock { started, last: None };
+    let mut translator = Translator::new(TranslatorOptions {
+        mode: route.mode,
+        model: route.name.clone(),
+        reasoning: config.reasoning_mode,
+        progress: false,
+        output: route.output.clone(),
+    });
+    let mut sink = Collected::default();
+    let mut broke: Option<DifyError> = None;
+    loop {
+        match stream.next().await {
+            Some(Ok(event)) => {
+                clock.tick(&mut run);
+                if event.is_ping() {
+                    run.keep_alives += 1;
+                }
+                translator.on_event(&event, &mut sink);
+                ctx.progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
+                if translator.is_done() {
+                    break;
+                }
+            }
+            Some(Err(error)) => {
+                translator.on_end(Some(&error), &mut sink);
+                broke = Some(error);
+                break;
+            }
+            None => {
+                translator.on_end(None, &mut sink);
+                break;
+            }
+        }
+    }
+    run.total = started.elapsed();
+    run.answer_chars = sink.answer().chars().count() + sink.reasoning.chars().count();
+    match translator.outcome() {
+        Outcome::Finished { reason, usage } => {
+            run.ended = Ended::Finished;
+            run.finish_reason = Some((*reason).to_string());
+            run.usage = *usage;
+        }
+        Outcome::Failed(error) => {
+            let cut = error.code.as_deref() == Some("upstream_stream_cut")
+                || matches!(broke, Some(DifyError::Transport(_) | DifyError::Idle(_)));
+            run.ended = if cut { Ended::Cut } else { Ended::Error };
+            run.error = Some(error.message.clone());
+        }
+        Outcome::Running => {
+            run.ended = Ended::Cut;
+            run.error = Some("the stream ended without an outcome".into());
+        }
+    }
+    Ok(run)
+}
+
+/// Why a request through opendify could not start.
+#[derive(Debug)]
+enum ViaError {
+    Connect(String),
+    Status { status: u16, message: String, code: Option<String> },
+}
+
+async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResult {
+    let mut result = CheckResult::new(ID);
+    let base = via.as_str().trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
+    let mut builder = reqwest::Client::builder().connect_timeout(ctx.step_timeout);
+    if via.host_str().is_some_and(is_loopback) {
+        builder = builder.no_proxy();
+    }
+    let http = match builder.build() {
+        Ok(http) => http,
+        Err(e) => {
+            result.summary("cannot build an HTTP client");
+            result.fail(e.to_string(), None);
+            return result;
+        }
+    };
+    let proxy_key = ctx.config().and_then(|c| c.proxy_api_keys.first().cloned());
+    let model = match &options.model {
+        Some(model) => Some(model.clone()),
+        None => first_model(&http, &base, proxy_key.as_ref().map(|k| k.expose()), ctx.step_timeout).await,
+    };
+    let Some(model) = model else {
+        result.summary(format!("no model to test at {base}"));
+        result.network_fail(
+            format!("{base}/v1/models did not name a model"),
+            Some(format!("is `opendify serve` running at {base}? name the model: `opendify doctor test-stream MODEL --via {base}`")),
+        );
+        return result;
+    };
+    let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(Duration::from_secs(60));
+    let run = measure_via(ctx, &http, &base, &model, options, proxy_key.as_ref().map(|k| k.expose()), idle).await;
+    let run = match run {
+        Ok(run) => run,
+        Err(ViaError::Connect(reason)) => {
+            result.summary(format!("cannot reach opendify at {base}"));
+            result.network_fail(
+                format!("cannot connect to {base}: {reason}"),
+                Some("is `opendify serve` running there? `opendify doctor check-port` on that machine tells".into()),
+            );
+            return result;
+        }
+        Err(ViaError::Status { status, message, code }) => {
+            result.summary(format!("{base} answered HTTP {status}"));
+            let fix = match (status, code.as_deref()) {
+                (401, _) => {
+                    "the server requires a proxy key (PROXY_API_KEYS): set the same key in this machine's configuration"
+                        .to_string()
+                }
+                (404, Some("model_not_found")) => {
+                    format!("`{model}` is not served there: name one from {base}/v1/models")
+                }
+                (404, _) => format!("{base} does not look like opendify: check the --via URL"),
+                _ => "see the message; `opendify doctor test-key` on the server machine tests the keys".to_string(),
+            };
+            result.fail(format!("opendify at {base} refused the request (HTTP {status}): {message}"), Some(fix));
+            return result;
+        }
+    };
+    let dify_base = ctx.config().map(|c| c.dify_api_base.clone()).unwrap_or_default();
+    judge(&mut result, Ok(run), &model, Some(&base), &options.user, idle, &dify_base);
+    result
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn first_model(http: &reqwest::Client, base: &str, key: Option<&str>, timeout: Duration) -> Option<String> {
+    let mut request = http.get(format!("{base}/v1/models")).timeout(timeout);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let body: Value = request.send().await.ok()?.json().await.ok()?;
+    body["data"].get(0)?["id"].as_str().map(str::to_string)
+}
+
+/// One streaming request through a running opendify, parsed as an OpenAI client would.
+async fn measure_via(
+    ctx: &Context,
+    http: &reqwest::Client,
+    base: &str,
+    model: &str,
+    options: &StreamOptions,
+    key: Option<&str>,
+    idle: Duration,
+) -> Result<StreamRun, ViaError> {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": options.message}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let mut request =
+        http.post(format!("{base}/v1/chat/completions")).json(&body).header(OPENWEBUI_USER_HEADER, &options.user);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let started = Instant::now();
+    let mut response = match tokio::time::timeout(ctx.step_timeout, request.send()).await {
+        Err(_) => return Err(ViaError::Connect(format!("no answer within {}", format_duration(ctx.step_timeout)))),
+        Ok(Err(e)) => return Err(ViaError::Connect(crate::dify::client::error_chain(&e))),
+        Ok(Ok(response)) => response,
+    };
+    let mut run = StreamRun::new();
+    run.headers = started.elapsed();
+    run.resolved_user = response.headers().get(RESOLVED_USER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let error = &body["error"];
+        return Err(ViaError::Status {
+            status,
+            message: error["message"].as_str().unwrap_or("(no message)").to_string(),
+            code: error["code"].as_str().map(str::to_string),
+        });
+    }
+    let mut clock = Clock { started, last: None };
+    let mut parser = SseParser::default();
+    let mut done = false;
+    let mut error_code: Option<String> = None;
+    'read: loop {
+        let chunk = match tokio::time::timeout(idle, response.chunk()).await {
+            Err(_) => {
+                run.error = Some(format!("nothing arrived for {}", format_duration(idle)));
+                break;
+            }
+            Ok(Err(e)) => {
+                run.error = Some(crate::dify::client::error_chain(&e));
+                break;
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        parser.feed(&chunk);
+        while let Ok(Some(event)) = parser.next_event() {
+            clock.tick(&mut run);
+            ctx.progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
+            if event.data == "[DONE]" {
+                done = true;
+                break 'read;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
+            if let Some(error) = chunk.get("error") {
+                run.error = Some(error["message"].as_str().unwrap_or("(no message)").to_string());
+                error_code = error["code"].as_str().map(str::to_string);
+                continue;
+            }
+            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                run.usage = serde_json::from_value(usage.clone()).ok();
+            }
+            let choice = &chunk["choices"][0];
+            for field in ["content", "reasoning_content"] {
+                if let Some(text) = choice["delta"][field].as_str() {
+                    run.answer_chars += text.chars().count();
+                }
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                run.finish_reason = Some(reason.to_string());
+            }
+        }
+    }
+    run.total = started.elapsed();
+    run.ended = match (&run.error, done, &run.finish_reason) {
+        (None, true, Some(_)) => Ended::Finished,
+        (Some(_), _, _) if error_code.as_deref() == Some("upstream_stream_cut") => Ended::Cut,
+        (Some(_), true, _) => Ended::Error,
+        _ => Ended::Cut,
+    };
+    if run.ended == Ended::Cut && run.error.is_none() {
+        run.error = Some("the response ended without [DONE]".into());
+    }
+    Ok(run)
+}
+
+/// Turns a measured stream into the check's verdict.
+fn judge(
+    result: &mut CheckResult,
+    run: Result<StreamRun, DifyError>,
+    model: &str,
+    via: Option<&str>,
+    user: &str,
+    idle: Duration,
+    dify_base: &str,
+) {
+    let mut details = Details {
+        model: Some(model.to_string()),
+        via: via.map(str::to_string),
+        user_sent: user.to_string(),
+        user_resolved: None,
+        time_to_headers_ms: None,
+        time_to_first_event_ms: None,
+        events: 0,
+        keep_alives: 0,
+        gaps_ms: Gaps::default(),
+        total_ms: None,
+        tokens_per_s: None,
+        usage: None,
+        ended: None,
+        finish_reason: None,
+        answer_chars: 0,
+        error: None,
+    };
+    let target = match via {
+        Some(via) => format!("through opendify at {via}"),
+        None => "directly to Dify".to_string(),
+    };
+    let run = match run {
+        Ok(run) => run,
+        Err(error) => {
+            let explained = explain(&error, model, dify_base);
+            result.summary(format!("`{model}`: the stream did not start"));
+            details.error = Some(error.to_string());
+            match (explained.level, explained.network) {
+                (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
+                (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
+                _ => result.fail(explained.reason, Some(explained.fix)),
+            };
+            result.details(details);
+            return;
+        }
+    };
+    let generating = run.total.saturating_sub(run.first_event.unwrap_or_default());
+    let tokens_per_s = run
+        .usage
+        .filter(|u| u.completion_tokens > 0 && generating > Duration::from_millis(1))
+        .map(|u| (u.completion_tokens as f64 / generating.as_secs_f64() * 10.0).round() / 10.0);
+    let gap_stats = gaps(&run.gaps);
+    result.line(format!("sent `{model}` {target} as user `{user}`"));
+    result.line(format!(
+        "first event after {}, {} events ({} keep-alives), total {}",
+        run.first_event.map(format_duration).unwrap_or_else(|| "-".into()),
+        run.events,
+        run.keep_alives,
+        format_duration(run.total)
+    ));
+    if let (Some(p50), Some(p95), Some(max)) = (gap_stats.p50, gap_stats.p95, gap_stats.max) {
+        result.line(format!("gaps between events: p50 {p50} ms, p95 {p95} ms, max {max} ms"));
+    }
+    result.line(match run.usage {
+        Some(u) => format!(
+            "usage: {} prompt + {} completion tokens{}",
+            u.prompt_tokens,
+            u.completion_tokens,
+            tokens_per_s.map(|t| format!(", {t} tokens/s")).unwrap_or_default()
+        ),
+        None => "usage: not sent".to_string(),
+    });
+
+    match run.ended {
+        Ended::Finished => {
+            result.summary(format!(
+                "`{model}` {target}: {} events, first after {}, ended properly{}",
+                run.events,
+                run.first_event.map(format_duration).unwrap_or_else(|| "-".into()),
+                if run.usage.is_some() { ", usage sent" } else { "" }
+            ));
+        }
+        Ended::Cut => {
+            result.summary(format!("`{model}` {target}: the stream was cut after {} events", run.events));
+            result.network_fail(
+                format!(
+                    "the stream was cut after {} events and {}: {}",
+                    run.events,
+                    format_duration(run.total),
+                    run.error.as_deref().unwrap_or("no closing event")
+                ),
+                Some("something between opendify and Dify ends long responses: check reverse-proxy read timeouts (nginx proxy_read_timeout, Cloudflare's 100 s) and STREAM_IDLE_TIMEOUT; compare with `opendify doctor ping-dify --count 20`".into()),
+            );
+        }
+        Ended::Error => {
+            result.summary(format!("`{model}` {target}: Dify reported an error mid-stream"));
+            result.fail(
+                format!("the stream ended with an error: {}", run.error.as_deref().unwrap_or("(no message)")),
+                Some("check the app's model provider, quota and logs in Dify".into()),
+            );
+        }
+    }
+    if run.ended == Ended::Finished {
+        if let Some(first) = run.first_event.filter(|f| *f > Duration::from_secs(10)) {
+            result.warn(
+                format!("the first event took {} (problem 12: slow responses)", format_duration(first)),
+                Some("the app's model is slow to start: check its provider in Dify, or knowledge-base retrieval settings".into()),
+            );
+        }
+        if let Some(max) = run.gaps.iter().max().filter(|m| **m > idle / 2) {
+            result.warn(
+                format!(
+                    "a gap of {} between events is close to STREAM_IDLE_TIMEOUT ({})",
+                    format_duration(*max),
+                    format_duration(idle)
+                ),
+                Some("raise STREAM_IDLE_TIMEOUT (e.g. STREAM_IDLE_TIMEOUT=120) so slow steps are not cut".into()),
+            );
+        }
+    }
+    if via.is_some() {
+        match run.resolved_user.as_deref() {
+            Some(resolved) if resolved == user => result.line(format!("user: opendify resolved `{resolved}` from {OPENWEBUI_USER_HEADER}")),
+            Some(resolved) => result.fail(
+                format!("opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"),
+                Some("on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header".into()),
+            ),
+            None => result.warn(
+                "the server did not say which user it resolved (no X-Opendify-User header)",
+                Some("is it opendify, and a current version? check the --via URL".into()),
+            ),
+        };
+    }
+    details.user_resolved = run.resolved_user.clone();
+    details.time_to_headers_ms = Some(millis(run.headers));
+    details.time_to_first_event_ms = run.first_event.map(millis);
+    details.events = run.events;
+    details.keep_alives = run.keep_alives;
+    details.gaps_ms = gap_stats;
+    details.total_ms = Some(millis(run.total));
+    details.tokens_per_s = tokens_per_s;
+    details.usage = run.usage;
+    details.ended = Some(run.ended);
+    details.finish_reason = run.finish_reason.clone();
+    details.answer_chars = run.answer_chars;
+    details.error = run.error.clone();
+    result.details(details);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_percentiles_are_nearest_rank() {
+        let list: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
+        let g = gaps(&list);
+        assert_eq!((g.p50, g.p95, g.max), (Some(10.0), Some(19.0), Some(20.0)));
+        assert_eq!(gaps(&[]).max, None);
+        let one = gaps(&[Duration::from_millis(7)]);
+        assert_eq!((one.p50, one.p95, one.max), (Some(7.0), Some(7.0), Some(7.0)));
+    }
+
+    #[test]
+    fn loopback_hosts_skip_proxies() {
+        assert!(is_loopback("localhost"));
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("[::1]"));
+        assert!(!is_loopback("dify.example.com"));
+    }
+}
