@@ -63,6 +63,16 @@ pub async fn gateway(mock: &MockDify, extra: &[(&'static str, &str)]) -> Gateway
 }
 
 pub async fn gateway_with(base: &str, models: &str, extra: &[(&'static str, &str)]) -> Gateway {
+    gateway_tuned(base, models, extra, |_| {}).await
+}
+
+/// Like [`gateway_with`], with a last say on the state (limits too small for a setting).
+pub async fn gateway_tuned(
+    base: &str,
+    models: &str,
+    extra: &[(&'static str, &str)],
+    tune: impl FnOnce(&mut AppState),
+) -> Gateway {
     let dir = std::env::temp_dir().join(format!("opendify-test-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let empty_env = dir.join("test.env");
@@ -78,7 +88,9 @@ pub async fn gateway_with(base: &str, models: &str, extra: &[(&'static str, &str
     let loaded = config::load(&options);
     assert!(loaded.problems.is_empty(), "test config has problems: {:?}", loaded.problems);
     let config = loaded.config.expect("config");
-    let state = Arc::new(AppState::build(config).await.expect("state"));
+    let mut state = AppState::build(config).await.expect("state");
+    tune(&mut state);
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
