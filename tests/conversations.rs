@@ -344,9 +344,11 @@ fn start_redis() -> Option<Redis> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn redis-server");
+    // Owned at once, so the server is stopped whatever happens next.
+    let redis = Redis { child, port, _dir: dir };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Redis { child, port, _dir: dir });
+            return Some(redis);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -197,11 +197,11 @@ pub async fn describe(client: &DifyClient, spec: &ModelSpec) -> AppRoute {
     match info {
         Ok(info) => {
             route.app_name = Some(info.name.clone());
-            if spec.mode.is_none() {
-                if let Some(mode) = info.mode.as_deref().and_then(|m| m.parse().ok()) {
-                    route.mode = mode;
-                    route.mode_source = "info";
-                }
+            if spec.mode.is_none()
+                && let Some(mode) = info.mode.as_deref().and_then(|m| m.parse().ok())
+            {
+                route.mode = mode;
+                route.mode_source = "info";
             }
         }
         Err(err) => route.discovery_error = Some(err.to_string()),

@@ -148,10 +148,10 @@ impl Translator {
                 }
             }
             "node_started" => {
-                if self.opts.progress {
-                    if let Some(title) = event.data.as_ref().and_then(|d| d.get("title")).and_then(Value::as_str) {
-                        self.emit_reasoning(&format!("▸ {title}\n"), sink);
-                    }
+                if self.opts.progress
+                    && let Some(title) = event.data.as_ref().and_then(|d| d.get("title")).and_then(Value::as_str)
+                {
+                    self.emit_reasoning(&format!("▸ {title}\n"), sink);
                 }
             }
             "workflow_finished" => self.on_workflow_finished(&event, sink),
@@ -198,24 +198,24 @@ impl Translator {
     }
 
     fn capture_ids(&mut self, event: &Event<'_>) {
-        if self.conversation_id.is_none() {
-            if let Some(id) = event.conversation_id.as_ref().filter(|s| !s.is_empty()) {
-                self.conversation_id = Some(id.clone());
-            }
+        if self.conversation_id.is_none()
+            && let Some(id) = event.conversation_id.as_ref().filter(|s| !s.is_empty())
+        {
+            self.conversation_id = Some(id.clone());
         }
-        if self.task_id.is_none() {
-            if let Some(id) = event.task_id.as_ref().filter(|s| !s.is_empty()) {
-                self.task_id = Some(id.clone());
-            }
+        if self.task_id.is_none()
+            && let Some(id) = event.task_id.as_ref().filter(|s| !s.is_empty())
+        {
+            self.task_id = Some(id.clone());
         }
-        if self.message_id.is_none() && event.event != "agent_thought" && event.event != "message_file" {
-            if let Some(id) =
+        if self.message_id.is_none()
+            && event.event != "agent_thought"
+            && event.event != "message_file"
+            && let Some(id) =
                 event.message_id.as_ref().or(event.id.as_ref()).filter(|_| event.event != "workflow_started")
-            {
-                if self.opts.mode.is_chat_family() || self.opts.mode == AppMode::Completion {
-                    self.message_id = Some(id.clone());
-                }
-            }
+            && (self.opts.mode.is_chat_family() || self.opts.mode == AppMode::Completion)
+        {
+            self.message_id = Some(id.clone());
         }
     }
 
@@ -284,11 +284,12 @@ impl Translator {
     fn on_workflow_finished(&mut self, event: &Event<'_>, sink: &mut impl Sink) {
         let data = event.data.as_ref();
         let status = data.and_then(|d| d.get("status")).and_then(Value::as_str).unwrap_or("succeeded");
-        if let Some(total) = data.and_then(|d| d.get("total_tokens")).and_then(Value::as_u64) {
-            if self.usage.is_none() && total > 0 {
-                // Workflows report only a total; prompt and completion are not split.
-                self.usage = Some(Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: total });
-            }
+        if let Some(total) = data.and_then(|d| d.get("total_tokens")).and_then(Value::as_u64)
+            && self.usage.is_none()
+            && total > 0
+        {
+            // Workflows report only a total; prompt and completion are not split.
+            self.usage = Some(Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: total });
         }
         let result = if status == "failed" {
             let message = data.and_then(|d| d.get("error")).and_then(Value::as_str).unwrap_or("the workflow failed");

@@ -64,10 +64,10 @@ pub fn resolve_identity(
     default_user: &str,
 ) -> Identity {
     for name in header_names {
-        if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::trim) {
-            if !value.is_empty() {
-                return Identity { user: value.to_string(), source: format!("header:{name}") };
-            }
+        if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::trim)
+            && !value.is_empty()
+        {
+            return Identity { user: value.to_string(), source: format!("header:{name}") };
         }
     }
     if let Some(user) = body_user.map(str::trim).filter(|u| !u.is_empty()) {

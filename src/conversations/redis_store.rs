@@ -241,7 +241,7 @@ impl RedisStore {
             .filter(|c| filter.user.as_ref().is_none_or(|u| &c.user == u))
             .filter(|c| filter.chat_id.as_ref().is_none_or(|ch| c.chat_id.as_ref() == Some(ch)))
             .collect();
-        all.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        all.sort_by_key(|c| std::cmp::Reverse(c.updated_at));
         all.truncate(if filter.limit == 0 { 100 } else { filter.limit });
         Ok(all)
     }

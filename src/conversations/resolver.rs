@@ -191,13 +191,11 @@ impl Conversations {
                 }
                 return Ok(fresh(Continuity::New, Some(recorder(Some(lock)))));
             }
-            if has_history {
-                if let Some(found) = self.store.turn(&prefix_fp).await? {
-                    let lock = self.lock(format!("conv:{}", found.conversation_id)).await;
-                    // Re-read after waiting: the conversation may have moved on meanwhile.
-                    let found = self.store.turn(&prefix_fp).await?.unwrap_or(found);
-                    return self.place(found, &recorder, Some(lock), has_history).await;
-                }
+            if has_history && let Some(found) = self.store.turn(&prefix_fp).await? {
+                let lock = self.lock(format!("conv:{}", found.conversation_id)).await;
+                // Re-read after waiting: the conversation may have moved on meanwhile.
+                let found = self.store.turn(&prefix_fp).await?.unwrap_or(found);
+                return self.place(found, &recorder, Some(lock), has_history).await;
             }
             Ok(fresh(Continuity::New, Some(recorder(None))))
         }

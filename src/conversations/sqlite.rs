@@ -51,14 +51,12 @@ fn writable_fix(path: &Path) -> String {
 impl SqliteStore {
     pub fn open(path: &Path, ttl: Duration, create: bool) -> Result<SqliteStore, StoreError> {
         let location = path.display().to_string();
-        if create {
-            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    location: location.clone(),
-                    reason: format!("cannot create directory {}: {e}", dir.display()),
-                    fix: writable_fix(path),
-                })?;
-            }
+        if create && let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                location: location.clone(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+                fix: writable_fix(path),
+            })?;
         }
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {

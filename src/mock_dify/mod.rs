@@ -249,6 +249,8 @@ fn dify_error(status: u16, code: &str, message: &str) -> Response {
     (status_code, axum::Json(json!({"code": code, "message": message, "status": status}))).into_response()
 }
 
+// A mock's error path: the response size does not matter here.
+#[allow(clippy::result_large_err)]
 fn authorise<'a>(state: &'a MockState, headers: &HeaderMap) -> Result<&'a MockApp, Response> {
     let token = headers
         .get("authorization")
@@ -739,10 +741,8 @@ impl Script {
                         tx.closed().await;
                         return;
                     }
-                    Directive::Ping => {
-                        if !send(Bytes::from_static(b"event: ping\n\n")).await {
-                            return;
-                        }
+                    Directive::Ping if !send(Bytes::from_static(b"event: ping\n\n")).await => {
+                        return;
                     }
                     Directive::Garbage => {
                         let _ = send(Bytes::from_static(b"data: {this is not json\n\n")).await;
@@ -754,10 +754,8 @@ impl Script {
                         return;
                     }
                     Directive::Cut => return,
-                    Directive::Huge => {
-                        if !send(self.answer_event(&"x".repeat(17 * 1024 * 1024))).await {
-                            return;
-                        }
+                    Directive::Huge if !send(self.answer_event(&"x".repeat(17 * 1024 * 1024))).await => {
+                        return;
                     }
                     _ => {}
                 }

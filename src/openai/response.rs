@@ -120,10 +120,10 @@ impl ChunkWriter {
     pub fn finish(&self, out: &mut BytesMut, reason: &str, usage: Option<Usage>) {
         let choice = ChunkChoice { index: 0, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) };
         self.frame(out, std::slice::from_ref(&choice), self.usage_slot());
-        if self.include_usage {
-            if let Some(usage) = usage {
-                self.frame(out, &[], Some(Some(usage)));
-            }
+        if self.include_usage
+            && let Some(usage) = usage
+        {
+            self.frame(out, &[], Some(Some(usage)));
         }
         out.put_slice(b"data: [DONE]\n\n");
     }

@@ -63,10 +63,10 @@ pub async fn chat_completions(
     } else {
         complete(state, prepared, started).await
     };
-    if let Some(user) = response.extensions_mut().remove::<UserEcho>() {
-        if let Ok(value) = HeaderValue::from_str(&user.0) {
-            response.headers_mut().insert(USER_HEADER, value);
-        }
+    if let Some(user) = response.extensions_mut().remove::<UserEcho>()
+        && let Ok(value) = HeaderValue::from_str(&user.0)
+    {
+        response.headers_mut().insert(USER_HEADER, value);
     }
     response.extensions_mut().insert(labels);
     response

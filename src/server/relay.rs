@@ -291,10 +291,10 @@ impl Relay {
         // The generation is over either way: nothing left for Dify to stop.
         self.guard.disarm();
         let end = RelayEnd::from_translator(&self.translator);
-        if let Some(upstream) = self.upstream.take() {
-            if matches!(end.outcome, Outcome::Finished { .. }) {
-                drain(upstream);
-            }
+        if let Some(upstream) = self.upstream.take()
+            && matches!(end.outcome, Outcome::Finished { .. })
+        {
+            drain(upstream);
         }
         if let Some(finisher) = self.finisher.take() {
             finisher.finish(&end, self.answer.as_deref().unwrap_or("")).await;
