@@ -263,10 +263,18 @@ async fn complete(state: SharedState, mut p: Prepared, started: Instant) -> Resp
             }
         }
     };
-    if tokio::time::timeout(timeout, collecting).await.is_err() {
-        translator.on_end(Some(&crate::dify::DifyError::Timeout(timeout)), &mut collected);
-    } else {
-        guard.disarm();
+    // Bounded by REQUEST_TIMEOUT, and by the shutdown deadline like streams are.
+    let collected_in_time = tokio::select! {
+        result = tokio::time::timeout(timeout, collecting) => {
+            result.map_err(|_| crate::dify::DifyError::Timeout(timeout))
+        }
+        () = state.drain_deadline.cancelled() => {
+            Err(crate::dify::DifyError::Transport("opendify is shutting down".into()))
+        }
+    };
+    match collected_in_time {
+        Ok(()) => guard.disarm(),
+        Err(error) => translator.on_end(Some(&error), &mut collected),
     }
     let end = RelayEnd::from_translator(&translator);
     let upstream_time = UpstreamTime(upstream.upstream_time());

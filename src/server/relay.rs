@@ -288,8 +288,11 @@ impl Relay {
 
     async fn complete(&mut self, out: BytesMut) -> Bytes {
         self.done = true;
-        // The generation is over either way: nothing left for Dify to stop.
-        self.guard.disarm();
+        // The generation is over either way: nothing left for Dify to stop. Unless the
+        // shutdown deadline ended the stream: then Dify is still generating.
+        if !self.deadline.is_cancelled() {
+            self.guard.disarm();
+        }
         let end = RelayEnd::from_translator(&self.translator);
         if let Some(upstream) = self.upstream.take()
             && matches!(end.outcome, Outcome::Finished { .. })

@@ -1,0 +1,338 @@
+//! Graceful shutdown, in-process and with the real binary: SIGTERM stops new connections,
+//! turns `/ready` to 503, lets in-flight streams finish (or ends them with an error chunk
+//! and `[DONE]` after SHUTDOWN_TIMEOUT), and exits 0. The binary's logs (JSON, LOG_FILE)
+//! carry request ids and never a key; the startup warns loudly when it is open to the network.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use opendify::mock_dify::{MockApp, MockDify};
+use tower::ServiceExt as _;
+
+/// Reads a stream until its text contains `needle`; returns what was read.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("stream stalled")
+            .expect("chunk")
+            .unwrap_or_else(|| panic!("stream ended before {needle:?}: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
+async fn read_rest(response: &mut reqwest::Response, mut seen: String) -> String {
+    while let Some(chunk) =
+        tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.expect("stream stalled").expect("chunk")
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn in_flight_streams_finish_while_new_connections_are_refused() {
+    let mock = mock().await;
+    let mut gw = gateway(&mock, &[]).await;
+    let question = "[[mock:slow]] a question long enough that its echo takes about a second";
+    let mut response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("chat", question, true))
+        .send()
+        .await
+        .expect("send");
+    let seen = read_until(&mut response, "Echo").await;
+
+    gw.begin_shutdown();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !gw.state.gate.is_shutting_down() {
+        assert!(Instant::now() < deadline, "shutdown not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // /ready answers 503 (asked of the app itself: new connections are no longer accepted).
+    let ready = opendify::server::router(gw.state.clone())
+        .oneshot(axum::http::Request::get("/ready").body(axum::body::Body::empty()).expect("request"))
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+    let mut refused = false;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(gw.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "new connections still accepted during shutdown");
+
+    let raw = read_rest(&mut response, seen).await;
+    assert!(raw.ends_with("data: [DONE]\n\n"), "{raw}");
+    assert!(!raw.contains("\"error\""), "the stream was cut: {raw}");
+    let text: String = raw
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, format!("Echo: {question}"));
+    let server = gw.server.take().expect("server");
+    let result = tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop");
+    assert!(result.expect("join").is_ok());
+}
+
+#[tokio::test]
+async fn streams_still_open_at_the_shutdown_timeout_end_with_an_error_chunk() {
+    let mock = mock().await;
+    let mut gw = gateway(&mock, &[("SHUTDOWN_TIMEOUT", "1")]).await;
+    let mut stream = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("chat", "[[mock:hang]]", true))
+        .send()
+        .await
+        .expect("send");
+    let seen = read_until(&mut stream, "Echo").await;
+    // A non-streaming request waiting on Dify is bounded the same way.
+    let blocking =
+        tokio::spawn(post_chat_owned(gw.url("/v1/chat/completions"), chat_body("chat", "[[mock:hang]]", false)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    gw.begin_shutdown();
+    let raw = read_rest(&mut stream, seen).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert!(raw.contains("shutting down"), "{raw}");
+    assert!(raw.ends_with("data: [DONE]\n\n"), "{raw}");
+    let (status, body) = blocking.await.expect("join");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+
+    let server = gw.server.take().expect("server");
+    let result = tokio::time::timeout(Duration::from_secs(5), server).await.expect("server did not stop");
+    assert!(result.expect("join").is_ok());
+    // Dify was told to stop both generations.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while mock.stops().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.stops().len(), 2);
+}
+
+async fn post_chat_owned(url: String, body: serde_json::Value) -> (u16, String) {
+    let response = client().post(url).json(&body).send().await.expect("send");
+    (response.status().as_u16(), response.text().await.expect("text"))
+}
+
+/// The real binary, with stderr collected line by line.
+struct Binary {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Binary {
+    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opendify"));
+        command
+            .arg("serve")
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SERVER_PORT", port.to_string())
+            .env("CONVERSATION_STORE", dir.join("conversations.db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn opendify");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Binary { child, port, stderr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client().get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("opendify exited with {status}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "opendify did not start: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "opendify did not exit: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PROXY_KEY: &str = "sk-proxy-secret-0123456789";
+const USER_KEY: &str = "app-user-anna-secret-0042";
+
+#[tokio::test]
+async fn sigterm_lets_the_stream_finish_exits_0_and_logs_ids_but_no_secrets() {
+    let mock = MockDify::start(vec![
+        MockApp::new("app-chat-key-secret-0001", "Chat Bot", "chat"),
+        MockApp::new(USER_KEY, "Chat Bot", "chat"),
+    ])
+    .await
+    .expect("mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_file = dir.path().join("logs").join("app.log");
+    let mut binary = Binary::start(
+        dir.path(),
+        &[
+            ("DIFY_API_BASE", &mock.base_url()),
+            ("MODEL_CONFIG", r#"{"chat":"app-chat-key-secret-0001"}"#),
+            ("PROXY_API_KEYS", PROXY_KEY),
+            ("DIFY_KEY_PASSTHROUGH", "true"),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "debug"),
+            ("LOG_FILE", log_file.to_str().expect("utf-8 path")),
+        ],
+    );
+    binary.wait_healthy().await;
+    let auth = format!("Bearer {PROXY_KEY}");
+
+    // A refused key, a passthrough key, then a slow stream that SIGTERM must not cut.
+    let refused = client()
+        .post(binary.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-wrong-key-000000")
+        .json(&chat_body("chat", "x", false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 401);
+    let own = client()
+        .post(binary.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {USER_KEY}"))
+        .header("x-request-id", "passthrough-req-1")
+        .json(&chat_body("chat", "with my key", false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(own.status(), 200);
+    let question = "[[mock:slow]] please answer slowly enough for a SIGTERM to land mid-stream";
+    let mut stream = client()
+        .post(binary.url("/v1/chat/completions"))
+        .header("authorization", &auth)
+        .header("x-request-id", "stream-req-7")
+        .json(&chat_body("chat", question, true))
+        .send()
+        .await
+        .expect("send");
+    let seen = read_until(&mut stream, "Echo").await;
+    binary.signal("TERM");
+    let raw = read_rest(&mut stream, seen).await;
+    assert!(raw.ends_with("data: [DONE]\n\n") && !raw.contains("\"error\""), "{raw}");
+    let status = binary.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", binary.stderr());
+
+    let stderr = binary.stderr();
+    let file = std::fs::read_to_string(&log_file).expect("LOG_FILE written");
+    for (name, text) in [("stderr", &stderr), ("LOG_FILE", &file)] {
+        for secret in [PROXY_KEY, USER_KEY, "app-chat-key-secret-0001", "sk-wrong-key-000000"] {
+            assert!(!text.contains(secret), "{secret} in {name}:\n{text}");
+        }
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
+        }
+    }
+    // Every line of the streamed request carries its id; the completion line says who,
+    // which model, which conversation and how long.
+    let lines: Vec<serde_json::Value> = file.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let completed = lines
+        .iter()
+        .find(|l| {
+            l["span"]["id"] == "stream-req-7"
+                && l["fields"]["message"].as_str().is_some_and(|m| m.contains("completed"))
+        })
+        .unwrap_or_else(|| panic!("no completion line for stream-req-7:\n{file}"));
+    for field in ["model", "user", "conversation", "latency_ms"] {
+        assert!(!completed["fields"][field].is_null(), "{field} missing: {completed}");
+    }
+    assert!(lines.iter().any(|l| l["span"]["id"] == "passthrough-req-1"), "{file}");
+    assert!(file.contains("shutdown requested"), "{file}");
+}
+
+#[tokio::test]
+async fn an_open_gateway_on_the_network_warns_loudly_at_startup() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = mock.base_url();
+    let common = [("DIFY_API_BASE", base.as_str()), ("MODEL_CONFIG", MODEL_CONFIG), ("SERVER_HOST", "0.0.0.0")];
+    let mut open = Binary::start(dir.path(), &common);
+    open.wait_healthy().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !open.stderr().contains("WITHOUT client authentication") {
+        assert!(Instant::now() < deadline, "no warning: {}", open.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    open.signal("INT");
+    assert_eq!(open.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+
+    let keyed = [common.as_slice(), &[("PROXY_API_KEYS", PROXY_KEY)]].concat();
+    let mut guarded = Binary::start(dir.path(), &keyed);
+    guarded.wait_healthy().await;
+    guarded.signal("TERM");
+    assert_eq!(guarded.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+    assert!(guarded.stderr().contains("listening"), "{}", guarded.stderr());
+    assert!(!guarded.stderr().contains("WITHOUT client authentication"));
+
+    let mut local = Binary::start(dir.path(), &common[..2]);
+    local.wait_healthy().await;
+    local.signal("TERM");
+    assert_eq!(local.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+    assert!(!local.stderr().contains("WITHOUT client authentication"), "loopback needs no warning");
+}
