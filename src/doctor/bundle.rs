@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Context, Options, Progress, RenderOptions, Report, mask_url_credentials, report};
 use crate::config::{EnvFileStatus, Loaded};
-use crate::secret::{mask, mask_keys_in};
+use crate::secret::mask;
 
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
@@ -172,9 +172,29 @@ impl Redactor {
                 text = text.replace(secret.as_str(), &mask(secret));
             }
         }
-        let text = mask_keys_in(&text);
-        mask_bearer(&text)
+        mask_bearer(&mask_app_keys(&text))
     }
+}
+
+/// Masks `app-…` tokens like [`crate::secret::mask_keys_in`], leaving already masked ones
+/// (`app-ab…yz`) as they are.
+fn mask_app_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("app-") {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(after.len());
+        let token = &after[..len];
+        if after[len..].starts_with('…') {
+            out.push_str(token);
+        } else {
+            out.push_str(&mask(token));
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `Bearer abc…` tokens in log lines become `Bearer ***`.
@@ -279,6 +299,7 @@ mod tests {
         assert!(!masked.contains("abcdefghijklmnop"), "{masked}");
         assert!(!masked.contains("xyz"), "{masked}");
         assert!(masked.contains("app-ab…op"), "{masked}");
+        assert_eq!(mask_app_keys("{\"m\": \"app-ab…op\"}"), "{\"m\": \"app-ab…op\"}", "masked once only");
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn explain_in_use(result: &mut CheckResult, details: &Details) {
     let address = &details.address;
     let who = match details.holders.as_slice() {
         [] => "another process".to_string(),
-        [one] => format!("PID {} ({})", one.pid, short(&one.command)),
+        [one] => format!("PID {} `{}`", one.pid, short(&one.command)),
         many => format!("PIDs {}", many.iter().map(|h| h.pid.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let port_fix = details.free_port.map(|p| format!("SERVER_PORT={p} (free)"));

@@ -397,10 +397,13 @@ fn summary(details: &Details, host: &str) -> String {
             _ => parts.push(format!("{host} does not resolve")),
         }
     }
+    if details.dns.is_empty() {
+        parts.push(format!("{host}:{}", details.port));
+    }
     if let Some(tcp) = details.tcp.iter().find(|t| t.stats.received > 0) {
         parts.push(format!("TCP {} ms", tcp.stats.avg_ms.unwrap_or_default()));
-    } else if !details.tcp.is_empty() {
-        parts.push("TCP failed".into());
+    } else if let Some(tcp) = details.tcp.first() {
+        parts.push(format!("TCP failed ({})", tcp.error.as_deref().unwrap_or("no connection")));
     }
     if let Some(tls) = &details.tls {
         if tls.certificate.is_some() || tls.version.is_some() {

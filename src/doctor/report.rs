@@ -315,9 +315,14 @@ pub fn render_check(check: &CheckResult, options: RenderOptions) -> String {
     let mut out = String::new();
     let name = format!("{:<NAME_WIDTH$}", check.id);
     let name = if options.colour { name.bold().to_string() } else { name };
-    let duration = format!("({})", format_duration(check.duration));
-    let duration = if options.colour { duration.dimmed().to_string() } else { duration };
-    let _ = writeln!(out, "{} {name} {} {duration}", status.painted(options.colour), check.summary);
+    if status == Status::Skip {
+        let summary = if options.colour { check.summary.dimmed().to_string() } else { check.summary.clone() };
+        let _ = writeln!(out, "{} {name} {summary}", status.painted(options.colour));
+    } else {
+        let duration = format!("({})", format_duration(check.duration));
+        let duration = if options.colour { duration.dimmed().to_string() } else { duration };
+        let _ = writeln!(out, "{} {name} {} {duration}", status.painted(options.colour), check.summary);
+    }
     for issue in &check.issues {
         let (reason_label, fix_label) = if options.colour {
             let reason = if issue.level == Status::Fail { "reason:".red() } else { "reason:".yellow() };

@@ -145,11 +145,17 @@ struct Tested {
     error: Option<DifyError>,
 }
 
-pub async fn run(ctx: &Context, options: &KeyOptions, _before: &[CheckResult]) -> CheckResult {
+pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
     };
+    if before
+        .iter()
+        .any(|c| c.id == super::ping_dify::ID && c.details.get("reachable") == Some(&serde_json::Value::Bool(false)))
+    {
+        return CheckResult::skipped(ID, "skipped: Dify is unreachable (see ping-dify)");
+    }
     let mut result = CheckResult::new(ID);
     let client = match ctx.client(config) {
         Ok(client) => client,
@@ -183,12 +189,21 @@ pub async fn run(ctx: &Context, options: &KeyOptions, _before: &[CheckResult]) -
     }
 
     let base = &config.dify_api_base;
+    // Dify unreachable for every model: one problem, not one per model.
+    let all_unreachable =
+        !tested.is_empty() && tested.iter().all(|t| t.error.as_ref().is_some_and(|e| explain(e, "", base).network));
     for t in &tested {
         result.line(model_line(&t.report));
         match &t.error {
+            Some(_) if all_unreachable => {}
             Some(error) => push(&mut result, explain(error, &t.report.model, base)),
             None => advise(&mut result, &t.report),
         }
+    }
+    if let Some(error) = tested.iter().find_map(|t| t.error.as_ref()).filter(|_| all_unreachable) {
+        let mut explained = explain(error, "", base);
+        explained.reason = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
+        push(&mut result, explained);
     }
     if options.live {
         result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));

@@ -136,6 +136,29 @@ struct Details {
     error: Option<String>,
 }
 
+impl Details {
+    fn empty(options: &StreamOptions) -> Details {
+        Details {
+            model: options.model.clone(),
+            via: options.via.as_ref().map(|u| u.to_string()),
+            user_sent: options.user.clone(),
+            user_resolved: None,
+            time_to_headers_ms: None,
+            time_to_first_event_ms: None,
+            events: 0,
+            keep_alives: 0,
+            gaps_ms: Gaps::default(),
+            total_ms: None,
+            tokens_per_s: None,
+            usage: None,
+            ended: None,
+            finish_reason: None,
+            answer_chars: 0,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 struct Gaps {
     p50: Option<f64>,
@@ -157,9 +180,18 @@ fn gaps(list: &[Duration]) -> Gaps {
 }
 
 pub async fn run(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
-    if let Some(via) = &options.via {
-        return run_via(ctx, options, via).await;
+    let mut result = match &options.via {
+        Some(via) => run_via(ctx, options, via).await,
+        None => run_direct(ctx, options, before).await,
+    };
+    // Every outcome carries the same detail keys, even when the request never started.
+    if !result.is_skipped() && result.details.as_object().is_some_and(|o| o.is_empty()) {
+        result.details(Details::empty(options));
     }
+    result
+}
+
+async fn run_direct(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
@@ -504,19 +536,7 @@ fn judge(
         model: Some(model.to_string()),
         via: via.map(str::to_string),
         user_sent: user.to_string(),
-        user_resolved: None,
-        time_to_headers_ms: None,
-        time_to_first_event_ms: None,
-        events: 0,
-        keep_alives: 0,
-        gaps_ms: Gaps::default(),
-        total_ms: None,
-        tokens_per_s: None,
-        usage: None,
-        ended: None,
-        finish_reason: None,
-        answer_chars: 0,
-        error: None,
+        ..Details::empty(&StreamOptions::default())
     };
     let target = match via {
         Some(via) => format!("through opendify at {via}"),
