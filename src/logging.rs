@@ -8,7 +8,7 @@
 //! span). Nothing here ever formats a header: secrets stay out of the logs by construction.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,7 +48,7 @@ type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
 /// Logging for `serve`: stderr, plus LOG_FILE when set. Fails only when the log file cannot
 /// be opened (the error names the path and why).
 pub fn init_serve(config: &Config) -> anyhow::Result<LogGuard> {
-    let mut layers: Vec<BoxedLayer> = vec![layer(config.log_format, io::stderr, true)];
+    let mut layers: Vec<BoxedLayer> = vec![layer(config.log_format, io::stderr, io::stderr().is_terminal())];
     let mut guard = None;
     if let Some(path) = &config.log_file {
         let file = RotatingFile::open(path).map_err(|e| {
@@ -72,7 +72,24 @@ where
     let base = fmt::layer().with_writer(writer).with_target(false).with_ansi(ansi);
     match format {
         LogFormat::Json => base.json().with_current_span(true).with_span_list(false).boxed(),
-        LogFormat::Text => base.boxed(),
+        // Span fields are formatted once per formatter type and shared between layers: the
+        // plain layer gets its own type, so colours meant for a terminal never reach a file.
+        LogFormat::Text if ansi => base.boxed(),
+        LogFormat::Text => base.fmt_fields(PlainFields::default()).boxed(),
+    }
+}
+
+/// The default field format, as a distinct type (see [`layer`]).
+#[derive(Default)]
+struct PlainFields(fmt::format::DefaultFields);
+
+impl<'w> fmt::FormatFields<'w> for PlainFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
     }
 }
 
