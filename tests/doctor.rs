@@ -850,6 +850,21 @@ async fn an_unreadable_store_fails() {
 }
 
 #[tokio::test]
+async fn an_unreachable_redis_store_is_a_network_failure() {
+    let mock = mock().await;
+    let setup =
+        Setup::healthy(&mock).env("CONVERSATION_STORE", &format!("redis://:hunter2@127.0.0.1:{}/0", free_port()));
+    let run = setup.doctor(&["inspect-mappings", "--json"]).await;
+    run.assert_code(1);
+    let check = run.check("inspect-mappings");
+    assert_eq!(check["details"]["backend"], "redis");
+    assert_eq!(check["details"]["reachable"], false);
+    assert!(check["fix"].as_str().unwrap().contains("redis-cli"), "{check:#}");
+    assert!(!run.stdout.contains("hunter2"), "password leaked:\n{}", run.stdout);
+    setup.doctor(&["inspect-mappings", "--network-errors=warn"]).await.assert_code(0);
+}
+
+#[tokio::test]
 async fn mappings_are_counted_filtered_verified_and_pruned() {
     let mock = mock().await;
     let setup = Setup::healthy(&mock);

@@ -31,7 +31,7 @@ pub async fn main(loaded: Loaded, options: &Options, bundle: &BundleOptions) -> 
     let markdown = redactor.redact(&render(&ctx.loaded, &report, &system, &log));
     match &bundle.output {
         None => {
-            print!("{markdown}");
+            super::stdout(&markdown);
             0
         }
         Some(path) => match std::fs::write(path, &markdown) {

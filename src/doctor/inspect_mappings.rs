@@ -121,6 +121,13 @@ pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
 
     if let StoreLocation::Sqlite(path) = &location {
         details.backend = "sqlite";
+        let legacy = parent_dir(path).join("conversation_mappings.json");
+        if legacy.is_file() {
+            result.line(format!(
+                "{} (the original proxy's mappings) is imported by `opendify serve` once, when it opens the store",
+                legacy.display()
+            ));
+        }
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_file() => {
                 details.exists = true;

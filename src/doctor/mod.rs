@@ -257,14 +257,9 @@ impl Progress {
 
     /// Prints above the spinner without tearing it.
     pub fn print(&self, text: &str) {
-        let write = || {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
-        };
         match &self.0 {
-            Some(bar) => bar.suspend(write),
-            None => write(),
+            Some(bar) => bar.suspend(|| stdout(text)),
+            None => stdout(text),
         }
     }
 
@@ -299,7 +294,10 @@ async fn run_one(ctx: &Context, options: &Options, id: CheckId, before: &[CheckR
     let limit = ctx.step_timeout * 6 + Duration::from_secs(5);
     let limit = match id {
         CheckId::PingDify => limit * options.ping.count.min(100),
-        CheckId::TestStream => limit.max(ctx.doctor_config_idle() * 4),
+        CheckId::TestStream => {
+            let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(ctx.step_timeout);
+            limit.max(idle * 4)
+        }
         _ => limit,
     };
     let check = async {
@@ -323,12 +321,6 @@ async fn run_one(ctx: &Context, options: &Options, id: CheckId, before: &[CheckR
             );
             result
         }
-    }
-}
-
-impl Context {
-    fn doctor_config_idle(&self) -> Duration {
-        self.config().map(|c| self.doctor_config(c).stream_idle_timeout).unwrap_or(self.step_timeout)
     }
 }
 
@@ -369,9 +361,9 @@ pub fn main(args: &DoctorArgs, load: &LoadOptions) -> u8 {
         .await;
         progress.finish();
         if options.json {
-            println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+            stdout(&format!("{}\n", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()));
         } else {
-            print!("{}", report.render_summary(render));
+            progress.print(&report.render_summary(render));
         }
         report.exit_code()
     });
@@ -384,12 +376,19 @@ fn print_list(json: bool) {
     if json {
         let checks: Vec<_> =
             ORDER.iter().map(|id| serde_json::json!({"id": id.as_str(), "description": id.describe()})).collect();
-        println!("{}", serde_json::json!({ "checks": checks }));
+        stdout(&format!("{}\n", serde_json::json!({ "checks": checks })));
         return;
     }
     for id in ORDER {
-        println!("{:<16} {}", id.as_str(), id.describe());
+        stdout(&format!("{:<16} {}\n", id.as_str(), id.describe()));
     }
+}
+
+/// Writes to stdout; a closed pipe (`opendify doctor | head`) is not an error worth a panic.
+pub fn stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 /// `user:password@` in a URL (a proxy, a Redis store) replaced by `***@`.

@@ -373,7 +373,11 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
             {
                 result.line(tls_line(tls));
             }
-            result.line(format!("http: {error}"));
+            if layer == "tls" {
+                result.line("http: not reached (the TLS handshake failed)");
+            } else {
+                result.line(format!("http: {error}"));
+            }
             details.failed_layer.get_or_insert(layer);
             result.network_fail(reason, Some(fix));
         }
@@ -461,7 +465,8 @@ async fn resolve_system(host: &str, timeout: Duration) -> DnsAnswer {
         }
     };
     let servers = config.name_servers().iter().map(|ns| ns.ip.to_string()).collect();
-    opts.timeout = opts.timeout.min(timeout);
+    // Each query gets half the step: a second server or TCP retry still fits in it.
+    opts.timeout = opts.timeout.min(timeout / 2).max(Duration::from_millis(500));
     let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default()).with_options(opts).build();
     lookup("system", servers, resolver, host, timeout).await
 }
@@ -473,7 +478,7 @@ async fn resolve_with(host: &str, server: SocketAddr, timeout: Duration) -> DnsA
         connection.port = server.port();
     }
     let mut opts = ResolverOpts::default();
-    opts.timeout = timeout;
+    opts.timeout = (timeout / 2).max(Duration::from_millis(500));
     opts.attempts = 1;
     opts.use_hosts_file = ResolveHosts::Never;
     let resolver = Resolver::builder_with_config(
@@ -503,7 +508,7 @@ async fn lookup(
         }
     };
     let started = Instant::now();
-    match tokio::time::timeout(timeout * 2, resolver.lookup_ip(host)).await {
+    match tokio::time::timeout(timeout, resolver.lookup_ip(host)).await {
         Ok(Ok(found)) => {
             answer.ms = Some(millis(started.elapsed()));
             answer.addresses = found.iter().map(|ip| ip.to_string()).collect();
@@ -526,7 +531,7 @@ async fn lookup(
             answer.kind = kind;
         }
         Err(_) => {
-            answer.error = Some(format!("no DNS answer within {}", format_duration(timeout * 2)));
+            answer.error = Some(format!("no DNS answer within {}", format_duration(timeout)));
             answer.kind = DnsFailure::Timeout;
         }
     }
