@@ -650,3 +650,40 @@ fn mangled_requests_are_refused_with_a_400_never_a_panic() {
         }
     }
 }
+
+#[tokio::test]
+async fn adaptive_smoothing_keeps_every_chunk_and_never_caps_throughput() {
+    // 3000 one-character events as fast as the mock can send them: the original's pacing
+    // (1 ms per character when buffered) would add 3 s; smoothing may add at most its lag.
+    let settings = MockSettings { chunk_chars: 1, events: Some(3000), delay: Duration::ZERO };
+    let fast = MockDify::start_with(all_apps(), settings, "127.0.0.1:0").await.expect("mock");
+    let plain = gateway(&fast, &[]).await;
+    let smooth = gateway(&fast, &[("STREAM_SMOOTHING", "adaptive")]).await;
+    let body = chat_body("chat", "a fast and long answer", true);
+    let started = Instant::now();
+    let reference = stream_chat(&plain, &body, &[]).await;
+    let baseline = started.elapsed();
+    let started = Instant::now();
+    let smoothed = stream_chat(&smooth, &body, &[]).await;
+    let elapsed = started.elapsed();
+    assert!(smoothed.done && smoothed.error().is_none(), "{:.300}", smoothed.raw);
+    assert_eq!(smoothed.content().chars().count(), 3000);
+    assert_eq!(smoothed.content(), reference.content());
+    assert!(elapsed < baseline + Duration::from_millis(1500), "smoothed {elapsed:?} vs plain {baseline:?}");
+    assert_eq!(sample_count(&smooth).await, 1, "time to first token is still measured");
+
+    // Paced upstream (50 ms between events): passed on as it comes, intact.
+    let paced = mock().await;
+    let smooth = gateway(&paced, &[("STREAM_SMOOTHING", "adaptive")]).await;
+    let result = stream_chat(&smooth, &chat_body("chat", "[[mock:slow]] paced", true), &[]).await;
+    assert_eq!(result.content(), "Echo: [[mock:slow]] paced");
+    assert_nothing_left_running(&smooth, &paced).await;
+}
+
+async fn sample_count(gw: &Gateway) -> u64 {
+    let text = client().get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("opendify_time_to_first_token_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

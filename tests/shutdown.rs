@@ -179,10 +179,10 @@ impl Binary {
     async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = client().get(self.url("/health")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = client().get(self.url("/health")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("opendify exited with {status}: {}", self.stderr());
