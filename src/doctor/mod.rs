@@ -57,7 +57,7 @@ impl CheckId {
             CheckId::InspectMappings => "the conversation store: reachable, writable, schema, counts, expired",
             CheckId::PingDify => "DNS, TCP, TLS and HTTP to DIFY_API_BASE, layer by layer",
             CheckId::TestKey => "each model's app key against Dify's /info and /parameters",
-            CheckId::TestStream => "one streaming request: first event, gaps, end, usage",
+            CheckId::TestStream => "one short streamed message (user opendify-doctor): first event, gaps, end, usage",
         }
     }
 }
