@@ -862,6 +862,10 @@ async fn an_unreachable_redis_store_is_a_network_failure() {
     assert!(check["fix"].as_str().unwrap().contains("redis-cli"), "{check:#}");
     assert!(!run.stdout.contains("hunter2"), "password leaked:\n{}", run.stdout);
     setup.doctor(&["inspect-mappings", "--network-errors=warn"]).await.assert_code(0);
+    for args in [&["--json"][..], &["check-config"], &["report"]] {
+        let run = setup.doctor(args).await;
+        assert!(!run.stdout.contains("hunter2"), "{args:?}: password leaked:\n{}", run.stdout);
+    }
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{CheckResult, Context};
+use super::{CheckResult, Context, mask_url_credentials};
 use crate::config::{EnvFileStatus, Finding, SettingView};
 use crate::conversations::store::StoreLocation;
 
@@ -82,8 +82,14 @@ pub fn run(ctx: &Context) -> CheckResult {
         result.warn(warning.message.clone(), warning.fix.clone());
     }
 
-    let width = loaded.settings.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    for setting in &loaded.settings {
+    // URLs may carry credentials (a Redis password, a user in DIFY_API_BASE): mask them too.
+    let settings: Vec<SettingView> = loaded
+        .settings
+        .iter()
+        .map(|s| SettingView { value: s.value.as_deref().map(mask_url_credentials), ..s.clone() })
+        .collect();
+    let width = settings.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for setting in &settings {
         let value = setting.value.as_deref().unwrap_or("(unset)");
         result.line(format!("{:<width$} = {value}  [{}]", setting.name, setting.source));
     }
@@ -163,7 +169,7 @@ pub fn run(ctx: &Context) -> CheckResult {
     });
     result.details(Details {
         env_file,
-        settings: &loaded.settings,
+        settings: &settings,
         problems: &loaded.problems,
         warnings: &loaded.warnings,
         models,
