@@ -80,7 +80,7 @@ impl<'a> Reader<'a> {
         Ok(Tlv { tag, body })
     }
 
-    fn expect(&mut self, tag: u8) -> Result<&'a [u8], CertError> {
+    fn take(&mut self, tag: u8) -> Result<&'a [u8], CertError> {
         let tlv = self.next()?;
         if tlv.tag != tag {
             return Err(CertError("unexpected element"));
@@ -106,20 +106,20 @@ const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// Reads subject, issuer, validity and DNS names from a DER certificate.
 pub fn summarize(der: &[u8]) -> Result<CertSummary, CertError> {
-    let certificate = Reader::new(der).expect(SEQUENCE)?;
-    let mut tbs = Reader::new(Reader::new(certificate).expect(SEQUENCE)?);
+    let certificate = Reader::new(der).take(SEQUENCE)?;
+    let mut tbs = Reader::new(Reader::new(certificate).take(SEQUENCE)?);
     let mut element = tbs.next()?;
     if element.tag == CONTEXT_0 {
         element = tbs.next()?; // the serial number follows the version
     }
     let _serial = element;
-    tbs.expect(SEQUENCE)?; // signature algorithm
-    let issuer = name(tbs.expect(SEQUENCE)?)?;
-    let mut validity = Reader::new(tbs.expect(SEQUENCE)?);
+    tbs.take(SEQUENCE)?; // signature algorithm
+    let issuer = name(tbs.take(SEQUENCE)?)?;
+    let mut validity = Reader::new(tbs.take(SEQUENCE)?);
     let not_before = time(validity.next()?)?;
     let not_after = time(validity.next()?)?;
-    let subject = name(tbs.expect(SEQUENCE)?)?;
-    tbs.expect(SEQUENCE)?; // public key
+    let subject = name(tbs.take(SEQUENCE)?)?;
+    tbs.take(SEQUENCE)?; // public key
     let mut names = Vec::new();
     while !tbs.is_empty() {
         let element = tbs.next()?;
@@ -142,10 +142,10 @@ fn name(body: &[u8]) -> Result<String, CertError> {
     let mut parts = Vec::new();
     let mut rdns = Reader::new(body);
     while !rdns.is_empty() {
-        let mut set = Reader::new(rdns.expect(SET)?);
+        let mut set = Reader::new(rdns.take(SET)?);
         while !set.is_empty() {
-            let mut pair = Reader::new(set.expect(SEQUENCE)?);
-            let oid = pair.expect(OID)?;
+            let mut pair = Reader::new(set.take(SEQUENCE)?);
+            let oid = pair.take(OID)?;
             let value = pair.next()?;
             let label = match oid {
                 OID_CN => "CN",
@@ -170,10 +170,10 @@ fn string(value: &Tlv<'_>) -> String {
 }
 
 fn alt_names(extensions: &[u8]) -> Result<Vec<String>, CertError> {
-    let mut list = Reader::new(Reader::new(extensions).expect(SEQUENCE)?);
+    let mut list = Reader::new(Reader::new(extensions).take(SEQUENCE)?);
     while !list.is_empty() {
-        let mut extension = Reader::new(list.expect(SEQUENCE)?);
-        let oid = extension.expect(OID)?;
+        let mut extension = Reader::new(list.take(SEQUENCE)?);
+        let oid = extension.take(OID)?;
         let mut value = extension.next()?;
         if value.tag == 0x01 {
             value = extension.next()?; // the `critical` flag
@@ -181,7 +181,7 @@ fn alt_names(extensions: &[u8]) -> Result<Vec<String>, CertError> {
         if oid != OID_SAN || value.tag != OCTET_STRING {
             continue;
         }
-        let mut general = Reader::new(Reader::new(value.body).expect(SEQUENCE)?);
+        let mut general = Reader::new(Reader::new(value.body).take(SEQUENCE)?);
         let mut names = Vec::new();
         while !general.is_empty() {
             let name = general.next()?;
