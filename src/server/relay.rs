@@ -55,12 +55,16 @@ impl Drop for StopGuard {
             return;
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        handle.spawn(async move {
+        // In the request's span, so the outcome is logged with its request id.
+        let stopping = async move {
             match target.client.stop(&target.key, target.mode, &task_id, &target.user).await {
                 Ok(()) => tracing::info!(model = %target.model, task_id, "client went away: stopped the Dify task"),
-                Err(e) => tracing::warn!(model = %target.model, task_id, "client went away; stopping the Dify task failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(model = %target.model, task_id, "client went away; stopping the Dify task failed: {e}")
+                }
             }
-        });
+        };
+        handle.spawn(tracing::Instrument::in_current_span(stopping));
     }
 }
 
