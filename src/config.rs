@@ -325,7 +325,8 @@ pub fn load(options: &LoadOptions) -> Loaded {
 
 fn display_value(spec: &SettingSpec, value: &str) -> String {
     if !spec.secret {
-        return value.to_string();
+        // A URL may carry a password (redis://:pw@host): never shown.
+        return crate::conversations::store::redact_url(value);
     }
     if spec.name == "MODEL_CONFIG" {
         // Show the model names and masked keys: the structure is what users debug.
@@ -905,5 +906,12 @@ mod tests {
         assert!(!shown.contains("secretsecret"), "{shown}");
         assert!(shown.contains("app-se…99"), "{shown}");
         assert_eq!(loaded.config.expect("config").port, 7000);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        let loaded = load_with(&[("CONVERSATION_STORE", "redis://:hunter2@127.0.0.1:6379/0")]);
+        let shown = loaded.settings.iter().find(|s| s.name == "CONVERSATION_STORE").and_then(|s| s.value.clone());
+        assert_eq!(shown.as_deref(), Some("redis://:***@127.0.0.1:6379/0"));
     }
 }

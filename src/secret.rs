@@ -67,7 +67,13 @@ pub fn mask_keys_in(text: &str) -> String {
         let token_len = rest[pos..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
             .unwrap_or(rest.len() - pos);
-        out.push_str(&mask(&rest[pos..pos + token_len]));
+        let token = &rest[pos..pos + token_len];
+        // Already masked (`app-ab…yz`): leave it as it is.
+        if rest[pos + token_len..].starts_with('…') {
+            out.push_str(token);
+        } else {
+            out.push_str(&mask(token));
+        }
         rest = &rest[pos + token_len..];
     }
     out.push_str(rest);
@@ -90,6 +96,7 @@ mod tests {
     fn masks_keys_inside_text() {
         assert_eq!(mask_keys_in("MODEL_CONFIG={\"a\":\"app-abcdefghijklmnyz\"}"), "MODEL_CONFIG={\"a\":\"app-ab…yz\"}");
         assert_eq!(mask_keys_in("no keys here"), "no keys here");
+        assert_eq!(mask_keys_in("key app-ab…yz"), "key app-ab…yz", "masking twice changes nothing");
     }
 
     #[test]
