@@ -392,65 +392,6 @@ async fn a_full_upstream_cap_is_a_503_with_retry_after_not_a_queue() {
     assert_nothing_left_running(&gw, &mock).await;
 }
 
-/// Resident memory of this test process, in bytes.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4096
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundreds_of_concurrent_streams_complete_and_memory_settles() {
-    const STREAMS: usize = 300;
-    let mock = mock().await;
-    let gw = gateway(&mock, &[]).await;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(STREAMS).build().expect("client");
-    let round = |label: &'static str| {
-        let http = http.clone();
-        let url = gw.url("/v1/chat/completions");
-        async move {
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..STREAMS)
-                .map(|i| {
-                    let (http, url) = (http.clone(), url.clone());
-                    tokio::spawn(async move {
-                        let body = chat_body("chat", &format!("{label} stream {i}"), true);
-                        let response = http.post(url).json(&body).send().await.expect("send");
-                        assert_eq!(response.status(), 200);
-                        let text = response.text().await.expect("body");
-                        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-                        assert!(!text.contains("\"error\""), "{text}");
-                        let content: String = text
-                            .split("\n\n")
-                            .filter_map(|f| f.strip_prefix("data: "))
-                            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
-                            .collect();
-                        assert_eq!(content, format!("Echo: {label} stream {i}"));
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("a stream failed");
-            }
-            started.elapsed()
-        }
-    };
-    let first = round("warm").await;
-    assert_nothing_left_running(&gw, &mock).await;
-    let settled = rss();
-    for label in ["second", "third"] {
-        let elapsed = round(label).await;
-        assert!(elapsed < Duration::from_secs(60), "{label} round took {elapsed:?}");
-    }
-    assert_nothing_left_running(&gw, &mock).await;
-    let after = rss();
-    let grown = after.saturating_sub(settled);
-    assert!(grown < 32 * 1024 * 1024, "memory grew by {} MiB over two more rounds", grown / (1024 * 1024));
-    assert_eq!(gw.state.metrics.requests("chat", true, 200), 3 * STREAMS as u64);
-    assert!(first < Duration::from_secs(60));
-}
-
 // ---- property tests: the SSE parser and the request parser/translator, on random input ----
 
 /// Random text for SSE field values: no CR or LF, some multi-byte characters and colons.

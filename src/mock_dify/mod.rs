@@ -221,6 +221,16 @@ impl MockDify {
         self.state.lock().uploads.clone()
     }
 
+    /// Forgets every recorded request and conversation (long load tests: the records would
+    /// otherwise grow with every request).
+    pub fn forget_everything(&self) {
+        let mut shared = self.state.lock();
+        shared.requests = Vec::new();
+        shared.stops = Vec::new();
+        shared.conversations = HashMap::new();
+        shared.uploads = Vec::new();
+    }
+
     /// Forgets a conversation, like a user deleting it in Dify.
     pub fn delete_conversation(&self, id: &str) {
         self.state.lock().conversations.remove(id);
