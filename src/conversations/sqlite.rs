@@ -4,7 +4,7 @@
 //! than hopping to a blocking thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -20,8 +20,81 @@ pub const ANY: &str = "*";
 
 pub struct SqliteStore {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     ttl: Duration,
+    /// Answered turns waiting for their commit (see [`SqliteStore::record_grouped`]).
+    group: Arc<Mutex<Group>>,
+}
+
+/// Group commit: turns answered at the same time are written in one transaction. Each is
+/// still committed before its own client sees the end of the answer, but they share the
+/// locks, the commit and the WAL frames of the pages they touch in common.
+#[derive(Default)]
+struct Group {
+    queue: Vec<Pending>,
+    /// A writer is at work: a new turn only joins the queue.
+    writing: bool,
+}
+
+struct Pending {
+    fp: Fingerprint,
+    turn: TurnRecord,
+    conversation: ConversationRecord,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Clone)]
+struct Writer {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+    group: Arc<Mutex<Group>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// Writes the queued turns, at most `inline` batches on this thread; what is still
+    /// queued then goes to a blocking task, so no request waits on the turns of many others.
+    fn drain(&self, mut inline: usize) {
+        loop {
+            let batch = {
+                let mut group = lock(&self.group);
+                if group.queue.is_empty() {
+                    group.writing = false;
+                    return;
+                }
+                if inline == 0 {
+                    break;
+                }
+                std::mem::take(&mut group.queue)
+            };
+            inline -= 1;
+            self.write(batch);
+        }
+        let writer = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(move || writer.drain(usize::MAX))),
+            Err(_) => writer.drain(usize::MAX),
+        }
+    }
+
+    fn write(&self, batch: Vec<Pending>) {
+        let mut conn = lock(&self.conn);
+        let result = write_turns(&mut conn, &self.path, batch.iter().map(|p| (&p.fp, &p.turn, &p.conversation)));
+        if result.is_err() && batch.len() > 1 {
+            // One bad turn must not fail the others: each gets its own transaction.
+            for p in batch {
+                let one = write_turns(&mut conn, &self.path, std::iter::once((&p.fp, &p.turn, &p.conversation)));
+                let _ = p.done.send(one);
+            }
+            return;
+        }
+        for p in batch {
+            let _ = p.done.send(result.clone());
+        }
+    }
 }
 
 fn backend(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -99,7 +172,8 @@ impl SqliteStore {
             }
             None => return Err(StoreError::Corrupt { location, reason: "no schema version".into() }),
         }
-        let store = SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), ttl };
+        let store =
+            SqliteStore { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)), ttl, group: Arc::default() };
         if create {
             store.import_legacy();
         }
@@ -110,8 +184,8 @@ impl SqliteStore {
         &self.path
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.conn)
     }
 
     fn cutoff(&self) -> i64 {
@@ -155,50 +229,28 @@ impl SqliteStore {
     }
 
     pub fn record(&self, fp: &Fingerprint, turn: &TurnRecord, c: &ConversationRecord) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| classify(&self.path, e))?;
-        {
-            let now = now_secs() as i64;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now]))
-            .map_err(|e| classify(&self.path, e))?;
-            tx.prepare_cached(
-                "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
-                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-                 ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
-                     latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
-                     model = excluded.model, updated_at = excluded.updated_at",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    c.conversation_id,
-                    c.app,
-                    c.model,
-                    c.user,
-                    c.chat_id,
-                    c.latest_turn,
-                    c.latest_message_id,
-                    now
-                ])
-            })
-            .map_err(|e| classify(&self.path, e))?;
-            if let Some(chat_id) = &c.chat_id {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .and_then(|mut s| s.execute(params![c.app, c.user, chat_id, c.conversation_id, now]))
-                .map_err(|e| classify(&self.path, e))?;
-                // A legacy mapping is claimed by the first app and user that use it.
-                tx.prepare_cached("DELETE FROM chats WHERE app = '*' AND chat_id = ?1")
-                    .and_then(|mut s| s.execute(params![chat_id]))
-                    .map_err(|e| classify(&self.path, e))?;
-            }
+        write_turns(&mut self.conn(), &self.path, std::iter::once((fp, turn, c)))
+    }
+
+    /// [`SqliteStore::record`] for concurrent callers: the turn joins those being answered at
+    /// the same time and is committed with them (group commit). Without contention the
+    /// caller writes its turn itself, at once, as `record` does.
+    pub async fn record_grouped(
+        &self,
+        fp: &Fingerprint,
+        turn: &TurnRecord,
+        c: &ConversationRecord,
+    ) -> Result<(), StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut group = lock(&self.group);
+            group.queue.push(Pending { fp: *fp, turn: turn.clone(), conversation: c.clone(), done });
+            !std::mem::replace(&mut group.writing, true)
+        };
+        if lead {
+            Writer { path: self.path.clone(), conn: self.conn.clone(), group: self.group.clone() }.drain(1);
         }
-        tx.commit().map_err(|e| classify(&self.path, e))
+        result.await.unwrap_or_else(|_| Err(backend(&self.path, "the writer of this store stopped")))
     }
 
     pub fn forget(&self, conversation_id: &str) -> Result<(), StoreError> {
@@ -337,6 +389,58 @@ impl SqliteStore {
             legacy.display()
         );
     }
+}
+
+/// Writes turns in one transaction: for each, the fingerprint, the conversation's new latest
+/// turn and, when the client sent a chat id, the chat mapping.
+fn write_turns<'a>(
+    conn: &mut Connection,
+    path: &Path,
+    turns: impl Iterator<Item = (&'a Fingerprint, &'a TurnRecord, &'a ConversationRecord)>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(|e| classify(path, e))?;
+    let now = now_secs() as i64;
+    for (fp, turn, c) in turns {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now]))
+        .map_err(|e| classify(path, e))?;
+        tx.prepare_cached(
+            "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
+                 latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
+                 model = excluded.model, updated_at = excluded.updated_at",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                c.conversation_id,
+                c.app,
+                c.model,
+                c.user,
+                c.chat_id,
+                c.latest_turn,
+                c.latest_message_id,
+                now
+            ])
+        })
+        .map_err(|e| classify(path, e))?;
+        if let Some(chat_id) = &c.chat_id {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![c.app, c.user, chat_id, c.conversation_id, now]))
+            .map_err(|e| classify(path, e))?;
+            // A legacy mapping is claimed by the first app and user that use it.
+            tx.prepare_cached("DELETE FROM chats WHERE app = '*' AND chat_id = ?1")
+                .and_then(|mut s| s.execute(params![chat_id]))
+                .map_err(|e| classify(path, e))?;
+        }
+    }
+    tx.commit().map_err(|e| classify(path, e))
 }
 
 const SELECT_CONVERSATION: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at FROM conversations";

@@ -186,7 +186,7 @@ impl Store {
         conversation: &ConversationRecord,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.record(fp, turn, conversation),
+            Store::Sqlite(s) => s.record_grouped(fp, turn, conversation).await,
             Store::Redis(r) => r.record(fp, turn, conversation).await,
         }
     }
