@@ -677,7 +677,7 @@ fn parse_model_config(text: &str, problems: &mut Vec<Finding>, warnings: &mut Ve
                     } else {
                         ""
                     },
-                    json_error_reason(&e),
+                    crate::json_text::reason(&e),
                     e.line(),
                     e.column()
                 ),
@@ -706,7 +706,10 @@ fn parse_model_config(text: &str, problems: &mut Vec<Finding>, warnings: &mut Ve
             },
             other => {
                 problems.push(Finding::with_fix(
-                    format!("MODEL_CONFIG model {name:?} must map to an app key string, got {}", json_kind(&other)),
+                    format!(
+                        "MODEL_CONFIG model {name:?} must map to an app key string, got {}",
+                        crate::json_text::kind_of(&other)
+                    ),
                     format!("\"{name}\":\"app-your-key\""),
                 ));
                 continue;
@@ -739,7 +742,7 @@ fn model_from_object(name: &str, obj: &serde_json::Map<String, Value>) -> Result
             Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
             Some(other) => Err(Finding::new(format!(
                 "MODEL_CONFIG model {name:?}: \"{field}\" must be a string, got {}",
-                json_kind(other)
+                crate::json_text::kind_of(other)
             ))),
         }
     };
@@ -776,26 +779,6 @@ fn warn_key_prefix(what: &str, key: &Secret, warnings: &mut Vec<Finding>) {
             format!("{what}: key {} does not start with \"app-\"; Dify app keys do", key.masked()),
             "use the app's API key from Dify (your app > API Access), not a dataset or account key",
         ));
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// serde_json's message without its trailing "at line X column Y" (we add our own).
-fn json_error_reason(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(pos) => text[..pos].to_string(),
-        None => text,
     }
 }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -308,55 +307,6 @@ async fn jwt_mode_takes_the_user_from_the_signed_token_only() {
         post_chat(&gw, &chat_body("chat", "hi", false), &[("x-openwebui-user-id", "mallory")]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-opendify-user"], "default_user", "a plain header must not pick the user in JWT mode");
-}
-
-/// A real redis-server on a free port, stopped on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Option<Redis> {
-    let binary = which("redis-server");
-    let Some(binary) = binary else {
-        assert!(
-            std::env::var_os("OPENDIFY_REQUIRE_REDIS").is_none(),
-            "redis-server is required (OPENDIFY_REQUIRE_REDIS is set) but not installed: apt-get install redis-server"
-        );
-        eprintln!("skipping: redis-server not installed (CI installs it and requires it)");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let dir = tempfile::tempdir().ok()?;
-    let child = Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    // Owned at once, so the server is stopped whatever happens next.
-    let redis = Redis { child, port, _dir: dir };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(redis);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not start on port {port}");
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
 }
 
 #[tokio::test]

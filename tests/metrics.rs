@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -165,50 +164,4 @@ async fn ready_follows_the_conversation_store() {
     let health = client().get(gw.url("/health")).send().await.expect("health");
     assert_eq!(health.status(), 200, "/health says the process is up, whatever the store");
     assert_eq!(sample(&scrape(&gw).await, "opendify_ready"), Some(0.0));
-}
-
-/// A real redis-server on a free port, stopped on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Option<Redis> {
-    let found = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("redis-server")).find(|p| p.is_file()));
-    let Some(binary) = found else {
-        assert!(
-            std::env::var_os("OPENDIFY_REQUIRE_REDIS").is_none(),
-            "redis-server is required (OPENDIFY_REQUIRE_REDIS is set) but not installed"
-        );
-        eprintln!("skipping: redis-server not installed (CI installs it and requires it)");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let dir = tempfile::tempdir().ok()?;
-    let mut child = Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Redis { child, port, _dir: dir });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("redis-server did not start on port {port}");
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use crate::json_text::{kind_of, reason};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -199,24 +200,13 @@ fn parse_part(item: &Value, param: &str) -> Result<ContentPart, ApiError> {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn describe_parse_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = err.path().to_string();
     let inner = err.inner();
     if inner.is_syntax() || inner.is_eof() || path == "." {
         if inner.is_data() && path == "." {
             // Valid JSON, wrong shape at the top (e.g. missing field, or not an object).
-            let text = strip_position(inner);
+            let text = reason(inner);
             let field = text.strip_prefix("missing field `").and_then(|s| s.split('`').next()).map(str::to_string);
             let mut error = ApiError::invalid_request(match &field {
                 Some(f) => format!("Missing required field `{f}`"),
@@ -229,20 +219,12 @@ fn describe_parse_error(err: serde_path_to_error::Error<serde_json::Error>) -> A
         }
         return ApiError::invalid_request(format!("Request body is not valid JSON: {inner}"));
     }
-    let text = strip_position(inner);
+    let text = reason(inner);
     if let Some(field) = text.strip_prefix("missing field `").and_then(|s| s.split('`').next()) {
         let param = format!("{path}.{field}");
         return ApiError::invalid_request(format!("Missing required field `{param}`")).param(param);
     }
     ApiError::invalid_request(format!("Invalid value for `{path}`: {text}")).param(path)
-}
-
-fn strip_position(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(pos) => text[..pos].to_string(),
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -206,3 +206,57 @@ pub fn assert_openai_error(body: &Value) -> &Value {
     assert!(error.get("param").is_some() && error.get("code").is_some(), "error without param/code: {body}");
     error
 }
+
+/// A real redis-server on a free port, started by the test and stopped on drop.
+pub struct Redis {
+    pub child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts redis-server; `None` (test skipped) when it is not installed, unless
+/// OPENDIFY_REQUIRE_REDIS is set (CI), where its absence fails the test.
+pub fn start_redis() -> Option<Redis> {
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("redis-server")).find(|p| p.is_file()));
+    let Some(binary) = found else {
+        assert!(
+            std::env::var_os("OPENDIFY_REQUIRE_REDIS").is_none(),
+            "redis-server is required (OPENDIFY_REQUIRE_REDIS is set) but not installed: apt-get install redis-server"
+        );
+        eprintln!("skipping: redis-server not installed (CI installs it and requires it)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let dir = tempfile::tempdir().ok()?;
+    let child = std::process::Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    // Owned at once, so the server is stopped whatever happens next.
+    let redis = Redis { child, port, _dir: dir };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("redis-server did not start on port {port}");
+}
