@@ -38,7 +38,13 @@ impl Fingerprinter {
             Role::Assistant => b"a",
             _ => return,
         };
-        let text = if role == Role::Assistant { strip_reasoning(text) } else { text.to_string() };
+        let stripped;
+        let text = if role == Role::Assistant && (text.contains("<think>") || text.contains("<details")) {
+            stripped = strip_reasoning(text);
+            stripped.as_str()
+        } else {
+            text
+        };
         self.hasher.update(tag);
         let mut first = true;
         for word in text.split_whitespace() {
@@ -88,11 +94,22 @@ fn strip_reasoning(text: &str) -> String {
 /// A short, stable, non-reversible id for an app key (stored instead of the key).
 pub fn app_id(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    lower_hex(&digest[..8])
 }
 
 pub fn hex(fp: &Fingerprint) -> String {
-    fp.iter().map(|b| format!("{b:02x}")).collect()
+    lower_hex(fp)
+}
+
+/// Lowercase hex without a `format!` per byte (this runs on every request).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -115,6 +132,14 @@ mod tests {
         let system_ignored =
             fp(&[(Role::System, "be nice"), (Role::User, "Hello world"), (Role::Assistant, "Hi there")]);
         assert_eq!(a, system_ignored);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(lower_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(app_id("app-key").len(), 16);
+        let fp: Fingerprint = std::array::from_fn(|i| i as u8 * 8);
+        assert_eq!(hex(&fp), fp.iter().map(|b| format!("{b:02x}")).collect::<String>());
     }
 
     #[test]

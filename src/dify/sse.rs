@@ -92,7 +92,7 @@ impl SseParser {
                 self.skip_lf = false;
             }
             let rest = &self.buf[self.pos..];
-            let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(end) = find_line_end(rest) else {
                 if rest.len() + self.data.len() > self.max_event_bytes {
                     return Err(SseError::TooLarge { limit: self.max_event_bytes });
                 }
@@ -169,6 +169,27 @@ impl SseParser {
     }
 }
 
+/// The first `\n` or `\r`, eight bytes at a time: frames are long JSON lines, and this scan
+/// is most of the parser's work.
+fn find_line_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for (i, chunk) in words.by_ref().enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let (lf, cr) = (word ^ (ONES * u64::from(b'\n')), word ^ (ONES * u64::from(b'\r')));
+        // A zero byte in `lf` or `cr` is a match; the lowest flagged byte is always a true one.
+        let found = (lf.wrapping_sub(ONES) & !lf | cr.wrapping_sub(ONES) & !cr) & HIGH;
+        if found != 0 {
+            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    tail.iter().position(|&b| b == b'\n' || b == b'\r').map(|p| bytes.len() - tail.len() + p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +254,27 @@ mod tests {
         let events = parse_chunks(&chunks);
         assert_eq!(events.len(), 3);
         assert_eq!(events[2], data("last"));
+    }
+
+    #[test]
+    fn line_end_scan_finds_the_first_cr_or_lf_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for (eol, other) in [(b'\n', b'\r'), (b'\r', b'\n')] {
+                    let mut bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                    // Bytes that only differ from a line end by one bit must not match.
+                    bytes.iter_mut().step_by(3).for_each(|b| *b = 0x8a);
+                    if at < len {
+                        bytes[at] = eol;
+                        if at + 1 < len {
+                            bytes[at + 1] = other;
+                        }
+                    }
+                    let expected = bytes.iter().position(|&b| b == b'\n' || b == b'\r');
+                    assert_eq!(find_line_end(&bytes), expected, "len {len}, at {at}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -72,11 +72,29 @@ pub struct ChunkWriter {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Every delta frame up to its delta, and after it: the same bytes [`Chunk`] serialises
+    /// to, made once per stream, so each answer event only serialises its own text.
+    head: Vec<u8>,
+    tail: &'static [u8],
 }
 
 impl ChunkWriter {
     pub fn new(id: String, created: u64, model: String, include_usage: bool) -> Self {
-        ChunkWriter { id, created, model, include_usage }
+        let mut head = Vec::with_capacity(128 + id.len() + model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        // Serialising a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut head, &id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        let _ = serde_json::to_writer(&mut head, &model);
+        head.extend_from_slice(b",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":");
+        let tail: &'static [u8] = if include_usage {
+            b",\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+        } else {
+            b",\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        };
+        ChunkWriter { id, created, model, include_usage, head, tail }
     }
 
     fn frame(&self, out: &mut BytesMut, choices: &[ChunkChoice<'_>], usage: Option<Option<Usage>>) {
@@ -100,8 +118,11 @@ impl ChunkWriter {
     }
 
     pub fn delta(&self, out: &mut BytesMut, delta: Delta<'_>) {
-        let choice = ChunkChoice { index: 0, delta, logprobs: None, finish_reason: None };
-        self.frame(out, std::slice::from_ref(&choice), self.usage_slot());
+        out.reserve(self.head.len() + self.tail.len() + 32);
+        out.put_slice(&self.head);
+        // Serialising plain structs into memory cannot fail.
+        let _ = serde_json::to_writer((&mut *out).writer(), &delta);
+        out.put_slice(self.tail);
     }
 
     pub fn role(&self, out: &mut BytesMut) {
@@ -189,5 +210,27 @@ mod tests {
         let text = String::from_utf8(out.to_vec()).expect("utf8");
         assert!(text.contains(r#""usage":null"#));
         assert!(text.contains(r#""choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#));
+    }
+
+    #[test]
+    fn delta_frames_are_the_bytes_the_whole_chunk_serialises_to() {
+        for include_usage in [false, true] {
+            let w = ChunkWriter::new("chatcmpl-\"é\u{1}".into(), 1_700_000_000, "m/\\\"x".into(), include_usage);
+            let deltas = [
+                Delta { role: Some("assistant"), content: Some(""), reasoning_content: None },
+                Delta { content: Some("Hé\"\n\t\u{7f}\u{1f} 👋</script>"), ..Delta::default() },
+                Delta { reasoning_content: Some("\\think"), ..Delta::default() },
+                Delta::default(),
+            ];
+            for delta in deltas {
+                let (mut fast, mut whole) = (BytesMut::new(), BytesMut::new());
+                let copy =
+                    Delta { role: delta.role, content: delta.content, reasoning_content: delta.reasoning_content };
+                w.delta(&mut fast, delta);
+                let choice = ChunkChoice { index: 0, delta: copy, logprobs: None, finish_reason: None };
+                w.frame(&mut whole, std::slice::from_ref(&choice), w.usage_slot());
+                assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&whole));
+            }
+        }
     }
 }
