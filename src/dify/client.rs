@@ -172,6 +172,8 @@ pub struct DifyClient {
     http: reqwest::Client,
     errors: Arc<ErrorCounts>,
     base: String,
+    /// The generation endpoints, parsed once: reqwest parses a URL string on every request.
+    endpoints: Arc<Vec<(&'static str, reqwest::Url)>>,
     connect_timeout: Duration,
     request_timeout: Duration,
     idle_timeout: Duration,
@@ -190,10 +192,16 @@ impl DifyClient {
             .tls_info(true)
             .build()
             .map_err(|e| DifyError::Request(error_chain(&e)))?;
+        let endpoints = [AppMode::Chat, AppMode::Completion, AppMode::Workflow]
+            .iter()
+            .map(|mode| mode.generate_path())
+            .filter_map(|path| Some((path, reqwest::Url::parse(&format!("{}{path}", config.dify_api_base)).ok()?)))
+            .collect();
         Ok(DifyClient {
             http,
             errors: Arc::default(),
             base: config.dify_api_base.clone(),
+            endpoints: Arc::new(endpoints),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             idle_timeout: config.stream_idle_timeout,
@@ -244,6 +252,7 @@ impl DifyClient {
         request: &GenerateRequest,
     ) -> Result<EventStream, DifyError> {
         let url = self.url(mode.generate_path());
+        let parsed = self.endpoints.iter().find(|(path, _)| *path == mode.generate_path()).map(|(_, url)| url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| DifyError::Request(e.to_string()))?);
         let auth = Self::auth(key)?;
         let opened = Instant::now();
@@ -251,9 +260,11 @@ impl DifyClient {
         let response = async {
             let mut attempt = 1;
             loop {
-                let sent = self
-                    .http
-                    .post(&url)
+                let post = match parsed {
+                    Some(parsed) => self.http.post(parsed.clone()),
+                    None => self.http.post(&url),
+                };
+                let sent = post
                     .header(AUTHORIZATION, auth.clone())
                     .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                     .body(body.clone())
