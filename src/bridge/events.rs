@@ -201,12 +201,12 @@ impl Translator {
         if self.conversation_id.is_none()
             && let Some(id) = event.conversation_id.as_ref().filter(|s| !s.is_empty())
         {
-            self.conversation_id = Some(id.clone());
+            self.conversation_id = Some(id.to_string());
         }
         if self.task_id.is_none()
             && let Some(id) = event.task_id.as_ref().filter(|s| !s.is_empty())
         {
-            self.task_id = Some(id.clone());
+            self.task_id = Some(id.to_string());
         }
         if self.message_id.is_none()
             && event.event != "agent_thought"
@@ -215,7 +215,7 @@ impl Translator {
                 event.message_id.as_ref().or(event.id.as_ref()).filter(|_| event.event != "workflow_started")
             && (self.opts.mode.is_chat_family() || self.opts.mode == AppMode::Completion)
         {
-            self.message_id = Some(id.clone());
+            self.message_id = Some(id.to_string());
         }
     }
 
@@ -246,14 +246,14 @@ impl Translator {
         if !self.opts.progress {
             return;
         }
-        let id = event.id.clone().unwrap_or_default();
+        let id = event.id.as_deref().unwrap_or_default();
         let tool = event.tool.as_deref().unwrap_or("").trim();
-        if !tool.is_empty() && self.first_report(&id, 1) {
+        if !tool.is_empty() && self.first_report(id, 1) {
             let input = event.tool_input.as_deref().unwrap_or("").trim();
             self.emit_reasoning(&format!("🔧 {tool} {input}\n"), sink);
         }
         let observation = event.observation.as_deref().unwrap_or("").trim();
-        if !observation.is_empty() && self.first_report(&id, 2) {
+        if !observation.is_empty() && self.first_report(id, 2) {
             let short: String = observation.chars().take(300).collect();
             let ellipsis = if short.len() < observation.len() { "…" } else { "" };
             self.emit_reasoning(&format!("→ {short}{ellipsis}\n"), sink);

@@ -271,7 +271,7 @@ impl Conversations {
             created_at: 0,
             updated_at: 0,
         };
-        if let Err(e) = self.store.record(&fingerprint, &turn, &conversation).await {
+        if let Err(e) = self.store.record(&fingerprint, turn, conversation).await {
             tracing::warn!(
                 conversation = conversation_id,
                 "⚠️ could not record the turn; the next one starts a new conversation: {e}"

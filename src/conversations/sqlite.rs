@@ -238,13 +238,13 @@ impl SqliteStore {
     pub async fn record_grouped(
         &self,
         fp: &Fingerprint,
-        turn: &TurnRecord,
-        c: &ConversationRecord,
+        turn: TurnRecord,
+        conversation: ConversationRecord,
     ) -> Result<(), StoreError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let lead = {
             let mut group = lock(&self.group);
-            group.queue.push(Pending { fp: *fp, turn: turn.clone(), conversation: c.clone(), done });
+            group.queue.push(Pending { fp: *fp, turn, conversation, done });
             !std::mem::replace(&mut group.writing, true)
         };
         if lead {

@@ -182,12 +182,12 @@ impl Store {
     pub async fn record(
         &self,
         fp: &Fingerprint,
-        turn: &TurnRecord,
-        conversation: &ConversationRecord,
+        turn: TurnRecord,
+        conversation: ConversationRecord,
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.record_grouped(fp, turn, conversation).await,
-            Store::Redis(r) => r.record(fp, turn, conversation).await,
+            Store::Redis(r) => r.record(fp, &turn, &conversation).await,
         }
     }
 

@@ -46,14 +46,15 @@ pub struct Event<'a> {
     pub event: Cow<'a, str>,
     #[serde(default, borrow)]
     pub answer: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub conversation_id: Option<String>,
-    #[serde(default)]
-    pub message_id: Option<String>,
-    #[serde(default)]
-    pub task_id: Option<String>,
-    #[serde(default)]
-    pub id: Option<String>,
+    /// The ids every event repeats: borrowed too, so an event costs no allocation for them.
+    #[serde(default, borrow)]
+    pub conversation_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub message_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub task_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub workflow_run_id: Option<String>,
     #[serde(default)]
