@@ -474,7 +474,7 @@ mod tests {
             app: "app".into(),
             model: "m".into(),
             user: "u".into(),
-            chat_id: (i % 2 == 0).then(|| format!("chat-{i}")),
+            chat_id: i.is_multiple_of(2).then(|| format!("chat-{i}")),
             latest_turn: 1,
             latest_message_id: None,
             created_at: 0,

@@ -228,6 +228,28 @@ impl Context {
     pub fn client(&self, config: &Config) -> Result<DifyClient, DifyError> {
         DifyClient::new(&self.doctor_config(config))
     }
+
+    /// For the checks that talk to Dify: the configuration and the client serve would use,
+    /// or the finished result when the check cannot run (bad configuration, Dify found
+    /// unreachable by ping-dify earlier in this run, a client that cannot be built).
+    pub fn dify(&self, id: &'static str, before: &[CheckResult]) -> Result<(&Config, DifyClient), Box<CheckResult>> {
+        let config = self.require_config(id)?;
+        let unreachable = before
+            .iter()
+            .any(|c| c.id == ping_dify::ID && c.details.get("reachable") == Some(&serde_json::Value::Bool(false)));
+        if unreachable {
+            return Err(Box::new(CheckResult::skipped(id, "skipped: Dify is unreachable (see ping-dify)")));
+        }
+        match self.client(config) {
+            Ok(client) => Ok((config, client)),
+            Err(e) => {
+                let mut result = CheckResult::new(id);
+                result.summary("cannot build the Dify client");
+                result.fail(e.to_string(), None);
+                Err(Box::new(result))
+            }
+        }
+    }
 }
 
 /// A spinner on stderr while a check runs, only on a terminal and never with `--json`.

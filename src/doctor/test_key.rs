@@ -146,25 +146,11 @@ struct Tested {
 }
 
 pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) -> CheckResult {
-    let config = match ctx.require_config(ID) {
-        Ok(config) => config,
+    let (config, client) = match ctx.dify(ID, before) {
+        Ok(found) => found,
         Err(result) => return *result,
     };
-    if before
-        .iter()
-        .any(|c| c.id == super::ping_dify::ID && c.details.get("reachable") == Some(&serde_json::Value::Bool(false)))
-    {
-        return CheckResult::skipped(ID, "skipped: Dify is unreachable (see ping-dify)");
-    }
     let mut result = CheckResult::new(ID);
-    let client = match ctx.client(config) {
-        Ok(client) => client,
-        Err(e) => {
-            result.summary("cannot build the Dify client");
-            result.fail(e.to_string(), None);
-            return result;
-        }
-    };
     ctx.progress.set(format!("{ID}: asking Dify about {} app(s)…", config.models.len() + config.unnamed_keys.len()));
     let mut tested = describe_all(&client, config).await;
     if !options.models.is_empty() {

@@ -192,24 +192,11 @@ pub async fn run(ctx: &Context, options: &StreamOptions, before: &[CheckResult])
 }
 
 async fn run_direct(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
-    let config = match ctx.require_config(ID) {
-        Ok(config) => config,
+    let (config, client) = match ctx.dify(ID, before) {
+        Ok(found) => found,
         Err(result) => return *result,
     };
-    if let Some(ping) = before.iter().find(|c| c.id == super::ping_dify::ID)
-        && ping.details.get("reachable") == Some(&Value::Bool(false))
-    {
-        return CheckResult::skipped(ID, "skipped: Dify is unreachable (see ping-dify)");
-    }
     let mut result = CheckResult::new(ID);
-    let client = match ctx.client(config) {
-        Ok(client) => client,
-        Err(e) => {
-            result.summary("cannot build the Dify client");
-            result.fail(e.to_string(), None);
-            return result;
-        }
-    };
     let Some(spec) = pick_model(config, options.model.as_deref(), &client).await else {
         let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
         result.summary("no such model");
