@@ -231,6 +231,15 @@ impl MockDify {
         shared.uploads = Vec::new();
     }
 
+    /// Forgets the recorded requests, stops and uploads but keeps the conversations, so
+    /// conversations go on (the standalone mock, whose records nobody reads).
+    pub fn forget_requests(&self) {
+        let mut shared = self.state.lock();
+        shared.requests = Vec::new();
+        shared.stops = Vec::new();
+        shared.uploads = Vec::new();
+    }
+
     /// Forgets a conversation, like a user deleting it in Dify.
     pub fn delete_conversation(&self, id: &str) {
         self.state.lock().conversations.remove(id);
