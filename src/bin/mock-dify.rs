@@ -53,12 +53,12 @@ fn main() -> std::io::Result<()> {
         };
         let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
         println!("mock Dify listening on {}", mock.base_url());
-        // Nobody can read this process's records of requests: drop them, so that a long
-        // benchmark's memory (and the mock's pauses to grow it) stay flat.
+        // Nobody can read this process's records: drop them, and conversations idle for ten
+        // seconds, so that a long benchmark's memory (and the mock's pauses to grow it) stay flat.
         let forget = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                mock.forget_requests();
+                mock.forget_idle(Duration::from_secs(10));
             }
         };
         tokio::select! {

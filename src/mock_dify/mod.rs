@@ -108,6 +108,8 @@ pub struct Conversation {
     /// The queries received, in order: one per turn.
     pub queries: Vec<String>,
     pub message_ids: Vec<String>,
+    /// When its latest turn arrived.
+    pub last_turn: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -231,13 +233,15 @@ impl MockDify {
         shared.uploads = Vec::new();
     }
 
-    /// Forgets the recorded requests, stops and uploads but keeps the conversations, so
-    /// conversations go on (the standalone mock, whose records nobody reads).
-    pub fn forget_requests(&self) {
+    /// Forgets the recorded requests, stops and uploads, and the conversations without a
+    /// turn for `idle` (the standalone mock, whose records nobody reads: a long benchmark's
+    /// memory, and the pauses to grow it, stay flat while conversations go on).
+    pub fn forget_idle(&self, idle: Duration) {
         let mut shared = self.state.lock();
         shared.requests = Vec::new();
         shared.stops = Vec::new();
         shared.uploads = Vec::new();
+        shared.conversations.retain(|_, c| c.last_turn.elapsed() < idle);
     }
 
     /// Forgets a conversation, like a user deleting it in Dify.
@@ -577,6 +581,7 @@ async fn generate(
                     app_key: app.key.clone(),
                     queries: Vec::new(),
                     message_ids: Vec::new(),
+                    last_turn: std::time::Instant::now(),
                 },
             );
         } else if !is_uuid(requested) {
@@ -590,6 +595,7 @@ async fn generate(
         if let Some(c) = shared.conversations.get_mut(&conversation_id) {
             c.queries.push(query.clone());
             c.message_ids.push(message_id.clone());
+            c.last_turn = std::time::Instant::now();
         }
     }
 
