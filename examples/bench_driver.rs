@@ -42,6 +42,19 @@ enum Command {
         #[arg(long, default_value = "bench")]
         model: String,
     },
+    /// One request at a time, alternately direct and through (non-streaming): latency.
+    Latency {
+        #[arg(long)]
+        direct: String,
+        #[arg(long)]
+        through: String,
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        #[arg(long, default_value = "app-mock-chat")]
+        key: String,
+        #[arg(long, default_value = "bench")]
+        model: String,
+    },
     /// Opens streams through opendify that stay open (the mock's `hang`), then reads RSS.
     Hold {
         #[arg(long)]
@@ -102,6 +115,40 @@ async fn main() -> anyhow::Result<()> {
             println!("events_per_stream {expected}");
             if !split {
                 bail!("a stream through opendify did not carry one chunk per upstream event");
+            }
+        }
+        Command::Latency { direct, through, requests, key, model } => {
+            let dify = json!({"query": "Hello", "inputs": {}, "response_mode": "streaming", "user": "bench"});
+            let openai = json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]});
+            let (mut d, mut t) = (Vec::new(), Vec::new());
+            for i in 0..requests + 100 {
+                let started = Instant::now();
+                client
+                    .post(format!("{direct}/chat-messages"))
+                    .bearer_auth(&key)
+                    .json(&dify)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                let between = Instant::now();
+                client
+                    .post(format!("{through}/chat/completions"))
+                    .json(&openai)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                if i >= 100 {
+                    d.push(ms(between - started));
+                    t.push(ms(between.elapsed()));
+                }
+            }
+            for (side, v) in [("direct", &mut d), ("through", &mut t)] {
+                println!("{side}_lat_p50_ms {:.4}", percentile(v, 50.0));
+                println!("{side}_lat_p99_ms {:.4}", percentile(v, 99.0));
             }
         }
         Command::Hold { through, streams, pids, model } => hold(&client, &through, streams, &pids, &model).await?,
