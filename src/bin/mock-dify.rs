@@ -53,11 +53,12 @@ fn main() -> std::io::Result<()> {
         };
         let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
         println!("mock Dify listening on {}", mock.base_url());
-        // Nobody can read this process's records: drop them, and conversations idle for ten
-        // seconds, so that a long benchmark's memory (and the mock's pauses to grow it) stay flat.
+        // Nobody can read this process's records: every ten seconds, drop them and the
+        // conversations idle since, so that a long benchmark's memory stays flat (the sweep
+        // pauses this one-thread server for milliseconds: rarely, then).
         let forget = async {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 mock.forget_idle(Duration::from_secs(10));
             }
         };
