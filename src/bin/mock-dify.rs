@@ -53,12 +53,11 @@ fn main() -> std::io::Result<()> {
         };
         let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
         println!("mock Dify listening on {}", mock.base_url());
-        // Nobody can read this process's records: every ten seconds, drop them and the
-        // conversations idle since, so that a long benchmark's memory stays flat (the sweep
-        // pauses this one-thread server for milliseconds: rarely, then).
+        // Nobody can read this process's records: every two seconds, drop them and the
+        // conversations idle for ten, so that a long benchmark's memory stays flat.
         let forget = async {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 mock.forget_idle(Duration::from_secs(10));
             }
         };

@@ -237,11 +237,14 @@ impl MockDify {
     /// turn for `idle` (the standalone mock, whose records nobody reads: a long benchmark's
     /// memory, and the pauses to grow it, stay flat while conversations go on).
     pub fn forget_idle(&self, idle: Duration) {
-        let mut shared = self.state.lock();
-        shared.requests = Vec::new();
-        shared.stops = Vec::new();
-        shared.uploads = Vec::new();
-        shared.conversations.retain(|_, c| c.last_turn.elapsed() < idle);
+        let garbage = {
+            let mut shared = self.state.lock();
+            let idle: Vec<_> = shared.conversations.extract_if(|_, c| c.last_turn.elapsed() >= idle).collect();
+            let uploads = std::mem::take(&mut shared.uploads);
+            (std::mem::take(&mut shared.requests), std::mem::take(&mut shared.stops), uploads, idle)
+        };
+        // Freeing a few hundred thousand records takes milliseconds: not on the server's thread.
+        std::thread::spawn(move || drop(garbage));
     }
 
     /// Forgets a conversation, like a user deleting it in Dify.
