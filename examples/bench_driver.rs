@@ -335,6 +335,7 @@ async fn store(spec: &str, conversations: usize) -> anyhow::Result<()> {
         Ok(serde_json::from_value(json!({"role": role, "content": text}))?)
     };
     let started = Instant::now();
+    let cpu_started = process_cpu();
     let mut continued = 0;
     for i in 0..conversations {
         let id = format!("bench-{:016x}-{i}", fastrand::u64(..));
@@ -359,8 +360,11 @@ async fn store(spec: &str, conversations: usize) -> anyhow::Result<()> {
             history.push(message("user", format!("follow-up {i}"))?);
         }
     }
+    // Until every turn is durable: the SQLite store commits on a thread of its own.
+    conversations_store.store().flush().await;
     let turns = 2 * conversations;
     println!("store_us_per_turn {:.2}", started.elapsed().as_secs_f64() * 1e6 / turns as f64);
+    println!("store_cpu_us_per_turn {:.2}", (process_cpu() - cpu_started).as_secs_f64() * 1e6 / turns as f64);
     println!("store_continued {continued} of {conversations}");
     if continued != conversations {
         bail!("the store did not find a recorded turn");
@@ -383,4 +387,24 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
+}
+
+/// CPU time of this process, every thread (the store's writer thread included).
+fn process_cpu() -> Duration {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec (two i64 on 64-bit Linux) into `ts`.
+    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }

@@ -108,6 +108,11 @@ impl Conversations {
     }
 
     async fn lock(&self, key: String) -> OwnedMutexGuard<()> {
+        self.lock_noting_wait(key).await.0
+    }
+
+    /// The lock, and whether another request held it (so what was read before may be stale).
+    async fn lock_noting_wait(&self, key: String) -> (OwnedMutexGuard<()>, bool) {
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             if locks.len() > 4096 {
@@ -115,7 +120,10 @@ impl Conversations {
             }
             locks.entry(key).or_default().clone()
         };
-        mutex.lock_owned().await
+        match mutex.clone().try_lock_owned() {
+            Ok(guard) => (guard, false),
+            Err(_) => (mutex.lock_owned().await, true),
+        }
     }
 
     pub async fn decide(&self, req: &RequestView<'_>) -> Decision {
@@ -192,9 +200,9 @@ impl Conversations {
                 return Ok(fresh(Continuity::New, Some(recorder(Some(lock)))));
             }
             if has_history && let Some(found) = self.store.turn(&prefix_fp).await? {
-                let lock = self.lock(format!("conv:{}", found.conversation_id)).await;
+                let (lock, waited) = self.lock_noting_wait(format!("conv:{}", found.conversation_id)).await;
                 // Re-read after waiting: the conversation may have moved on meanwhile.
-                let found = self.store.turn(&prefix_fp).await?.unwrap_or(found);
+                let found = if waited { self.store.turn(&prefix_fp).await?.unwrap_or(found) } else { found };
                 return self.place(found, &recorder, Some(lock), has_history).await;
             }
             Ok(fresh(Continuity::New, Some(recorder(None))))

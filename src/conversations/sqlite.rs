@@ -1,11 +1,19 @@
-//! The embedded store: one SQLite file in WAL mode. Each answered turn is one transaction,
-//! committed before the client receives `[DONE]`, so a crash of opendify loses nothing it
-//! acknowledged. Operations take microseconds, so they run inline under one mutex rather
-//! than hopping to a blocking thread.
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Serving never waits on the disk. An answered turn goes into memory at once (the next
+//! request sees it) and a writer thread commits what accumulated, at most [`FLUSH_DELAY`]
+//! later, in one transaction: a turn costs its b-tree inserts, not a commit of its own with
+//! every page it touched written again. Lookups read memory first, then the file through a
+//! connection of their own, so they never queue behind a commit. What is in memory is written
+//! when the store closes (shutdown); a crash can lose the last [`FLUSH_DELAY`] of turns, and
+//! those conversations continue as new ones seeded with their history. (With
+//! `synchronous=NORMAL`, which WAL mode is made for, a power cut could already lose the last
+//! commits.)
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -17,84 +25,61 @@ const SCHEMA_VERSION: &str = "1";
 const MAX_TURNS: i64 = 2_000_000;
 /// Legacy mappings imported from the original proxy match any app and user.
 pub const ANY: &str = "*";
+/// How long an answered turn may wait in memory for the commit it shares with others.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
+/// A batch this large is committed without waiting for the delay.
+const MAX_BATCH: usize = 4096;
+/// Turns waiting beyond this (the disk stalls) are not queued: they are answered, logged,
+/// and not remembered, rather than growing memory without bound.
+const MAX_PENDING: usize = 100_000;
 
 pub struct SqliteStore {
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
     ttl: Duration,
-    /// Answered turns waiting for their commit (see [`SqliteStore::record_grouped`]).
-    group: Arc<Mutex<Group>>,
+    /// Lookups, the doctor's reads. The writer thread has its own connection.
+    reader: Mutex<Connection>,
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Group commit: turns answered at the same time are written in one transaction. Each is
-/// still committed before its own client sees the end of the answer, but they share the
-/// locks, the commit and the WAL frames of the pages they touch in common.
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+/// What is queued for the writer, and what lookups must see until it is committed.
 #[derive(Default)]
-struct Group {
-    queue: Vec<Pending>,
-    /// A writer is at work: a new turn only joins the queue.
-    writing: bool,
-}
-
 struct Pending {
-    fp: Fingerprint,
-    turn: TurnRecord,
-    conversation: ConversationRecord,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    ops: Vec<Op>,
+    /// When the oldest queued op was queued (the writer commits [`FLUSH_DELAY`] after).
+    since: Option<Instant>,
+    /// Set on close: the writer commits what is queued and stops.
+    closing: bool,
+    seq: u64,
+    turns: HashMap<Fingerprint, (u64, TurnRecord)>,
+    conversations: HashMap<String, (u64, ConversationRecord)>,
+    chats: HashMap<(String, String, String), (u64, String)>,
+    /// Conversations dropped but not yet deleted from the file: invisible to lookups.
+    forgotten: HashMap<String, u64>,
+    /// Turns not queued because the writer had fallen too far behind (logged once a burst).
+    overflowed: bool,
 }
 
-#[derive(Clone)]
-struct Writer {
-    path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
-    group: Arc<Mutex<Group>>,
+enum Op {
+    Record { seq: u64, fp: Fingerprint, turn: TurnRecord, conversation: ConversationRecord },
+    Forget { seq: u64, conversation_id: String },
+    Prune(tokio::sync::oneshot::Sender<Result<u64, StoreError>>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Op {
+    fn urgent(&self) -> bool {
+        matches!(self, Op::Prune(_) | Op::Flush(_))
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Writer {
-    /// Writes the queued turns, at most `inline` batches on this thread; what is still
-    /// queued then goes to a blocking task, so no request waits on the turns of many others.
-    fn drain(&self, mut inline: usize) {
-        loop {
-            let batch = {
-                let mut group = lock(&self.group);
-                if group.queue.is_empty() {
-                    group.writing = false;
-                    return;
-                }
-                if inline == 0 {
-                    break;
-                }
-                std::mem::take(&mut group.queue)
-            };
-            inline -= 1;
-            self.write(batch);
-        }
-        let writer = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(move || writer.drain(usize::MAX))),
-            Err(_) => writer.drain(usize::MAX),
-        }
-    }
-
-    fn write(&self, batch: Vec<Pending>) {
-        let mut conn = lock(&self.conn);
-        let result = write_turns(&mut conn, &self.path, batch.iter().map(|p| (&p.fp, &p.turn, &p.conversation)));
-        if result.is_err() && batch.len() > 1 {
-            // One bad turn must not fail the others: each gets its own transaction.
-            for p in batch {
-                let one = write_turns(&mut conn, &self.path, std::iter::once((&p.fp, &p.turn, &p.conversation)));
-                let _ = p.done.send(one);
-            }
-            return;
-        }
-        for p in batch {
-            let _ = p.done.send(result.clone());
-        }
-    }
 }
 
 fn backend(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -121,6 +106,18 @@ fn writable_fix(path: &Path) -> String {
     )
 }
 
+fn connect(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| classify(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| classify(path, e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| classify(path, e))?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path, ttl: Duration, create: bool) -> Result<SqliteStore, StoreError> {
         let location = path.display().to_string();
@@ -131,18 +128,9 @@ impl SqliteStore {
                 fix: writable_fix(path),
             })?;
         }
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if create {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
-        }
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| classify(path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| classify(path, e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| classify(path, e))?;
-        // Checkpoint every 16 MiB of WAL rather than 4: pages every turn touches (the ends
-        // of the time indexes) are copied back once per checkpoint, not four times. (A
-        // checkpoint on a connection of its own, in the background, was tried: it fell behind
-        // under load, the WAL grew, and turns stalled for tens of ms.)
+        let conn = connect(path, create)?;
+        // Checkpoint every 16 MiB of WAL rather than 4: pages every commit touches (the ends
+        // of the time indexes) are copied back once per checkpoint, not four times.
         conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(|e| classify(path, e))?;
         if create {
             conn.execute_batch(
@@ -177,12 +165,20 @@ impl SqliteStore {
             }
             None => return Err(StoreError::Corrupt { location, reason: "no schema version".into() }),
         }
-        let store =
-            SqliteStore { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)), ttl, group: Arc::default() };
         if create {
-            store.import_legacy();
+            import_legacy(&conn, path);
         }
-        Ok(store)
+        let reader = connect(path, false)?;
+        let shared = Arc::new(Shared { pending: Mutex::default(), wake: Condvar::new() });
+        let writer = {
+            let shared = shared.clone();
+            let owned = path.to_path_buf();
+            std::thread::Builder::new()
+                .name("opendify-store".into())
+                .spawn(move || write_loop(conn, &owned, ttl, &shared))
+                .map_err(|e| backend(path, format!("cannot start the store's writer thread: {e}")))?
+        };
+        Ok(SqliteStore { path: path.to_path_buf(), ttl, reader: Mutex::new(reader), shared, writer: Some(writer) })
     }
 
     pub fn path(&self) -> &Path {
@@ -190,28 +186,51 @@ impl SqliteStore {
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.conn)
+        lock(&self.reader)
     }
 
     fn cutoff(&self) -> i64 {
         now_secs().saturating_sub(self.ttl.as_secs()) as i64
     }
 
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        lock(&self.shared.pending)
+    }
+
+    fn is_forgotten(&self, conversation_id: &str) -> bool {
+        let pending = self.pending();
+        !pending.forgotten.is_empty() && pending.forgotten.contains_key(conversation_id)
+    }
+
     pub fn turn(&self, fp: &Fingerprint) -> Result<Option<TurnRecord>, StoreError> {
+        if let Some((_, turn)) = self.pending().turns.get(fp) {
+            return Ok(Some(turn.clone()));
+        }
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT conversation_id, turn, message_id FROM turns WHERE fingerprint = ?1 AND updated_at >= ?2",
             )
             .map_err(|e| classify(&self.path, e))?;
-        stmt.query_row(params![&fp[..], self.cutoff()], |r| {
-            Ok(TurnRecord { conversation_id: r.get(0)?, turn: r.get(1)?, message_id: r.get(2)? })
-        })
-        .optional()
-        .map_err(|e| classify(&self.path, e))
+        let found = stmt
+            .query_row(params![&fp[..], self.cutoff()], |r| {
+                Ok(TurnRecord { conversation_id: r.get(0)?, turn: r.get(1)?, message_id: r.get(2)? })
+            })
+            .optional()
+            .map_err(|e| classify(&self.path, e))?;
+        Ok(found.filter(|t| !self.is_forgotten(&t.conversation_id)))
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        {
+            let pending = self.pending();
+            if let Some((_, c)) = pending.conversations.get(id) {
+                return Ok(Some(c.clone()));
+            }
+            if pending.forgotten.contains_key(id) {
+                return Ok(None);
+            }
+        }
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!("{SELECT_CONVERSATION} WHERE conversation_id = ?1 AND updated_at >= ?2"))
@@ -220,6 +239,14 @@ impl SqliteStore {
     }
 
     pub fn chat(&self, app: &str, user: &str, chat_id: &str) -> Result<Option<String>, StoreError> {
+        {
+            let pending = self.pending();
+            if !pending.chats.is_empty()
+                && let Some((_, id)) = pending.chats.get(&(app.to_string(), user.to_string(), chat_id.to_string()))
+            {
+                return Ok(Some(id.clone()));
+            }
+        }
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -228,44 +255,78 @@ impl SqliteStore {
                  ORDER BY app = '*' LIMIT 1",
             )
             .map_err(|e| classify(&self.path, e))?;
-        stmt.query_row(params![app, user, chat_id, self.cutoff()], |r| r.get(0))
+        let found: Option<String> = stmt
+            .query_row(params![app, user, chat_id, self.cutoff()], |r| r.get(0))
             .optional()
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| classify(&self.path, e))?;
+        Ok(found.filter(|id| !self.is_forgotten(id)))
     }
 
-    pub fn record(&self, fp: &Fingerprint, turn: &TurnRecord, c: &ConversationRecord) -> Result<(), StoreError> {
-        write_turns(&mut self.conn(), &self.path, std::iter::once((fp, turn, c)))
-    }
-
-    /// [`SqliteStore::record`] for concurrent callers: the turn joins those being answered at
-    /// the same time and is committed with them (group commit). Without contention the
-    /// caller writes its turn itself, at once, as `record` does.
-    pub async fn record_grouped(
-        &self,
-        fp: &Fingerprint,
-        turn: TurnRecord,
-        conversation: ConversationRecord,
-    ) -> Result<(), StoreError> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut group = lock(&self.group);
-            group.queue.push(Pending { fp: *fp, turn, conversation, done });
-            !std::mem::replace(&mut group.writing, true)
-        };
-        if lead {
-            Writer { path: self.path.clone(), conn: self.conn.clone(), group: self.group.clone() }.drain(1);
+    /// Records an answered turn: visible to lookups at once, committed by the writer
+    /// thread within [`FLUSH_DELAY`] (see the module comment).
+    pub fn record(&self, fp: &Fingerprint, turn: TurnRecord, c: ConversationRecord) -> Result<(), StoreError> {
+        let mut pending = self.pending();
+        if pending.ops.len() >= MAX_PENDING {
+            let first = !std::mem::replace(&mut pending.overflowed, true);
+            drop(pending);
+            if first {
+                tracing::warn!(
+                    "⚠️ conversation store {}: {MAX_PENDING} turns are waiting for the disk; new turns are answered but not remembered until it catches up",
+                    self.path.display()
+                );
+            }
+            return Err(backend(&self.path, "the store is not keeping up with the disk"));
         }
-        result.await.unwrap_or_else(|_| Err(backend(&self.path, "the writer of this store stopped")))
+        pending.overflowed = false;
+        pending.seq += 1;
+        let seq = pending.seq;
+        pending.turns.insert(*fp, (seq, turn.clone()));
+        if let Some(chat_id) = &c.chat_id {
+            pending.chats.insert((c.app.clone(), c.user.clone(), chat_id.clone()), (seq, c.conversation_id.clone()));
+        }
+        let now = now_secs();
+        let mut visible = c.clone();
+        if let Some((_, earlier)) = pending.conversations.get(&c.conversation_id) {
+            visible.created_at = earlier.created_at;
+            visible.chat_id = visible.chat_id.or_else(|| earlier.chat_id.clone());
+        } else {
+            visible.created_at = now;
+        }
+        visible.updated_at = now;
+        pending.conversations.insert(c.conversation_id.clone(), (seq, visible));
+        self.queue(pending, Op::Record { seq, fp: *fp, turn, conversation: c });
+        Ok(())
     }
 
-    pub fn forget(&self, conversation_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| classify(&self.path, e))?;
-        for table in ["turns", "chats", "conversations"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE conversation_id = ?1"), params![conversation_id])
-                .map_err(|e| classify(&self.path, e))?;
+    fn queue(&self, mut pending: MutexGuard<'_, Pending>, op: Op) {
+        let notify = pending.ops.is_empty() || op.urgent();
+        if pending.ops.is_empty() {
+            pending.since = Some(Instant::now());
         }
-        tx.commit().map_err(|e| classify(&self.path, e))
+        pending.ops.push(op);
+        drop(pending);
+        if notify {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Waits until everything recorded so far is committed.
+    pub async fn flush(&self) {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.queue(self.pending(), Op::Flush(done));
+        let _ = committed.await;
+    }
+
+    /// Drops a conversation: invisible at once, deleted from the file with the next commit.
+    pub fn forget(&self, conversation_id: &str) {
+        let mut pending = self.pending();
+        pending.seq += 1;
+        let seq = pending.seq;
+        pending.turns.retain(|_, (_, t)| t.conversation_id != conversation_id);
+        pending.chats.retain(|_, (_, id)| id != conversation_id);
+        pending.conversations.remove(conversation_id);
+        pending.forgotten.insert(conversation_id.to_string(), seq);
+        self.queue(pending, Op::Forget { seq, conversation_id: conversation_id.to_string() });
     }
 
     pub fn health(&self) -> Result<(), StoreError> {
@@ -326,56 +387,222 @@ impl SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| classify(&self.path, e))
     }
 
-    pub fn prune_expired(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn();
-        let cutoff = self.cutoff();
-        let tx = conn.transaction().map_err(|e| classify(&self.path, e))?;
-        let removed = tx
-            .execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff])
-            .map_err(|e| classify(&self.path, e))?;
-        tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(&self.path, e))?;
-        tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(&self.path, e))?;
-        tx.execute(
-            "DELETE FROM turns WHERE fingerprint IN
-               (SELECT fingerprint FROM turns ORDER BY updated_at DESC LIMIT -1 OFFSET ?1)",
-            params![MAX_TURNS],
-        )
-        .map_err(|e| classify(&self.path, e))?;
-        tx.commit().map_err(|e| classify(&self.path, e))?;
-        Ok(removed as u64)
+    /// Removes expired records (on the writer thread, between commits).
+    pub async fn prune_expired(&self) -> Result<u64, StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.queue(self.pending(), Op::Prune(done));
+        result.await.unwrap_or_else(|_| Err(backend(&self.path, "the writer of this store stopped")))
     }
+}
 
-    /// Imports `conversation_mappings.json` of the original proxy, found beside the store,
-    /// once. Its chat ids carry no app, so they match any app until first used (a wrong
-    /// match is healed by Dify's 404). The file itself is left untouched.
-    fn import_legacy(&self) {
-        let Some(dir) = self.path.parent() else { return };
-        let legacy = if dir.as_os_str().is_empty() {
-            PathBuf::from("conversation_mappings.json")
-        } else {
-            dir.join("conversation_mappings.json")
+impl Drop for SqliteStore {
+    /// Commits what is still in memory before the store goes away.
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closing = true;
+        self.shared.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn prune(conn: &mut Connection, path: &Path, cutoff: i64) -> Result<u64, StoreError> {
+    let tx = conn.transaction().map_err(|e| classify(path, e))?;
+    let removed = tx
+        .execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff])
+        .map_err(|e| classify(path, e))?;
+    tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
+    tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
+    tx.execute(
+        "DELETE FROM turns WHERE fingerprint IN
+           (SELECT fingerprint FROM turns ORDER BY updated_at DESC LIMIT -1 OFFSET ?1)",
+        params![MAX_TURNS],
+    )
+    .map_err(|e| classify(path, e))?;
+    tx.commit().map_err(|e| classify(path, e))?;
+    Ok(removed as u64)
+}
+
+/// The writer thread: waits for work, lets a batch gather for up to [`FLUSH_DELAY`], commits
+/// it in one transaction, then drops from memory what the file now holds.
+fn write_loop(mut conn: Connection, path: &Path, ttl: Duration, shared: &Shared) {
+    loop {
+        let (batch, closing) = {
+            let mut pending = lock(&shared.pending);
+            loop {
+                if pending.closing || pending.ops.iter().any(Op::urgent) || pending.ops.len() >= MAX_BATCH {
+                    break;
+                }
+                match pending.since {
+                    None => pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner()),
+                    Some(since) => {
+                        let Some(left) = FLUSH_DELAY.checked_sub(since.elapsed()) else { break };
+                        pending = shared.wake.wait_timeout(pending, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
+                }
+            }
+            pending.since = None;
+            (std::mem::take(&mut pending.ops), pending.closing)
         };
-        let Ok(text) = std::fs::read_to_string(&legacy) else { return };
-        let conn = self.conn();
-        let done: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'legacy_imported'", [], |r| r.get(0))
-            .optional()
-            .unwrap_or(None);
-        if done.is_some() {
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut prunes = Vec::new();
+        let mut flushes = Vec::new();
+        for op in batch {
+            match op {
+                Op::Prune(done) => prunes.push(done),
+                Op::Flush(done) => flushes.push(done),
+                write => writes.push(write),
+            }
+        }
+        if !writes.is_empty() {
+            commit(&mut conn, path, &writes);
+            // What the file holds now leaves memory, unless a later op replaced it meanwhile.
+            let mut pending = lock(&shared.pending);
+            for op in &writes {
+                match op {
+                    Op::Record { seq, fp, conversation, .. } => {
+                        if pending.turns.get(fp).is_some_and(|(s, _)| s == seq) {
+                            pending.turns.remove(fp);
+                        }
+                        if pending.conversations.get(&conversation.conversation_id).is_some_and(|(s, _)| s == seq) {
+                            pending.conversations.remove(&conversation.conversation_id);
+                        }
+                        if let Some(chat_id) = &conversation.chat_id {
+                            let key = (conversation.app.clone(), conversation.user.clone(), chat_id.clone());
+                            if pending.chats.get(&key).is_some_and(|(s, _)| s == seq) {
+                                pending.chats.remove(&key);
+                            }
+                        }
+                    }
+                    Op::Forget { seq, conversation_id } => {
+                        if pending.forgotten.get(conversation_id) == Some(seq) {
+                            pending.forgotten.remove(conversation_id);
+                        }
+                    }
+                    Op::Prune(_) | Op::Flush(_) => {}
+                }
+            }
+        }
+        for done in prunes {
+            let cutoff = now_secs().saturating_sub(ttl.as_secs()) as i64;
+            let _ = done.send(prune(&mut conn, path, cutoff));
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if closing {
             return;
         }
-        let entries = match super::legacy::parse(&text) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("⚠️ not importing {}: {e}", legacy.display());
-                return;
+    }
+}
+
+/// Commits a batch in one transaction; when that fails, each op alone, so one bad turn does
+/// not lose the others. What still fails is logged: those conversations continue as new ones.
+fn commit(conn: &mut Connection, path: &Path, writes: &[Op]) {
+    let Err(e) = write_ops(conn, path, writes) else { return };
+    let failed = if writes.len() == 1 {
+        1
+    } else {
+        writes.iter().filter(|op| write_ops(conn, path, std::slice::from_ref(*op)).is_err()).count()
+    };
+    if failed > 0 {
+        tracing::warn!(
+            "⚠️ could not record {failed} of {} turns in the conversation store: {e}; their next turns start new conversations",
+            writes.len()
+        );
+    }
+}
+
+/// For each answered turn: the fingerprint, the conversation's new latest turn and, when the
+/// client sent a chat id, the chat mapping. For each forgotten conversation: every row of it.
+fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(|e| classify(path, e))?;
+    let now = now_secs() as i64;
+    for op in ops {
+        match op {
+            Op::Record { fp, turn, conversation: c, .. } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now]))
+                .map_err(|e| classify(path, e))?;
+                tx.prepare_cached(
+                    "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn,
+                         latest_message_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                     ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
+                         latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
+                         model = excluded.model, updated_at = excluded.updated_at",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        c.conversation_id,
+                        c.app,
+                        c.model,
+                        c.user,
+                        c.chat_id,
+                        c.latest_turn,
+                        c.latest_message_id,
+                        now
+                    ])
+                })
+                .map_err(|e| classify(path, e))?;
+                if let Some(chat_id) = &c.chat_id {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| s.execute(params![c.app, c.user, chat_id, c.conversation_id, now]))
+                    .map_err(|e| classify(path, e))?;
+                    // A legacy mapping is claimed by the first app and user that use it.
+                    tx.prepare_cached("DELETE FROM chats WHERE app = '*' AND chat_id = ?1")
+                        .and_then(|mut s| s.execute(params![chat_id]))
+                        .map_err(|e| classify(path, e))?;
+                }
             }
-        };
-        let now = now_secs() as i64;
-        let mut imported = 0;
-        for entry in &entries {
-            let user = entry.user.as_deref().unwrap_or(ANY);
-            if conn
+            Op::Forget { conversation_id, .. } => {
+                for table in ["turns", "chats", "conversations"] {
+                    tx.prepare_cached(&format!("DELETE FROM {table} WHERE conversation_id = ?1"))
+                        .and_then(|mut s| s.execute(params![conversation_id]))
+                        .map_err(|e| classify(path, e))?;
+                }
+            }
+            Op::Prune(_) | Op::Flush(_) => {}
+        }
+    }
+    tx.commit().map_err(|e| classify(path, e))
+}
+
+/// Imports `conversation_mappings.json` of the original proxy, found beside the store,
+/// once. Its chat ids carry no app, so they match any app until first used (a wrong
+/// match is healed by Dify's 404). The file itself is left untouched.
+fn import_legacy(conn: &Connection, path: &Path) {
+    let Some(dir) = path.parent() else { return };
+    let legacy = if dir.as_os_str().is_empty() {
+        PathBuf::from("conversation_mappings.json")
+    } else {
+        dir.join("conversation_mappings.json")
+    };
+    let Ok(text) = std::fs::read_to_string(&legacy) else { return };
+    let done: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'legacy_imported'", [], |r| r.get(0))
+        .optional()
+        .unwrap_or(None);
+    if done.is_some() {
+        return;
+    }
+    let entries = match super::legacy::parse(&text) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!("⚠️ not importing {}: {e}", legacy.display());
+            return;
+        }
+    };
+    let now = now_secs() as i64;
+    let mut imported = 0;
+    for entry in &entries {
+        let user = entry.user.as_deref().unwrap_or(ANY);
+        if conn
                 .execute(
                     "INSERT OR IGNORE INTO chats (app, user, chat_id, conversation_id, updated_at) VALUES ('*', ?1, ?2, ?3, ?4)",
                     params![user, entry.chat_id, entry.conversation_id, now],
@@ -384,68 +611,13 @@ impl SqliteStore {
             {
                 imported += 1;
             }
-        }
-        let _ = conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('legacy_imported', ?1)",
-            params![now.to_string()],
-        );
-        tracing::info!(
-            "📥 imported {imported} conversation mappings from {} (the original proxy's file; left as it was)",
-            legacy.display()
-        );
     }
-}
-
-/// Writes turns in one transaction: for each, the fingerprint, the conversation's new latest
-/// turn and, when the client sent a chat id, the chat mapping.
-fn write_turns<'a>(
-    conn: &mut Connection,
-    path: &Path,
-    turns: impl Iterator<Item = (&'a Fingerprint, &'a TurnRecord, &'a ConversationRecord)>,
-) -> Result<(), StoreError> {
-    let tx = conn.transaction().map_err(|e| classify(path, e))?;
-    let now = now_secs() as i64;
-    for (fp, turn, c) in turns {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now]))
-        .map_err(|e| classify(path, e))?;
-        tx.prepare_cached(
-            "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
-                 latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
-                 model = excluded.model, updated_at = excluded.updated_at",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                c.conversation_id,
-                c.app,
-                c.model,
-                c.user,
-                c.chat_id,
-                c.latest_turn,
-                c.latest_message_id,
-                now
-            ])
-        })
-        .map_err(|e| classify(path, e))?;
-        if let Some(chat_id) = &c.chat_id {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| s.execute(params![c.app, c.user, chat_id, c.conversation_id, now]))
-            .map_err(|e| classify(path, e))?;
-            // A legacy mapping is claimed by the first app and user that use it.
-            tx.prepare_cached("DELETE FROM chats WHERE app = '*' AND chat_id = ?1")
-                .and_then(|mut s| s.execute(params![chat_id]))
-                .map_err(|e| classify(path, e))?;
-        }
-    }
-    tx.commit().map_err(|e| classify(path, e))
+    let _ = conn
+        .execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('legacy_imported', ?1)", params![now.to_string()]);
+    tracing::info!(
+        "📥 imported {imported} conversation mappings from {} (the original proxy's file; left as it was)",
+        legacy.display()
+    );
 }
 
 const SELECT_CONVERSATION: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at FROM conversations";
@@ -486,7 +658,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn turns_recorded_at_once_are_all_committed_before_their_callers_return() {
+    async fn turns_recorded_at_once_are_all_visible_at_once_and_all_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             Arc::new(SqliteStore::open(&dir.path().join("c.db"), Duration::from_secs(3600), true).expect("open"));
@@ -495,8 +667,8 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let (fp, t, c) = turn(i);
-                    store.record_grouped(&fp, t, c).await?;
-                    // Committed before the caller goes on: visible at once.
+                    store.record(&fp, t, c)?;
+                    // Visible at once, before the commit.
                     store.turn(&fp)
                 })
             })
@@ -506,22 +678,69 @@ mod tests {
             assert_eq!(found.map(|t| t.conversation_id), Some(format!("conversation-{i}")));
         }
         assert_eq!(store.chat("app", "u", "chat-4").expect("chat"), Some("conversation-4".into()));
+        store.flush().await;
         assert_eq!(store.stats().expect("stats").conversations, 64);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_conversation_is_invisible_at_once_and_gone_from_the_file_after_the_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
+        let (old_fp, t, c) = turn(2);
+        store.record(&old_fp, t, c).expect("record");
+        store.flush().await;
+        let (new_fp, t, c) = turn(2);
+        let new_fp = {
+            let mut fp = new_fp;
+            fp[0] = 99;
+            fp
+        };
+        store.record(&new_fp, t, c).expect("record");
+        store.forget("conversation-2");
+        // Neither the committed turn nor the one still in memory is found.
+        assert_eq!(store.turn(&old_fp).expect("turn"), None);
+        assert_eq!(store.turn(&new_fp).expect("turn"), None);
+        assert_eq!(store.conversation("conversation-2").expect("conversation"), None);
+        assert_eq!(store.chat("app", "u", "chat-2").expect("chat"), None);
+        store.flush().await;
+        assert_eq!(store.turn(&old_fp).expect("turn"), None);
+        assert_eq!(store.stats().expect("stats").turns, 0);
+    }
+
+    #[test]
+    fn turns_still_in_memory_are_committed_when_the_store_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
+        for i in 0..10u8 {
+            let (fp, t, c) = turn(i);
+            store.record(&fp, t, c).expect("record");
+        }
+        drop(store);
+        let reopened = SqliteStore::open(&path, Duration::from_secs(3600), false).expect("reopen");
+        assert_eq!(reopened.stats().expect("stats").conversations, 10);
+        assert_eq!(reopened.turn(&[7; 32]).expect("turn").map(|t| t.conversation_id), Some("conversation-7".into()));
     }
 
     /// Turns that fill the WAL past its checkpoint threshold (4000 pages) more than once.
     const CHECKPOINT_EVERY: usize = 500;
 
-    #[test]
-    fn the_wal_is_checkpointed_and_stays_bounded() {
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_and_stays_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.db");
         let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
         for i in 0..(4 * CHECKPOINT_EVERY) {
             let (mut fp, t, c) = turn((i % 251) as u8);
             fp[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            store.record(&fp, &t, &c).expect("record");
+            store.record(&fp, t, c).expect("record");
+            if i % 4 == 3 {
+                // Many small commits, as under light load.
+                store.flush().await;
+            }
         }
+        store.flush().await;
         // Without checkpoints the WAL would hold every turn's pages (some 35 KiB a turn).
         let wal = std::fs::metadata(dir.path().join("c.db-wal")).expect("wal").len();
         assert!(wal < (2 * CHECKPOINT_EVERY * 40 * 1024) as u64, "WAL grew to {wal} bytes");

@@ -186,15 +186,26 @@ impl Store {
         conversation: ConversationRecord,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.record_grouped(fp, turn, conversation).await,
+            Store::Sqlite(s) => s.record(fp, turn, conversation),
             Store::Redis(r) => r.record(fp, &turn, &conversation).await,
+        }
+    }
+
+    /// Waits until every recorded turn is durable (SQLite commits in the background; Redis
+    /// writes before `record` returns).
+    pub async fn flush(&self) {
+        if let Store::Sqlite(s) = self {
+            s.flush().await;
         }
     }
 
     /// Drops a conversation Dify no longer knows, with its turns and chat mapping.
     pub async fn forget(&self, conversation_id: &str) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.forget(conversation_id),
+            Store::Sqlite(s) => {
+                s.forget(conversation_id);
+                Ok(())
+            }
             Store::Redis(r) => r.forget(conversation_id).await,
         }
     }
@@ -224,7 +235,7 @@ impl Store {
     /// expires keys by itself: nothing to do there.)
     pub async fn prune_expired(&self) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.prune_expired(),
+            Store::Sqlite(s) => s.prune_expired().await,
             Store::Redis(_) => Ok(0),
         }
     }

@@ -168,6 +168,7 @@ pub async fn run(
         drain_deadline: state.drain_deadline.clone(),
     };
     let app = router(state.clone());
+    let state_for_flush = state.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signalled = async move {
         shutdown.await;
@@ -185,7 +186,10 @@ pub async fn run(
             deadline.cancel();
         }
     });
-    server.await??;
+    let served = server.await;
+    // Turns answered in the last moments are still in memory: write them before exiting.
+    state_for_flush.conversations.store().flush().await;
+    served??;
     tracing::info!("opendify stopped");
     Ok(())
 }
