@@ -65,6 +65,8 @@ struct Pending {
     overflowed: bool,
 }
 
+// Nearly every op is a Record: boxing it would only add an allocation per turn.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Record { seq: u64, fp: Fingerprint, turn: TurnRecord, conversation: ConversationRecord },
     Forget { seq: u64, conversation_id: String },
@@ -138,19 +140,22 @@ impl SqliteStore {
                  CREATE TABLE IF NOT EXISTS turns (
                      fingerprint BLOB PRIMARY KEY, conversation_id TEXT NOT NULL, turn INTEGER NOT NULL,
                      message_id TEXT, updated_at INTEGER NOT NULL) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS turns_conversation ON turns(conversation_id);
                  CREATE INDEX IF NOT EXISTS turns_updated ON turns(updated_at);
                  CREATE TABLE IF NOT EXISTS conversations (
                      conversation_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, user TEXT NOT NULL,
                      chat_id TEXT, latest_turn INTEGER NOT NULL, latest_message_id TEXT,
                      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
-                 CREATE INDEX IF NOT EXISTS conversations_user ON conversations(user);
                  CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated_at);
                  CREATE TABLE IF NOT EXISTS chats (
                      app TEXT NOT NULL, user TEXT NOT NULL, chat_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
                      updated_at INTEGER NOT NULL, PRIMARY KEY (app, user, chat_id)) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS chats_conversation ON chats(conversation_id);
-                 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');",
+                 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+                 -- Each index on a random key costs every turn a page write. Turns of a dropped
+                 -- conversation are left to expire (lookups join the conversation), the doctor's
+                 -- rare scans need no index: files from earlier versions lose these three.
+                 DROP INDEX IF EXISTS turns_conversation;
+                 DROP INDEX IF EXISTS conversations_user;
+                 DROP INDEX IF EXISTS chats_conversation;",
             )
             .map_err(|e| classify(path, e))?;
         }
@@ -209,7 +214,9 @@ impl SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT conversation_id, turn, message_id FROM turns WHERE fingerprint = ?1 AND updated_at >= ?2",
+                "SELECT t.conversation_id, t.turn, t.message_id FROM turns t
+                   JOIN conversations c ON c.conversation_id = t.conversation_id
+                 WHERE t.fingerprint = ?1 AND t.updated_at >= ?2",
             )
             .map_err(|e| classify(&self.path, e))?;
         let found = stmt
@@ -561,8 +568,14 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
                 }
             }
             Op::Forget { conversation_id, .. } => {
-                for table in ["turns", "chats", "conversations"] {
-                    tx.prepare_cached(&format!("DELETE FROM {table} WHERE conversation_id = ?1"))
+                // By primary keys only; its turns stay until they expire, unreachable.
+                for sql in [
+                    "DELETE FROM chats WHERE (app, user, chat_id) IN
+                       (SELECT app, user, chat_id FROM conversations WHERE conversation_id = ?1)",
+                    "DELETE FROM chats WHERE app = '*' AND conversation_id = ?1",
+                    "DELETE FROM conversations WHERE conversation_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
                         .and_then(|mut s| s.execute(params![conversation_id]))
                         .map_err(|e| classify(path, e))?;
                 }
@@ -705,7 +718,9 @@ mod tests {
         assert_eq!(store.chat("app", "u", "chat-2").expect("chat"), None);
         store.flush().await;
         assert_eq!(store.turn(&old_fp).expect("turn"), None);
-        assert_eq!(store.stats().expect("stats").turns, 0);
+        assert_eq!(store.chat("app", "u", "chat-2").expect("chat"), None);
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.conversations, stats.chats), (0, 0));
     }
 
     #[test]

@@ -199,7 +199,8 @@ impl Store {
         }
     }
 
-    /// Drops a conversation Dify no longer knows, with its turns and chat mapping.
+    /// Drops a conversation Dify no longer knows and its chat mapping; its turns can no longer
+    /// be found (SQLite leaves them to expire).
     pub async fn forget(&self, conversation_id: &str) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => {
