@@ -185,7 +185,7 @@ impl DifyClient {
             .user_agent(concat!("opendify/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(30))
             // Keeps the server's certificate on responses, for `doctor ping-dify`.
