@@ -29,6 +29,10 @@ struct Args {
     /// Worker threads
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Forget a conversation after this many seconds without a turn (Dify answers 404 for
+    /// it then). Benchmarks set it low so that memory stays flat over millions of requests.
+    #[arg(long, default_value_t = 86_400)]
+    forget_idle_secs: u64,
 }
 
 fn main() -> std::io::Result<()> {
@@ -54,11 +58,11 @@ fn main() -> std::io::Result<()> {
         let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
         println!("mock Dify listening on {}", mock.base_url());
         // Nobody can read this process's records: every two seconds, drop them and the
-        // conversations idle for ten, so that a long benchmark's memory stays flat.
+        // conversations idle for longer than --forget-idle-secs.
         let forget = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                mock.forget_idle(Duration::from_secs(10));
+                mock.forget_idle(Duration::from_secs(args.forget_idle_secs));
             }
         };
         tokio::select! {
