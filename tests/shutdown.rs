@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use opendify::mock_dify::{MockApp, MockDify};
+use serde_json::json;
 use tower::ServiceExt as _;
 
 /// Reads a stream until its text contains `needle`; returns what was read.
@@ -335,4 +336,48 @@ async fn an_open_gateway_on_the_network_warns_loudly_at_startup() {
     local.signal("TERM");
     assert_eq!(local.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
     assert!(!local.stderr().contains("WITHOUT client authentication"), "loopback needs no warning");
+}
+
+/// Turns are committed on a writer thread: the ones answered just before SIGTERM must be
+/// written before the process exits, so the next run continues their conversations.
+#[tokio::test]
+async fn turns_answered_just_before_sigterm_survive_the_restart() {
+    let mock = MockDify::start(vec![MockApp::new("app-chat-key-secret-0001", "Chat Bot", "chat")]).await.expect("mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("DIFY_API_BASE", mock.base_url()), ("MODEL_CONFIG", r#"{"chat":"app-chat-key-secret-0001"}"#.into())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ask = |binary: &Binary, messages: serde_json::Value| {
+        let url = binary.url("/v1/chat/completions");
+        async move {
+            let response = client().post(url).json(&json!({"model": "chat", "messages": messages})).send().await;
+            let body: serde_json::Value = response.expect("send").json().await.expect("json");
+            body["choices"][0]["message"]["content"].as_str().expect("answer").to_string()
+        }
+    };
+
+    let mut first_run = Binary::start(dir.path(), &env);
+    first_run.wait_healthy().await;
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        answers.push(ask(&first_run, json!([{"role": "user", "content": format!("before sigterm {i}")}])).await);
+    }
+    first_run.signal("TERM");
+    assert!(first_run.wait_exit(Duration::from_secs(15)).await.success(), "{}", first_run.stderr());
+
+    let mut second_run = Binary::start(dir.path(), &env);
+    second_run.wait_healthy().await;
+    for (i, answer) in answers.iter().enumerate() {
+        let history = json!([
+            {"role": "user", "content": format!("before sigterm {i}")},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": format!("after restart {i}")},
+        ]);
+        ask(&second_run, history).await;
+    }
+    for i in 0..20 {
+        let first = format!("before sigterm {i}");
+        let continued =
+            mock.conversations().into_values().find(|c| c.queries.first() == Some(&first)).expect("conversation");
+        assert_eq!(continued.queries, [first, format!("after restart {i}")], "turn {i} was not remembered");
+    }
 }

@@ -188,7 +188,9 @@ pub async fn run(
     });
     let served = server.await;
     // Turns answered in the last moments are still in memory: write them before exiting.
-    state_for_flush.conversations.store().flush().await;
+    if tokio::time::timeout(Duration::from_secs(10), state_for_flush.conversations.store().flush()).await.is_err() {
+        tracing::warn!("⚠️ the conversation store did not finish writing within 10 s; the latest turns may be lost");
+    }
     served??;
     tracing::info!("opendify stopped");
     Ok(())
