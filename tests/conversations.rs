@@ -363,3 +363,22 @@ async fn an_unreachable_redis_at_startup_is_a_clear_error() {
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("hint:"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
+
+/// A double submit: the same next turn sent twice at once. One request continues the
+/// conversation; the other, finding it moved on once it gets the conversation's lock, starts a
+/// new one seeded with the history: the Dify thread never gets the question twice.
+#[tokio::test]
+async fn the_same_turn_sent_twice_at_once_is_appended_once() {
+    let mock = mock().await;
+    let gw = gateway(&mock, &[]).await;
+    let first = ask(&gw, "chat", &[("user", "twice first")], &[], false).await;
+    let second = "[[mock:slow]] twice second";
+    let history = [("user", "twice first"), ("assistant", first.as_str()), ("user", second)];
+    let (a, b) = tokio::join!(ask(&gw, "chat", &history, &[], false), ask(&gw, "chat", &history, &[], false));
+    assert!(!a.is_empty() && !b.is_empty());
+    let original: Vec<_> =
+        mock.conversations().into_values().filter(|c| c.queries.first().is_some_and(|q| q == "twice first")).collect();
+    assert_eq!(original.len(), 1, "{original:?}");
+    assert_eq!(original[0].queries.len(), 2, "the turn was appended twice: {:?}", original[0].queries);
+    assert_eq!(conversations_with(&mock, "twice second").len(), 2, "the duplicate starts its own conversation");
+}

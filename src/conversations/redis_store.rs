@@ -78,12 +78,35 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let fields: HashMap<String, String> =
             conn.hgetall(format!("{PREFIX}:turn:{}", hex(fp))).await.map_err(|e| self.err(e))?;
-        let Some(conversation_id) = fields.get("c").cloned() else { return Ok(None) };
-        Ok(Some(TurnRecord {
-            conversation_id,
-            turn: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
-            message_id: fields.get("m").cloned().filter(|m| !m.is_empty()),
-        }))
+        Ok(turn_from(fields))
+    }
+
+    /// A turn and the conversation it belongs to, in one round trip (a server-side script:
+    /// the conversation's key is only known from the turn).
+    pub async fn turn_with_conversation(
+        &self,
+        fp: &Fingerprint,
+    ) -> Result<Option<(TurnRecord, Option<ConversationRecord>)>, StoreError> {
+        const SCRIPT: &str = "local t = redis.call('HGETALL', KEYS[1])
+            if #t == 0 then return {} end
+            for i = 1, #t, 2 do
+              if t[i] == 'c' then return {t, redis.call('HGETALL', ARGV[1] .. t[i + 1])} end
+            end
+            return {t}";
+        let mut conn = self.conn.clone();
+        let replies: Vec<Vec<String>> = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(format!("{PREFIX}:turn:{}", hex(fp)))
+            .arg(format!("{PREFIX}:conv:"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut replies = replies.into_iter().map(pairs);
+        let Some(fields) = replies.next() else { return Ok(None) };
+        let Some(turn) = turn_from(fields) else { return Ok(None) };
+        let conversation = replies.next().and_then(|f| conversation_from(&turn.conversation_id, &f));
+        Ok(Some((turn, conversation)))
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
@@ -245,6 +268,24 @@ impl RedisStore {
         all.truncate(if filter.limit == 0 { 100 } else { filter.limit });
         Ok(all)
     }
+}
+
+fn turn_from(mut fields: HashMap<String, String>) -> Option<TurnRecord> {
+    Some(TurnRecord {
+        conversation_id: fields.remove("c")?,
+        turn: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
+        message_id: fields.remove("m").filter(|m| !m.is_empty()),
+    })
+}
+
+/// HGETALL's flat reply (field, value, field, value…) as a map.
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut map = HashMap::with_capacity(flat.len() / 2);
+    let mut items = flat.into_iter();
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        map.insert(k, v);
+    }
+    map
 }
 
 fn conversation_from(id: &str, f: &HashMap<String, String>) -> Option<ConversationRecord> {

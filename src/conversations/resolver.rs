@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -74,8 +75,12 @@ pub struct Recorder {
     model: String,
     user: String,
     chat_id: Option<String>,
-    _lock: Option<OwnedMutexGuard<()>>,
+    lock: Option<Guard>,
 }
+
+/// A held conversation (or chat) lock. It remembers when a turn was last recorded under it,
+/// so a request that read the store before taking the lock knows whether it read too early.
+type Guard = OwnedMutexGuard<Option<Instant>>;
 
 pub struct RequestView<'a> {
     pub key: &'a str,
@@ -89,7 +94,7 @@ pub struct RequestView<'a> {
 
 pub struct Conversations {
     store: Store,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     branch_with_parent: bool,
 }
 
@@ -107,16 +112,21 @@ impl Conversations {
         &self.store
     }
 
-    async fn lock(&self, key: String) -> OwnedMutexGuard<()> {
+    async fn lock(&self, key: String) -> Guard {
         self.lock_noting_wait(key).await.0
     }
 
     /// The lock, and whether another request held it (so what was read before may be stale).
-    async fn lock_noting_wait(&self, key: String) -> (OwnedMutexGuard<()>, bool) {
+    async fn lock_noting_wait(&self, key: String) -> (Guard, bool) {
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             if locks.len() > 4096 {
-                locks.retain(|_, m| Arc::strong_count(m) > 1);
+                // Keep what is held, waited for, or recorded under lately (a request that read
+                // the store just before may still come for it).
+                locks.retain(|_, m| {
+                    Arc::strong_count(m) > 1
+                        || m.try_lock().map_or(true, |at| at.is_some_and(|at| at.elapsed() < Duration::from_secs(5)))
+                });
             }
             locks.entry(key).or_default().clone()
         };
@@ -145,14 +155,14 @@ impl Conversations {
             .iter()
             .filter(|m| m.role == Role::User)
             .count() as u32;
-        let recorder = |lock: Option<OwnedMutexGuard<()>>| Recorder {
+        let recorder = |lock: Option<Guard>| Recorder {
             fingerprint: full.clone(),
             turn,
             app: app.clone(),
             model: req.model.to_string(),
             user: req.user.to_string(),
             chat_id: req.chat_id.map(str::to_string),
-            _lock: lock,
+            lock,
         };
         let fresh = |continuity: Continuity, recorder: Option<Recorder>| Decision {
             plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
@@ -178,9 +188,10 @@ impl Conversations {
             if let Some(chat_id) = req.chat_id {
                 let lock = self.lock(format!("chat:{app}:{}:{chat_id}", req.user)).await;
                 let mapped = self.store.chat(&app, req.user, chat_id).await?;
-                let matched = if has_history { self.store.turn(&prefix_fp).await? } else { None };
-                if let Some(found) = matched {
-                    return self.place(found, &recorder, Some(lock), has_history).await;
+                let matched = if has_history { self.store.turn_with_conversation(&prefix_fp).await? } else { None };
+                if let Some((found, conversation)) = matched {
+                    let latest = conversation.map(|c| c.latest_turn);
+                    return Ok(self.place(found, latest, &recorder, Some(lock), has_history));
                 }
                 if let (Some(conversation_id), true) = (mapped, has_history) {
                     // The history did not match (a client rewrote it), but the chat id is
@@ -199,11 +210,20 @@ impl Conversations {
                 }
                 return Ok(fresh(Continuity::New, Some(recorder(Some(lock)))));
             }
-            if has_history && let Some(found) = self.store.turn(&prefix_fp).await? {
+            let read_at = Instant::now();
+            if has_history && let Some((found, conversation)) = self.store.turn_with_conversation(&prefix_fp).await? {
                 let (lock, waited) = self.lock_noting_wait(format!("conv:{}", found.conversation_id)).await;
-                // Re-read after waiting: the conversation may have moved on meanwhile.
-                let found = if waited { self.store.turn(&prefix_fp).await?.unwrap_or(found) } else { found };
-                return self.place(found, &recorder, Some(lock), has_history).await;
+                // Read again when another request on this conversation held the lock or
+                // recorded a turn since the read: the conversation may have moved on.
+                let (found, latest) = if waited || (*lock).is_some_and(|at| at >= read_at) {
+                    match self.store.turn_with_conversation(&prefix_fp).await? {
+                        Some((found, conversation)) => (found, conversation.map(|c| c.latest_turn)),
+                        None => (found, None),
+                    }
+                } else {
+                    (found, conversation.map(|c| c.latest_turn))
+                };
+                return Ok(self.place(found, latest, &recorder, Some(lock), has_history));
             }
             Ok(fresh(Continuity::New, Some(recorder(None))))
         }
@@ -220,23 +240,24 @@ impl Conversations {
         }
     }
 
-    /// The history matched a recorded turn: the next turn of its conversation, or a branch.
-    async fn place(
+    /// The history matched a recorded turn: the next turn of its conversation (`latest`, read
+    /// under the lock, is that turn), or a branch.
+    fn place(
         &self,
         found: TurnRecord,
-        recorder: &(dyn Fn(Option<OwnedMutexGuard<()>>) -> Recorder + Sync),
-        lock: Option<OwnedMutexGuard<()>>,
+        latest: Option<u32>,
+        recorder: &(dyn Fn(Option<Guard>) -> Recorder + Sync),
+        lock: Option<Guard>,
         has_history: bool,
-    ) -> Result<Decision, StoreError> {
-        let latest = self.store.conversation(&found.conversation_id).await?.map(|c| c.latest_turn);
+    ) -> Decision {
         match latest {
-            Some(latest) if latest == found.turn => Ok(Decision {
+            Some(latest) if latest == found.turn => Decision {
                 plan: ConversationPlan { conversation_id: Some(found.conversation_id), ..Default::default() },
                 continuity: Continuity::Fingerprint,
                 from_store: true,
                 recorder: Some(recorder(lock)),
-            }),
-            Some(_) if self.branch_with_parent && found.message_id.is_some() => Ok(Decision {
+            },
+            Some(_) if self.branch_with_parent && found.message_id.is_some() => Decision {
                 plan: ConversationPlan {
                     conversation_id: Some(found.conversation_id),
                     parent_message_id: found.message_id,
@@ -245,15 +266,15 @@ impl Conversations {
                 continuity: Continuity::Branch,
                 from_store: true,
                 recorder: Some(recorder(lock)),
-            }),
-            _ => Ok(Decision {
+            },
+            _ => Decision {
                 // Regenerate/edit of an earlier turn, or the conversation expired: a new
                 // conversation seeded with the history, so the old thread stays clean.
                 plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
                 continuity: if latest.is_some() { Continuity::Branch } else { Continuity::Seeded },
                 from_store: false,
                 recorder: Some(recorder(lock)),
-            }),
+            },
         }
     }
 
@@ -279,7 +300,12 @@ impl Conversations {
             created_at: 0,
             updated_at: 0,
         };
-        if let Err(e) = self.store.record(&fingerprint, turn, conversation).await {
+        let result = self.store.record(&fingerprint, turn, conversation).await;
+        if let Some(mut lock) = recorder.lock {
+            // After the record is visible: a request that read before this instant reads again.
+            *lock = Some(Instant::now());
+        }
+        if let Err(e) = result {
             tracing::warn!(
                 conversation = conversation_id,
                 "⚠️ could not record the turn; the next one starts a new conversation: {e}"

@@ -163,6 +163,23 @@ impl Store {
         }
     }
 
+    /// A turn and its conversation (one round trip on Redis).
+    pub async fn turn_with_conversation(
+        &self,
+        fp: &Fingerprint,
+    ) -> Result<Option<(TurnRecord, Option<ConversationRecord>)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => match s.turn(fp)? {
+                Some(turn) => {
+                    let conversation = s.conversation(&turn.conversation_id)?;
+                    Ok(Some((turn, conversation)))
+                }
+                None => Ok(None),
+            },
+            Store::Redis(r) => r.turn_with_conversation(fp).await,
+        }
+    }
+
     pub async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.conversation(id),
