@@ -74,13 +74,6 @@ impl RedisStore {
         self.ttl.as_secs().max(1) as i64
     }
 
-    pub async fn turn(&self, fp: &Fingerprint) -> Result<Option<TurnRecord>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> =
-            conn.hgetall(format!("{PREFIX}:turn:{}", hex(fp))).await.map_err(|e| self.err(e))?;
-        Ok(turn_from(fields))
-    }
-
     /// A turn and the conversation it belongs to, in one round trip (a server-side script:
     /// the conversation's key is only known from the turn).
     pub async fn turn_with_conversation(

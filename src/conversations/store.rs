@@ -156,13 +156,6 @@ impl Store {
         }
     }
 
-    pub async fn turn(&self, fp: &Fingerprint) -> Result<Option<TurnRecord>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.turn(fp),
-            Store::Redis(r) => r.turn(fp).await,
-        }
-    }
-
     /// A turn and its conversation (one round trip on Redis).
     pub async fn turn_with_conversation(
         &self,
