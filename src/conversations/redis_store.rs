@@ -87,7 +87,7 @@ impl RedisStore {
             end
             return {t}";
         let mut conn = self.conn.clone();
-        let replies: Vec<Vec<String>> = redis::cmd("EVAL")
+        let replies: Vec<HashMap<String, String>> = redis::cmd("EVAL")
             .arg(SCRIPT)
             .arg(1)
             .arg(format!("{PREFIX}:turn:{}", hex(fp)))
@@ -95,7 +95,7 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
-        let mut replies = replies.into_iter().map(pairs);
+        let mut replies = replies.into_iter();
         let Some(fields) = replies.next() else { return Ok(None) };
         let Some(turn) = turn_from(fields) else { return Ok(None) };
         let conversation = replies.next().and_then(|f| conversation_from(&turn.conversation_id, &f));
@@ -269,16 +269,6 @@ fn turn_from(mut fields: HashMap<String, String>) -> Option<TurnRecord> {
         turn: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
         message_id: fields.remove("m").filter(|m| !m.is_empty()),
     })
-}
-
-/// HGETALL's flat reply (field, value, field, value…) as a map.
-fn pairs(flat: Vec<String>) -> HashMap<String, String> {
-    let mut map = HashMap::with_capacity(flat.len() / 2);
-    let mut items = flat.into_iter();
-    while let (Some(k), Some(v)) = (items.next(), items.next()) {
-        map.insert(k, v);
-    }
-    map
 }
 
 fn conversation_from(id: &str, f: &HashMap<String, String>) -> Option<ConversationRecord> {

@@ -472,17 +472,11 @@ fn write_loop(mut conn: Connection, path: &Path, ttl: Duration, shared: &Shared)
             for op in &writes {
                 match op {
                     Op::Record { seq, fp, conversation, .. } => {
-                        if pending.turns.get(fp).is_some_and(|(s, _)| s == seq) {
-                            pending.turns.remove(fp);
-                        }
-                        if pending.conversations.get(&conversation.conversation_id).is_some_and(|(s, _)| s == seq) {
-                            pending.conversations.remove(&conversation.conversation_id);
-                        }
+                        settle(&mut pending.turns, fp, *seq);
+                        settle(&mut pending.conversations, &conversation.conversation_id, *seq);
                         if let Some(chat_id) = &conversation.chat_id {
                             let key = (conversation.app.clone(), conversation.user.clone(), chat_id.clone());
-                            if pending.chats.get(&key).is_some_and(|(s, _)| s == seq) {
-                                pending.chats.remove(&key);
-                            }
+                            settle(&mut pending.chats, &key, *seq);
                         }
                     }
                     Op::Forget { seq, conversation_id } => {
@@ -504,6 +498,13 @@ fn write_loop(mut conn: Connection, path: &Path, ttl: Duration, shared: &Shared)
         if closing {
             return;
         }
+    }
+}
+
+/// Drops a committed entry from memory, unless a later op (`seq` higher) replaced it.
+fn settle<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, (u64, V)>, key: &K, seq: u64) {
+    if map.get(key).is_some_and(|(s, _)| *s == seq) {
+        map.remove(key);
     }
 }
 
