@@ -295,18 +295,95 @@ async fn two_hundred_concurrent_chats_lose_no_mapping() {
     }
 }
 
+fn open_webui_token(secret: &str, user: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 300;
+    let claims = json!({"sub": user, "iss": "open-webui", "exp": exp, "role": "user"});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// The impersonation found by the adversarial test: in JWT mode, a request without a token
+/// named Alice in its body and sent Alice's chat id, and continued Alice's conversation.
 #[tokio::test]
-async fn jwt_mode_takes_the_user_from_the_signed_token_only() {
+async fn jwt_mode_refuses_requests_without_a_token_so_nobody_continues_anothers_chat() {
     let mock = mock().await;
-    let gw = gateway(&mock, &[("OPENWEBUI_JWT_SECRET", "shared-secret-123")]).await;
+    let secret = "shared-secret-123";
+    let gw = gateway(&mock, &[("OPENWEBUI_JWT_SECRET", secret)]).await;
+    let alice = open_webui_token(secret, "alice");
+    let chat = [("x-openwebui-user-jwt", alice.as_str()), ("x-openwebui-chat-id", "alices-chat")];
+    let a1 = ask(&gw, "chat", &[("user", "jwt secret plans")], &chat, false).await;
+
+    // The reproduction: a proxy-key holder names Alice in the body and sends her chat id.
+    let mut forged = json!({"model": "chat", "user": "alice", "stream": false,
+        "messages": messages(&[("user", "jwt secret plans"), ("assistant", &a1), ("user", "jwt tell me more")])});
+    let headers = [("x-openwebui-chat-id", "alices-chat"), ("x-openwebui-user-id", "alice")];
+    let (status, _, body) = post_chat(&gw, &forged, &headers).await;
+    assert_eq!(status, 401, "{body}");
+    let error = assert_openai_error(&body);
+    assert_eq!(error["code"], "missing_user_token");
+    assert!(error["message"].as_str().unwrap_or("").contains("X-OpenWebUI-User-Jwt"), "{body}");
+    forged["stream"] = json!(true);
+    let (status, _, body) = post_chat(&gw, &forged, &headers).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("missing_user_token")),
+        "streaming is refused the same way"
+    );
+
     let (status, _, body) =
         post_chat(&gw, &chat_body("chat", "hi", false), &[("x-openwebui-user-jwt", "not.a.jwt")]).await;
     assert_eq!(status, 401);
     assert_eq!(assert_openai_error(&body)["code"], "invalid_user_token");
-    let (status, headers, _) =
-        post_chat(&gw, &chat_body("chat", "hi", false), &[("x-openwebui-user-id", "mallory")]).await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-opendify-user"], "default_user", "a plain header must not pick the user in JWT mode");
+
+    let convs = conversations_with(&mock, "jwt secret plans");
+    assert_eq!(convs.len(), 1);
+    assert_eq!(convs[0].queries, ["jwt secret plans"], "nothing reached Alice's conversation");
+    // Alice herself continues it.
+    ask(&gw, "chat", &[("user", "jwt secret plans"), ("assistant", &a1), ("user", "jwt next")], &chat, false).await;
+    assert_eq!(conversations_with(&mock, "jwt secret plans")[0].queries, ["jwt secret plans", "jwt next"]);
+    assert_eq!(conversations_with(&mock, "jwt secret plans")[0].user, "alice");
+}
+
+#[tokio::test]
+async fn non_ascii_user_ids_stay_distinct_people_whether_raw_or_percent_encoded() {
+    let mock = mock().await;
+    let gw = gateway(&mock, &[]).await;
+    let request = |user: reqwest::header::HeaderValue, text: &str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-openwebui-user-id", user)
+            .json(&chat_body("chat", text, false))
+    };
+    let raw = request(reqwest::header::HeaderValue::from_bytes("josé".as_bytes()).expect("header"), "utf8 raw")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(raw.status(), 200);
+    assert_eq!(raw.headers()["x-opendify-user"], "jos%C3%A9");
+    let encoded =
+        request(reqwest::header::HeaderValue::from_static("jos%C3%A9"), "utf8 encoded").send().await.expect("send");
+    assert_eq!(encoded.headers()["x-opendify-user"], "jos%C3%A9");
+    let other =
+        request(reqwest::header::HeaderValue::from_static("jos%C3%AB"), "utf8 other").send().await.expect("send");
+    assert_eq!(other.headers()["x-opendify-user"], "jos%C3%AB");
+    let users: Vec<String> = ["utf8 raw", "utf8 encoded", "utf8 other"]
+        .iter()
+        .map(|q| conversations_with(&mock, q)[0].user.clone())
+        .collect();
+    assert_eq!(users, ["josé", "josé", "josë"], "never default_user, never merged");
+
+    let latin1 = request(reqwest::header::HeaderValue::from_bytes(b"jos\xe9").expect("header"), "utf8 bad")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(latin1.status(), 400);
+    let body: Value = latin1.json().await.expect("json");
+    assert_eq!(assert_openai_error(&body)["param"], "x-openwebui-user-id");
+    assert!(conversations_with(&mock, "utf8 bad").is_empty(), "a refused request never reaches Dify");
 }
 
 #[tokio::test]

@@ -1,23 +1,62 @@
 //! The Dify `user` of a request. Dify scopes conversations and uploaded files by this
-//! string, so it must be stable per person: the first of the configured user-id headers
-//! (Open WebUI's `X-OpenWebUI-User-Id` by default, any capitalisation), the body's `user`,
-//! then DEFAULT_USER. Changing how users are derived orphans existing Dify conversations.
+//! string, so it must be stable per person and never shared by two people.
+//!
+//! Without OPENWEBUI_JWT_SECRET: the first of the configured user-id headers (Open WebUI's
+//! `X-OpenWebUI-User-Id` by default, any capitalisation), then the body's `user`, then
+//! DEFAULT_USER. With it, only Open WebUI's signed `X-OpenWebUI-User-Jwt` names the user: a
+//! request without a valid token is refused, whatever its body or plain headers say.
+//!
+//! Header values are read as UTF-8 after percent-decoding (Open WebUI percent-encodes
+//! non-ASCII text), so `jos%C3%A9` and the raw bytes of `josé` are one user; a value that is
+//! not UTF-8 is refused rather than replaced by DEFAULT_USER, which would merge people.
 
 use axum::http::{HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::openai::ApiError;
 use crate::secret::Secret;
 
-/// Open WebUI's signed user header (sent instead of the plain ones when it has a secret).
+/// Open WebUI's signed user header (with `FORWARD_USER_INFO_HEADER_JWT_SECRET` set there).
 pub const JWT_HEADER: &str = "x-openwebui-user-jwt";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
-    /// `header:<name>`, `body` or `default`: logged, and shown by the doctor.
-    pub source: String,
+    pub source: IdentitySource,
+}
+
+/// Where the user came from: logged, and shown by the doctor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The verified `X-OpenWebUI-User-Jwt`.
+    Jwt,
+    /// A plain header, by its (lowercase) name.
+    Header(String),
+    /// The body's `user` field.
+    Body,
+    /// DEFAULT_USER: the request named nobody.
+    Default,
+}
+
+impl std::fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentitySource::Jwt => f.write_str("jwt"),
+            IdentitySource::Header(name) => write!(f, "header:{name}"),
+            IdentitySource::Body => f.write_str("body"),
+            IdentitySource::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// How users are told apart, from the configuration.
+#[derive(Debug, Clone)]
+pub struct IdentityRules {
+    jwt_secret: Option<Secret>,
+    user_headers: Vec<String>,
+    default_user: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -25,23 +64,51 @@ struct OpenWebUiClaims {
     sub: String,
 }
 
-/// With OPENWEBUI_JWT_SECRET set, the user comes only from a valid signed token (HS256, not
-/// expired): plain user headers are ignored, so no client can pose as another user. Without
-/// a token, the body's `user` or DEFAULT_USER applies.
-pub fn resolve_verified_identity(
-    headers: &HeaderMap,
-    body_user: Option<&str>,
-    secret: &Secret,
-    default_user: &str,
-) -> Result<Identity, ApiError> {
+impl IdentityRules {
+    pub fn from_config(config: &Config) -> Self {
+        IdentityRules {
+            jwt_secret: config.jwt_secret.clone(),
+            user_headers: config.user_id_headers.clone(),
+            default_user: config.default_user.clone(),
+        }
+    }
+
+    /// The user of a request; `body_user` is what the request body names (OpenAI's `user`,
+    /// Anthropic's `metadata.user_id`).
+    pub fn resolve(&self, headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity, ApiError> {
+        if let Some(secret) = &self.jwt_secret {
+            return verified(headers, secret);
+        }
+        for name in &self.user_headers {
+            if let Some(user) = header_text(headers, name)? {
+                return Ok(Identity { user, source: IdentitySource::Header(name.clone()) });
+            }
+        }
+        if let Some(user) = body_user.map(str::trim).filter(|u| !u.is_empty()) {
+            return Ok(Identity { user: user.to_string(), source: IdentitySource::Body });
+        }
+        Ok(Identity { user: self.default_user.clone(), source: IdentitySource::Default })
+    }
+}
+
+fn unauthorized(message: String, code: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).code(code)
+}
+
+/// JWT mode: the signed token (HS256, not expired) is the only source of the user.
+fn verified(headers: &HeaderMap, secret: &Secret) -> Result<Identity, ApiError> {
     let Some(token) = headers.get(JWT_HEADER) else {
-        return Ok(resolve_identity(headers, body_user, &[], default_user));
+        return Err(unauthorized(
+            "This gateway identifies users only by Open WebUI's signed X-OpenWebUI-User-Jwt header \
+             (OPENWEBUI_JWT_SECRET is set), and the request has none; the body's `user` and plain user \
+             headers are not trusted. In Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true and \
+             FORWARD_USER_INFO_HEADER_JWT_SECRET to the same secret."
+                .into(),
+            "missing_user_token",
+        ));
     };
-    let unauthorized = |why: String| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", format!("Invalid X-OpenWebUI-User-Jwt: {why}"))
-            .code("invalid_user_token")
-    };
-    let token = token.to_str().map_err(|_| unauthorized("not text".into()))?.trim();
+    let invalid = |why: String| unauthorized(format!("Invalid X-OpenWebUI-User-Jwt: {why}"), "invalid_user_token");
+    let token = token.to_str().map_err(|_| invalid("not text".into()))?.trim();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 30;
     let data = jsonwebtoken::decode::<OpenWebUiClaims>(
@@ -49,37 +116,63 @@ pub fn resolve_verified_identity(
         &DecodingKey::from_secret(secret.expose().as_bytes()),
         &validation,
     )
-    .map_err(|e| unauthorized(e.to_string()))?;
+    .map_err(|e| invalid(e.to_string()))?;
     let user = data.claims.sub.trim().to_string();
     if user.is_empty() {
-        return Err(unauthorized("empty subject".into()));
+        return Err(invalid("empty subject".into()));
     }
-    Ok(Identity { user, source: "jwt".into() })
+    if user.chars().any(char::is_control) {
+        return Err(invalid("the subject contains control characters".into()));
+    }
+    Ok(Identity { user, source: IdentitySource::Jwt })
 }
 
-pub fn resolve_identity(
-    headers: &HeaderMap,
-    body_user: Option<&str>,
-    header_names: &[String],
-    default_user: &str,
-) -> Identity {
-    for name in header_names {
-        if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::trim)
-            && !value.is_empty()
-        {
-            return Identity { user: value.to_string(), source: format!("header:{name}") };
+/// The trimmed text of a client header carrying an id (user, chat), percent-decoded;
+/// `None` when absent or empty. Bytes that are not UTF-8, or control characters, are a 400
+/// naming the header: guessing would put two people (or two chats) under one id.
+pub fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(name) else { return Ok(None) };
+    let bad = |why: &str| {
+        ApiError::invalid_request(format!(
+            "The {name} header {why}; send the id as UTF-8, percent-encoded if it is not ASCII (jos%C3%A9)"
+        ))
+        .param(name.to_string())
+        .code("invalid_header")
+    };
+    let text = percent_encoding::percent_decode(value.as_bytes())
+        .decode_utf8()
+        .map_err(|_| bad("is not valid UTF-8 (after percent-decoding)"))?;
+    let text = text.trim();
+    if text.chars().any(char::is_control) {
+        return Err(bad("contains control characters"));
+    }
+    Ok((!text.is_empty()).then(|| text.to_string()))
+}
+
+/// The first of `names` a request carries, read by [`header_text`].
+pub fn first_header(headers: &HeaderMap, names: &[String]) -> Result<Option<String>, ApiError> {
+    for name in names {
+        if let Some(value) = header_text(headers, name)? {
+            return Ok(Some(value));
         }
     }
-    if let Some(user) = body_user.map(str::trim).filter(|u| !u.is_empty()) {
-        return Identity { user: user.to_string(), source: "body".into() };
-    }
-    Identity { user: default_user.to_string(), source: "default".into() }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::http::HeaderValue;
     use jsonwebtoken::{EncodingKey, Header};
+
+    use super::*;
+
+    fn rules(secret: Option<&str>) -> IdentityRules {
+        IdentityRules {
+            jwt_secret: secret.map(Secret::new),
+            user_headers: vec!["x-openwebui-user-id".to_string()],
+            default_user: "default_user".to_string(),
+        }
+    }
 
     fn token(secret: &str, sub: &str, exp_offset: i64) -> String {
         let exp = (crate::conversations::store::now_secs() as i64 + exp_offset) as u64;
@@ -89,28 +182,61 @@ mod tests {
     }
 
     #[test]
-    fn signed_token_decides_the_user_and_plain_headers_are_ignored() {
-        let secret = Secret::new("s3cret");
+    fn jwt_mode_takes_the_user_from_the_signed_token_only() {
+        let jwt = rules(Some("s3cret"));
         let mut headers = HeaderMap::new();
         headers.insert("x-openwebui-user-id", "mallory".parse().expect("header"));
-        let id = resolve_verified_identity(&headers, None, &secret, "d").expect("no token is fine");
-        assert_eq!(id.user, "d", "plain header must be ignored in JWT mode");
+        // The reproduction of the impersonation: no token, a body user and a plain header.
+        let refused = jwt.resolve(&headers, Some("alice")).expect_err("no token must be refused");
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.code.as_deref(), Some("missing_user_token"));
         headers.insert(JWT_HEADER, token("s3cret", "alice", 300).parse().expect("header"));
-        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect("valid").user, "alice");
+        let id = jwt.resolve(&headers, Some("bob")).expect("valid");
+        assert_eq!((id.user.as_str(), &id.source), ("alice", &IdentitySource::Jwt));
         headers.insert(JWT_HEADER, token("wrong", "alice", 300).parse().expect("header"));
-        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect_err("bad sig").status, 401);
+        assert_eq!(jwt.resolve(&headers, None).expect_err("bad signature").code.as_deref(), Some("invalid_user_token"));
         headers.insert(JWT_HEADER, token("s3cret", "alice", -3600).parse().expect("header"));
-        assert_eq!(resolve_verified_identity(&headers, None, &secret, "d").expect_err("expired").status, 401);
+        assert_eq!(jwt.resolve(&headers, None).expect_err("expired").status, 401);
     }
 
     #[test]
     fn header_beats_body_beats_default_and_names_are_case_insensitive() {
-        let names = vec!["x-openwebui-user-id".to_string()];
+        let plain = rules(None);
         let mut headers = HeaderMap::new();
-        assert_eq!(resolve_identity(&headers, None, &names, "default_user").user, "default_user");
-        assert_eq!(resolve_identity(&headers, Some("bob"), &names, "d").user, "bob");
+        assert_eq!(plain.resolve(&headers, None).expect("ok").source, IdentitySource::Default);
+        assert_eq!(plain.resolve(&headers, Some("bob")).expect("ok").user, "bob");
         headers.insert("X-OpenWebUI-User-Id", "u-42".parse().expect("header"));
-        let id = resolve_identity(&headers, Some("bob"), &names, "d");
-        assert_eq!((id.user.as_str(), id.source.as_str()), ("u-42", "header:x-openwebui-user-id"));
+        let id = plain.resolve(&headers, Some("bob")).expect("ok");
+        assert_eq!(id.user, "u-42");
+        assert_eq!(id.source.to_string(), "header:x-openwebui-user-id");
+    }
+
+    #[test]
+    fn non_ascii_ids_are_read_as_utf8_whether_raw_or_percent_encoded() {
+        let plain = rules(None);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-openwebui-user-id", HeaderValue::from_bytes("josé".as_bytes()).expect("header"));
+        let raw = plain.resolve(&headers, None).expect("raw UTF-8");
+        headers.insert("x-openwebui-user-id", HeaderValue::from_static("jos%C3%A9"));
+        let encoded = plain.resolve(&headers, None).expect("percent-encoded");
+        assert_eq!(raw.user, "josé");
+        assert_eq!(encoded.user, "josé");
+        // A lone percent sign is not an escape: kept as it is.
+        headers.insert("x-openwebui-user-id", HeaderValue::from_static("100%"));
+        assert_eq!(plain.resolve(&headers, None).expect("ok").user, "100%");
+    }
+
+    #[test]
+    fn ids_that_are_not_utf8_are_refused_never_merged_into_the_default_user() {
+        let plain = rules(None);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-openwebui-user-id", HeaderValue::from_bytes(b"jos\xe9").expect("header"));
+        let error = plain.resolve(&headers, None).expect_err("latin-1 bytes");
+        assert_eq!(error.status, 400);
+        assert_eq!(error.param.as_deref(), Some("x-openwebui-user-id"));
+        headers.insert("x-openwebui-user-id", HeaderValue::from_static("jos%E9"));
+        assert_eq!(plain.resolve(&headers, None).expect_err("encoded latin-1").status, 400);
+        headers.insert("x-openwebui-user-id", HeaderValue::from_static("a%0Ab"));
+        assert_eq!(plain.resolve(&headers, None).expect_err("encoded newline").status, 400);
     }
 }

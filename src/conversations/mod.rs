@@ -9,6 +9,6 @@ pub mod resolver;
 pub mod sqlite;
 pub mod store;
 
-pub use identity::{Identity, resolve_identity, resolve_verified_identity};
+pub use identity::{Identity, IdentityRules, IdentitySource, first_header};
 pub use resolver::{Continuity, Conversations, Decision, Recorder, RequestView};
 pub use store::{Store, StoreError};

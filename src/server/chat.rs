@@ -17,7 +17,7 @@ use super::relay::{Finisher, Relay, RelayEnd, StopGuard, drain};
 use super::{SharedState, unknown_model};
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
 use crate::bridge::{AppRoute, Collected, Outcome, Translator, TranslatorOptions};
-use crate::conversations::{Decision, Identity, RequestView, resolve_identity, resolve_verified_identity};
+use crate::conversations::{Decision, Identity, RequestView, first_header};
 use crate::openai::{
     ApiError, ChatCompletion, ChatCompletionRequest, Choice, ChunkWriter, ResponseMessage, completion_id, unix_now,
 };
@@ -64,12 +64,19 @@ pub async fn chat_completions(
         complete(state, prepared, started).await
     };
     if let Some(user) = response.extensions_mut().remove::<UserEcho>()
-        && let Ok(value) = HeaderValue::from_str(&user.0)
+        && let Ok(value) = HeaderValue::from_str(&echo_encoded(&user.0))
     {
         response.headers_mut().insert(USER_HEADER, value);
     }
     response.extensions_mut().insert(labels);
     response
+}
+
+/// The user as a header value: percent-encoded beyond printable ASCII (and `%` itself), the
+/// way Open WebUI sends it, so `josé` is echoed as `jos%C3%A9`.
+fn echo_encoded(user: &str) -> std::borrow::Cow<'_, str> {
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    percent_encoding::utf8_percent_encode(user, ENCODED).into()
 }
 
 /// Carries the resolved user to the response header, whatever path produced the response.
@@ -94,17 +101,7 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
             state.registry.get(&request.model).ok_or_else(|| unknown_model(&request.model, &state.registry.names()))?
         }
     };
-    let identity = match &state.config.jwt_secret {
-        Some(secret) => {
-            resolve_verified_identity(headers, request.user.as_deref(), secret, &state.config.default_user)?
-        }
-        None => resolve_identity(
-            headers,
-            request.user.as_deref(),
-            &state.config.user_id_headers,
-            &state.config.default_user,
-        ),
-    };
+    let identity = state.identity.resolve(headers, request.user.as_deref())?;
     let explicit = headers
         .get("x-dify-conversation-id")
         .and_then(|v| v.to_str().ok())
@@ -112,7 +109,7 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .or_else(|| request.conversation_id.clone().filter(|s| !s.trim().is_empty()));
-    let chat_id = first_header(headers, &state.config.chat_id_headers);
+    let chat_id = first_header(headers, &state.config.chat_id_headers)?;
     let lookup = Instant::now();
     let decision = if route.mode.is_chat_family() {
         state
@@ -140,17 +137,6 @@ async fn prepare(state: &SharedState, headers: &HeaderMap, body: &Bytes) -> Resu
         state.metrics.store_latency.observe(lookup.elapsed());
     }
     Ok(Prepared { request, route, identity, decision })
-}
-
-fn first_header(headers: &HeaderMap, names: &[String]) -> Option<String> {
-    names.iter().find_map(|name| {
-        headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    })
 }
 
 fn translator(state: &SharedState, p: &Prepared) -> Translator {

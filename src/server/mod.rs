@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Registry, UploadCache};
 use crate::config::Config;
-use crate::conversations::{Conversations, Store};
+use crate::conversations::{Conversations, IdentityRules, Store};
 use crate::dify::DifyClient;
 use crate::openai::{ApiError, ModelList, ModelObject, unix_now};
 
@@ -35,6 +35,8 @@ pub struct AppState {
     pub registry: Registry,
     pub uploads: UploadCache,
     pub conversations: Conversations,
+    /// Who the user of a request is.
+    pub identity: IdentityRules,
     /// `created` of every model object: when this server started.
     pub started_at: u64,
     /// Cancelled when the shutdown drain time is over: open streams end with an error.
@@ -61,6 +63,7 @@ impl AppState {
         }
         let gate = gate::Gate::from_config(&config);
         Ok(AppState {
+            identity: IdentityRules::from_config(&config),
             config,
             client,
             registry,
