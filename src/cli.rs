@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
 
 use crate::config::LoadOptions;
@@ -46,6 +46,37 @@ pub struct ServeArgs {
 }
 
 impl Cli {
+    /// Parses the command line, with several doctor checks by name
+    /// (`opendify doctor check-config ping-dify --count 3`): clap takes one subcommand, so the
+    /// arguments are cut where a second check begins and each part is parsed on its own.
+    pub fn parse_chained() -> Cli {
+        match Self::try_parse_chained(std::env::args_os()) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    }
+
+    pub fn try_parse_chained<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let (first, more) = split_doctor_checks(&args);
+        let mut cli = Cli::try_parse_from(first)?;
+        if let Command::Doctor(doctor) = &mut cli.command {
+            for part in more {
+                let mut command = Cli::command();
+                let head = [args[0].clone(), "doctor".into()];
+                let matches = command.try_get_matches_from_mut(head.iter().cloned().chain(part))?;
+                let Some(("doctor", matches)) = matches.subcommand() else { continue };
+                let extra = DoctorArgs::from_arg_matches(matches)?;
+                doctor.merge(extra);
+            }
+        }
+        Ok(cli)
+    }
+
     /// The configuration sources this invocation names.
     pub fn load_options(&self) -> LoadOptions {
         let options = LoadOptions { env_file: self.env_file.clone(), ..LoadOptions::default() };
@@ -110,6 +141,78 @@ pub struct DoctorArgs {
 
     #[command(subcommand)]
     pub check: Option<DoctorCommand>,
+
+    /// Checks named after the first one (`doctor check-config ping-dify`), in order.
+    #[arg(skip)]
+    pub more: Vec<DoctorCommand>,
+}
+
+impl DoctorArgs {
+    /// Takes in a later check's part of the command line: its check and any global flag.
+    fn merge(&mut self, other: DoctorArgs) {
+        self.json |= other.json;
+        self.strict |= other.strict;
+        self.no_color |= other.no_color;
+        self.verbose |= other.verbose;
+        self.list |= other.list;
+        self.timeout = other.timeout.or(self.timeout);
+        if other.network_errors == NetworkErrors::Warn {
+            self.network_errors = NetworkErrors::Warn;
+        }
+        self.only.extend(other.only);
+        self.more.extend(other.check);
+        self.more.extend(other.more);
+    }
+
+    /// Every check named on the command line, in order.
+    pub fn named_checks(&self) -> impl Iterator<Item = &DoctorCommand> {
+        self.check.iter().chain(&self.more)
+    }
+}
+
+/// Cuts `opendify … doctor [flags] A [A's args] B [B's args]` into the part clap parses as
+/// usual (up to B) and one part per further check. A word is a check name only where a value
+/// is not expected: `--message ping-dify` stays the message.
+fn split_doctor_checks(args: &[std::ffi::OsString]) -> (Vec<std::ffi::OsString>, Vec<Vec<std::ffi::OsString>>) {
+    let cli = Cli::command();
+    let Some(doctor_at) = args.iter().position(|a| a == "doctor") else { return (args.to_vec(), Vec::new()) };
+    let Some(doctor) = cli.find_subcommand("doctor") else { return (args.to_vec(), Vec::new()) };
+    let takes_value = |command: &clap::Command, flag: &str| {
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (flag, false),
+        };
+        !inline
+            && command.get_arguments().chain(doctor.get_arguments()).any(|arg| {
+                let long = name.strip_prefix("--").is_some_and(|l| arg.get_long() == Some(l));
+                let short = name.len() == 2
+                    && name.starts_with('-')
+                    && !name.starts_with("--")
+                    && arg.get_short().is_some_and(|c| name.ends_with(c));
+                (long || short) && arg.get_action().takes_values()
+            })
+    };
+    let mut parts: Vec<Vec<std::ffi::OsString>> = vec![args[..=doctor_at].to_vec()];
+    let mut current: Option<&clap::Command> = None;
+    let mut skip_value = false;
+    for arg in &args[doctor_at + 1..] {
+        let text = arg.to_string_lossy();
+        if skip_value {
+            skip_value = false;
+        } else if text.starts_with('-') {
+            skip_value = takes_value(current.unwrap_or(doctor), &text);
+        } else if let Some(check) = doctor.find_subcommand(text.as_ref()) {
+            if current.is_some() && check.get_name() != "report" {
+                parts.push(Vec::new());
+            }
+            current = Some(check);
+        }
+        if let Some(part) = parts.last_mut() {
+            part.push(arg.clone());
+        }
+    }
+    let first = parts.remove(0);
+    (first, parts)
 }
 
 /// The checks `opendify doctor` runs, in the order it runs them.

@@ -326,7 +326,7 @@ pub fn load(options: &LoadOptions) -> Loaded {
 fn display_value(spec: &SettingSpec, value: &str) -> String {
     if !spec.secret {
         // A URL may carry a password (redis://:pw@host): never shown.
-        return crate::conversations::store::redact_url(value);
+        return crate::secret::mask_url_credentials(value);
     }
     if spec.name == "MODEL_CONFIG" {
         // Show the model names and masked keys: the structure is what users debug.
@@ -466,6 +466,15 @@ fn validate(raw: &RawValues, problems: &mut Vec<Finding>, warnings: &mut Vec<Fin
         models = parse_model_config(text, problems, warnings);
     }
     let unnamed_keys: Vec<Secret> = raw.list("DIFY_API_KEYS").into_iter().map(Secret::new).collect();
+    for key in raw.list("PROXY_API_KEYS").into_iter().map(Secret::new).filter(is_placeholder) {
+        warnings.push(Finding::with_fix(
+            format!(
+                "PROXY_API_KEYS contains {:?}, the example key from .env.example: anyone who has read it can use this gateway",
+                key.expose()
+            ),
+            "PROXY_API_KEYS=<a long random key> (e.g. the output of `openssl rand -hex 24`)",
+        ));
+    }
     for key in &unnamed_keys {
         warn_key_prefix(&format!("DIFY_API_KEYS entry {}", key.masked()), key, warnings);
     }
@@ -610,18 +619,35 @@ fn validate(raw: &RawValues, problems: &mut Vec<Finding>, warnings: &mut Vec<Fin
 fn check_base_url(base: &str, problems: &mut Vec<Finding>, warnings: &mut Vec<Finding>) -> String {
     let trimmed = base.trim_end_matches('/');
     match Url::parse(trimmed) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-            if !url.path().trim_end_matches('/').ends_with("/v1") {
+        Ok(mut url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+            if !url.username().is_empty() || url.password().is_some() {
+                // reqwest would turn them into a Basic Authorization header next to the app
+                // key's Bearer one: never sent, and never shown.
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
                 warnings.push(Finding::with_fix(
-                    format!("DIFY_API_BASE {trimmed} does not end with /v1; Dify's service API lives under /v1"),
-                    format!("DIFY_API_BASE={trimmed}/v1"),
+                    format!(
+                        "DIFY_API_BASE carries credentials ({}); Dify's service API takes each app's key as a Bearer token, not URL credentials, so opendify does not send them",
+                        crate::secret::mask_url_credentials(trimmed)
+                    ),
+                    format!("DIFY_API_BASE={}", url.as_str().trim_end_matches('/')),
                 ));
             }
-            trimmed.to_string()
+            let cleaned = url.as_str().trim_end_matches('/').to_string();
+            if !url.path().trim_end_matches('/').ends_with("/v1") {
+                warnings.push(Finding::with_fix(
+                    format!("DIFY_API_BASE {cleaned} does not end with /v1; Dify's service API lives under /v1"),
+                    format!("DIFY_API_BASE={cleaned}/v1"),
+                ));
+            }
+            cleaned
         }
         _ => {
             problems.push(Finding::with_fix(
-                format!("DIFY_API_BASE must be an http:// or https:// URL, got {base:?}"),
+                format!(
+                    "DIFY_API_BASE must be an http:// or https:// URL, got {:?}",
+                    crate::secret::mask_url_credentials(base)
+                ),
                 "DIFY_API_BASE=https://api.dify.ai/v1",
             ));
             String::new()
@@ -773,7 +799,23 @@ fn model_from_object(name: &str, obj: &serde_json::Map<String, Value>) -> Result
     })
 }
 
+/// The example keys of `.env.example` and the README: a configuration still carrying one was
+/// copied without being edited (a proxy key everyone can read in the repository is no key).
+pub const PLACEHOLDER_KEYS: &[&str] =
+    &["app-your-key", "app-aaa", "app-bbb", "app-...", "app-xxx", "app-yyy", "sk-change-me", "sk-another"];
+
+fn is_placeholder(key: &Secret) -> bool {
+    PLACEHOLDER_KEYS.contains(&key.expose().trim())
+}
+
 fn warn_key_prefix(what: &str, key: &Secret, warnings: &mut Vec<Finding>) {
+    if is_placeholder(key) {
+        warnings.push(Finding::with_fix(
+            format!("{what}: {:?} is the example key from .env.example, not a real app key", key.expose()),
+            "copy the key from Dify: your app > API Access > API Key",
+        ));
+        return;
+    }
     if !key.expose().starts_with("app-") {
         warnings.push(Finding::with_fix(
             format!("{what}: key {} does not start with \"app-\"; Dify app keys do", key.masked()),
@@ -866,6 +908,20 @@ mod tests {
     }
 
     #[test]
+    fn example_keys_left_in_place_are_warned_about() {
+        let loaded = load_with(&[
+            ("DIFY_API_BASE", "https://api.dify.ai/v1"),
+            ("MODEL_CONFIG", r#"{"my-assistant":"app-your-key"}"#),
+            ("PROXY_API_KEYS", "sk-change-me,sk-a-real-one-1234"),
+        ]);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let all: String = loaded.warnings.iter().map(|p| p.message.clone() + "\n").collect();
+        assert!(all.contains("\"app-your-key\" is the example key"), "{all}");
+        assert!(all.contains("PROXY_API_KEYS contains \"sk-change-me\""), "{all}");
+        assert!(!all.contains("sk-a-real-one"), "{all}");
+    }
+
+    #[test]
     fn sources_are_recorded_and_secrets_masked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = dir.path().join(".env");
@@ -892,9 +948,27 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_the_dify_base_are_dropped_masked_and_warned_about() {
+        let loaded = load_with(&[
+            ("DIFY_API_BASE", "http://admin:hunter2@dify.local/v1/"),
+            ("MODEL_CONFIG", r#"{"m":"app-123456789012"}"#),
+        ]);
+        let config = loaded.config.expect("config");
+        assert_eq!(config.dify_api_base, "http://dify.local/v1");
+        let warning = &loaded.warnings[0];
+        assert!(warning.message.contains("Bearer token, not URL credentials"), "{}", warning.message);
+        assert!(warning.message.contains("http://***@dify.local/v1"), "{}", warning.message);
+        assert_eq!(warning.fix.as_deref(), Some("DIFY_API_BASE=http://dify.local/v1"));
+        let shown = loaded.settings.iter().find(|s| s.name == "DIFY_API_BASE").and_then(|s| s.value.clone());
+        assert_eq!(shown.as_deref(), Some("http://***@dify.local/v1/"));
+        let everything = format!("{:?}{:?}{:?}", loaded.warnings, loaded.settings, config);
+        assert!(!everything.contains("hunter2") && !everything.contains("admin"), "{everything}");
+    }
+
+    #[test]
     fn passwords_in_urls_are_not_shown() {
         let loaded = load_with(&[("CONVERSATION_STORE", "redis://:hunter2@127.0.0.1:6379/0")]);
         let shown = loaded.settings.iter().find(|s| s.name == "CONVERSATION_STORE").and_then(|s| s.value.clone());
-        assert_eq!(shown.as_deref(), Some("redis://:***@127.0.0.1:6379/0"));
+        assert_eq!(shown.as_deref(), Some("redis://***@127.0.0.1:6379/0"));
     }
 }

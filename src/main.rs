@@ -3,14 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use colored::Colorize;
 
 use opendify::cli::{Cli, Command};
 use opendify::config::{self, Loaded};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_chained();
     match &cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "opendify", &mut std::io::stdout());

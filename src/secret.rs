@@ -80,6 +80,18 @@ pub fn mask_keys_in(text: &str) -> String {
     out
 }
 
+/// `user:password@` in a URL (DIFY_API_BASE, a proxy, a Redis store) replaced by `***@`;
+/// anything that is not a URL with credentials is returned as it is.
+pub fn mask_url_credentials(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +117,13 @@ mod tests {
         assert!(!format!("{s:?}").contains("0123456789"));
         assert!(!format!("{s}").contains("0123456789"));
         assert_eq!(s.expose(), "app-0123456789secret");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(mask_url_credentials("redis://:hunter2@cache:6379/0"), "redis://***@cache:6379/0");
+        assert_eq!(mask_url_credentials("http://u:p@proxy:3128"), "http://***@proxy:3128");
+        assert_eq!(mask_url_credentials("http://proxy:3128/a@b"), "http://proxy:3128/a@b");
+        assert_eq!(mask_url_credentials("data/conversations.db"), "data/conversations.db");
     }
 }

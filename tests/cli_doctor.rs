@@ -41,6 +41,40 @@ fn flags_go_before_or_after_the_check_name() {
 }
 
 #[test]
+fn several_checks_by_name_each_with_its_own_options() {
+    let cli = Cli::try_parse_chained([
+        "opendify",
+        "doctor",
+        "check-config",
+        "ping-dify",
+        "--count",
+        "3",
+        "test-stream",
+        "--message",
+        "test-key",
+        "--json",
+    ])
+    .expect("parses");
+    let doctor = doctor_args(&cli);
+    assert!(doctor.json, "a global flag after a later check still counts");
+    let named: Vec<&DoctorCommand> = doctor.named_checks().collect();
+    assert!(matches!(named[0], DoctorCommand::CheckConfig), "{named:?}");
+    assert!(matches!(named[1], DoctorCommand::PingDify(p) if p.count == 3), "{named:?}");
+    assert!(
+        matches!(named[2], DoctorCommand::TestStream(t) if t.message == "test-key"),
+        "a value is not a check: {named:?}"
+    );
+    assert_eq!(named.len(), 3);
+    let options = opendify::doctor::Options::from_args(doctor).expect("valid");
+    assert_eq!(options.checks, [CheckId::CheckConfig, CheckId::PingDify, CheckId::TestStream]);
+    assert_eq!(options.ping.count, 3);
+    // One check parses exactly as before.
+    let one = Cli::try_parse_chained(["opendify", "doctor", "test-key", "chat", "--live"]).expect("parses");
+    assert!(matches!(doctor_args(&one).check, Some(DoctorCommand::TestKey(ref k)) if k.live && k.models == ["chat"]));
+    assert!(Cli::try_parse_chained(["opendify", "doctor", "check-config", "ping-dify", "--count", "x"]).is_err());
+}
+
+#[test]
 fn check_port_flags_override_the_settings_like_serve_flags_do() {
     let cli = parse(&["opendify", "doctor", "check-port", "--port", "6001", "--host", "0.0.0.0"]);
     let options = cli.load_options();

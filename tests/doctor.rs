@@ -803,6 +803,30 @@ async fn test_stream_via_opendify_checks_which_user_it_resolved() {
     assert!(nobody.stdout.contains("cannot reach opendify"), "{}", nobody.stdout);
 }
 
+/// In JWT mode serve ignores plain user headers: the doctor signs its own token with the
+/// configured secret instead of reporting "everyone is default_user" (a false alarm).
+#[tokio::test]
+async fn test_stream_via_a_jwt_mode_opendify_signs_its_own_token() {
+    let mock = mock().await;
+    let secret = "jwt-secret-for-the-doctor";
+    let gateway = common::gateway_with(&mock.base_url(), &models(), &[("OPENWEBUI_JWT_SECRET", secret)]).await;
+    let via = format!("http://{}", gateway.addr);
+    let setup = Setup::healthy(&mock).env("OPENWEBUI_JWT_SECRET", secret);
+    let run = setup.doctor(&["test-stream", "chat", "--via", &via, "--json"]).await;
+    run.assert_code(0);
+    let check = run.check("test-stream");
+    assert_eq!(check["details"]["user_resolved"], "opendify-doctor", "{check:#}");
+    assert_eq!(check["issues"], json!([]), "no false alarm: {check:#}");
+    assert_eq!(mock.generations()[0].body["user"], "opendify-doctor");
+
+    // A doctor with another secret is told the secrets differ.
+    let other = Setup::healthy(&mock).env("OPENWEBUI_JWT_SECRET", "a-different-secret");
+    let run = other.doctor(&["test-stream", "chat", "--via", &via, "--json"]).await;
+    run.assert_code(1);
+    let check = run.check("test-stream");
+    assert!(check["fix"].as_str().unwrap().contains("same secret"), "{check:#}");
+}
+
 // ---------------------------------------------------------------------------------------
 // inspect-mappings
 

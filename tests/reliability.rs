@@ -36,7 +36,9 @@ async fn send_raw(gw: &Gateway, content_type: Option<&str>, body: Vec<u8>) -> (u
 
 /// Waits until no stream, upstream slot or mock stream is left.
 async fn assert_nothing_left_running(gw: &Gateway, mock: &MockDify) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Polls until true: a generous deadline costs nothing when it holds, and a busy machine
+    // needs it.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (streams, slots, playing) =
             (gw.state.metrics.active_streams(), gw.state.gate.limits.upstream_in_flight(), mock.active_streams());
@@ -45,7 +47,7 @@ async fn assert_nothing_left_running(gw: &Gateway, mock: &MockDify) {
         }
         assert!(
             Instant::now() < deadline,
-            "still running after 5 s: {streams} streams, {slots} upstream slots, {playing} mock streams"
+            "still running after 30 s: {streams} streams, {slots} upstream slots, {playing} mock streams"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -266,7 +268,11 @@ async fn a_client_trickling_its_body_gets_a_408() {
 #[tokio::test]
 async fn upstream_faults_give_the_right_status_or_error_chunk_and_leave_nothing_running() {
     let mock = mock().await;
-    let gw = gateway(&mock, &[("STREAM_IDLE_TIMEOUT", "1"), ("REQUEST_TIMEOUT", "2")]).await;
+    // Only the cases about timeouts run with short ones; the others get the defaults, so a
+    // slow (debug, busy) machine never turns a 502 into a 504. The upper bounds on time only
+    // tell "answered" from "hung": far above what any machine needs.
+    let timed = gateway(&mock, &[("STREAM_IDLE_TIMEOUT", "1"), ("REQUEST_TIMEOUT", "2")]).await;
+    let patient = gateway(&mock, &[]).await;
     // (directive, status without streaming, Some(needle in the error chunk) when streaming)
     let cases: &[(&str, u16, Option<&str>)] = &[
         ("[[mock:http-500]]", 502, None),
@@ -279,25 +285,26 @@ async fn upstream_faults_give_the_right_status_or_error_chunk_and_leave_nothing_
         ("[[mock:trickle]]", 504, None),
     ];
     for (directive, status, needle) in cases {
+        let gw = if directive.contains("hang") || directive.contains("trickle") { &timed } else { &patient };
         let started = Instant::now();
-        let (got, headers, body) = post_chat(&gw, &chat_body("chat", directive, false), &[]).await;
+        let (got, headers, body) = post_chat(gw, &chat_body("chat", directive, false), &[]).await;
         assert_eq!(got, *status, "{directive}: {body}");
         let error = assert_openai_error(&body);
-        assert!(started.elapsed() < Duration::from_secs(5), "{directive} took {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(60), "{directive} took {:?}", started.elapsed());
         match *directive {
             "[[mock:http-429]]" => assert!(headers.contains_key("retry-after"), "429 without Retry-After"),
             "[[mock:http-401]]" => assert_eq!(error["code"], "upstream_auth_failed"),
             _ => {}
         }
         if let Some(needle) = needle {
-            let result = stream_chat(&gw, &chat_body("chat", directive, true), &[]).await;
+            let result = stream_chat(gw, &chat_body("chat", directive, true), &[]).await;
             assert_eq!(result.status, 200, "{directive}");
             assert!(result.done, "{directive}: no [DONE]");
             let error = result.error().unwrap_or_else(|| panic!("{directive}: no error chunk: {:.300}", result.raw));
             assert!(error["message"].as_str().unwrap_or("").contains(needle), "{directive}: {error}");
-            assert!(started.elapsed() < Duration::from_secs(10), "{directive} took {:?}", started.elapsed());
+            assert!(started.elapsed() < Duration::from_secs(120), "{directive} took {:?}", started.elapsed());
         } else if !directive.contains("trickle") {
-            let (got, _, body) = post_chat(&gw, &chat_body("chat", directive, true), &[]).await;
+            let (got, _, body) = post_chat(gw, &chat_body("chat", directive, true), &[]).await;
             assert_eq!(got, *status, "{directive} streaming: {body}");
         }
     }
@@ -307,7 +314,7 @@ async fn upstream_faults_give_the_right_status_or_error_chunk_and_leave_nothing_
 
     // One byte per second: the stream stays open (data keeps coming) until the client leaves.
     let mut response = client()
-        .post(gw.url("/v1/chat/completions"))
+        .post(timed.url("/v1/chat/completions"))
         .json(&chat_body("chat", "[[mock:trickle]]", true))
         .send()
         .await
@@ -317,11 +324,17 @@ async fn upstream_faults_give_the_right_status_or_error_chunk_and_leave_nothing_
     assert!(first.expect("chunk").is_some());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(response);
-    assert_nothing_left_running(&gw, &mock).await;
-    let metrics = client().get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert_nothing_left_running(&timed, &mock).await;
+    assert_nothing_left_running(&patient, &mock).await;
+    let mut metrics = String::new();
+    for gw in [&timed, &patient] {
+        metrics += &client().get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    }
     for kind in ["server", "rate_limit", "auth", "idle_timeout", "protocol"] {
-        let line = format!("opendify_upstream_errors_total{{kind=\"{kind}\"}} 0");
-        assert!(!metrics.contains(&line), "{kind} not counted:\n{metrics}");
+        let prefix = format!("opendify_upstream_errors_total{{kind=\"{kind}\"}} ");
+        let counted: u64 =
+            metrics.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).filter_map(|n| n.parse::<u64>().ok()).sum();
+        assert!(counted > 0, "{kind} not counted:\n{metrics}");
     }
 }
 

@@ -168,13 +168,20 @@ async fn dify_errors_before_the_stream_map_to_http_statuses() {
     for (directive, status, needle) in [
         ("[[mock:http-429]]", 429, "Too many requests"),
         ("[[mock:http-500]]", 502, "Internal Server Error"),
-        ("[[mock:http-524]]", 504, "524"),
+        ("[[mock:http-524]]", 504, "HTTP 524 (an HTML page from a proxy in front of Dify)"),
+        (
+            "[[mock:http-504-html]]",
+            504,
+            "Dify answered 504 Gateway Time-out (an HTML page from a proxy in front of Dify)",
+        ),
     ] {
         for stream in [true, false] {
             let (got, _, body) = post_chat(&gw, &chat_body("chat", directive, stream), &[]).await;
             assert_eq!(got, status, "{directive} stream={stream}: {body}");
             let error = assert_openai_error(&body);
-            assert!(error["message"].as_str().unwrap().contains(needle), "{body}");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(needle), "{body}");
+            assert!(!message.contains('<'), "no markup reaches the user: {message}");
         }
     }
 }

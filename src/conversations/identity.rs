@@ -127,6 +127,18 @@ fn verified(headers: &HeaderMap, secret: &Secret) -> Result<Identity, ApiError> 
     Ok(Identity { user, source: IdentitySource::Jwt })
 }
 
+/// A token as Open WebUI signs it (HS256, `sub` = the user, valid for five minutes): what
+/// `doctor test-stream --via` sends in JWT mode, so the check goes through [`verified`].
+pub fn sign_user_token(secret: &Secret, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = crate::conversations::store::now_secs() + 300;
+    let claims = serde_json::json!({"sub": user, "iss": "open-webui", "exp": exp, "role": "user"});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+}
+
 /// The trimmed text of a client header carrying an id (user, chat), percent-decoded;
 /// `None` when absent or empty. Bytes that are not UTF-8, or control characters, are a 400
 /// naming the header: guessing would put two people (or two chats) under one id.
@@ -172,6 +184,15 @@ mod tests {
             user_headers: vec!["x-openwebui-user-id".to_string()],
             default_user: "default_user".to_string(),
         }
+    }
+
+    #[test]
+    fn the_doctors_token_is_one_serve_accepts() {
+        let secret = Secret::new("s3cret");
+        let mut headers = HeaderMap::new();
+        let token = sign_user_token(&secret, "opendify-doctor").expect("sign");
+        headers.insert(JWT_HEADER, token.parse().expect("header"));
+        assert_eq!(rules(Some("s3cret")).resolve(&headers, None).expect("valid").user, "opendify-doctor");
     }
 
     fn token(secret: &str, sub: &str, exp_offset: i64) -> String {

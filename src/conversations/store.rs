@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::fingerprint::Fingerprint;
 use super::redis_store::RedisStore;
 use super::sqlite::SqliteStore;
+use crate::secret::mask_url_credentials;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -102,18 +103,8 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Sqlite(path) => format!("sqlite:{}", path.display()),
-            StoreLocation::Redis(url) => redact_url(url),
+            StoreLocation::Redis(url) => mask_url_credentials(url),
         }
-    }
-}
-
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -27,8 +27,8 @@ pub enum DifyError {
     Unauthorized { status: u16, message: String },
     #[error("Dify answered HTTP {status} ({code}): {message}")]
     Api { status: u16, code: String, message: String },
-    #[error("Dify answered HTTP {status} with a body that is not Dify JSON: {snippet}")]
-    Http { status: u16, snippet: String },
+    #[error("{}", foreign_answer(*.status, .body))]
+    Http { status: u16, body: ForeignBody },
     #[error("cannot connect to Dify at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("Dify did not answer within {}s", .0.as_secs_f64())]
@@ -41,6 +41,74 @@ pub enum DifyError {
     Protocol(String),
     #[error("invalid request to Dify: {0}")]
     Request(String),
+}
+
+/// An error body that is not Dify's JSON, described rather than shown: a proxy's HTML page
+/// pasted into a chat window helps nobody (the first 200 characters go to the debug log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForeignBody {
+    /// An HTML page, with its `<title>` when it has one.
+    Html {
+        title: Option<String>,
+    },
+    Text,
+    Empty,
+}
+
+impl std::fmt::Display for ForeignBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForeignBody::Html { title: Some(title) } => write!(f, "an HTML page \"{title}\""),
+            ForeignBody::Html { title: None } => f.write_str("an HTML page"),
+            ForeignBody::Text => f.write_str("a plain-text body"),
+            ForeignBody::Empty => f.write_str("an empty body"),
+        }
+    }
+}
+
+/// `Dify answered 504 Gateway Time-out (an HTML page from a proxy in front of Dify)`: the
+/// page's title when it names the status, else the status and its reason phrase.
+fn foreign_answer(status: u16, body: &ForeignBody) -> String {
+    match body {
+        ForeignBody::Html { title: Some(title) } if title.starts_with(&status.to_string()) => {
+            format!("Dify answered {title} (an HTML page from a proxy in front of Dify)")
+        }
+        ForeignBody::Html { .. } => {
+            format!("Dify answered {} ({body} from a proxy in front of Dify)", status_words(status))
+        }
+        _ => format!("Dify answered {} with {body}, not Dify's JSON", status_words(status)),
+    }
+}
+
+impl ForeignBody {
+    fn of(body: &[u8]) -> ForeignBody {
+        let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]);
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return ForeignBody::Empty;
+        }
+        let lower = trimmed.to_ascii_lowercase();
+        if !(lower.starts_with("<!doctype html") || lower.starts_with("<html") || lower.contains("<body")) {
+            return ForeignBody::Text;
+        }
+        let title = lower.find("<title>").and_then(|start| {
+            let from = start + "<title>".len();
+            let end = from + lower[from..].find("</title>")?;
+            // Lowercasing ASCII keeps byte offsets: the original case is cut at the same place.
+            let words: Vec<&str> = trimmed.get(from..end)?.split_whitespace().collect();
+            let title: String = words.join(" ").chars().filter(|c| !c.is_control()).take(80).collect();
+            (!title.is_empty()).then_some(title)
+        });
+        ForeignBody::Html { title }
+    }
+}
+
+/// `504 Gateway Time-out`-like words for a status: the number and its reason phrase.
+fn status_words(status: u16) -> String {
+    match StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()) {
+        Some(reason) => format!("HTTP {status} {reason}"),
+        None => format!("HTTP {status}"),
+    }
 }
 
 impl DifyError {
@@ -450,12 +518,13 @@ fn error_from_body(status: StatusCode, body: &[u8]) -> DifyError {
             }
         }
         _ => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-            let snippet = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let head: String = String::from_utf8_lossy(&body[..body.len().min(800)]).chars().take(200).collect();
+            tracing::debug!(status = code, body = ?head, "Dify answered an error that is not Dify's JSON");
+            let body = ForeignBody::of(body);
             if code == 401 {
-                DifyError::Unauthorized { status: code, message: snippet }
+                DifyError::Unauthorized { status: code, message: foreign_answer(code, &body) }
             } else {
-                DifyError::Http { status: code, snippet }
+                DifyError::Http { status: code, body }
             }
         }
     }
@@ -589,4 +658,31 @@ fn blocking_to_events(body: &[u8]) -> Vec<SseEvent> {
     }
     answer.insert("event".into(), "message".into());
     vec![frame(answer.into()), frame(end.into())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_pages_become_a_short_message_never_markup() {
+        let nginx = b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n";
+        let error = error_from_body(StatusCode::GATEWAY_TIMEOUT, nginx);
+        assert_eq!(
+            error.to_string(),
+            "Dify answered 504 Gateway Time-out (an HTML page from a proxy in front of Dify)"
+        );
+        let untitled = error_from_body(
+            StatusCode::from_u16(524).expect("status"),
+            b"<html><body>A timeout occurred</body></html>",
+        );
+        assert_eq!(untitled.to_string(), "Dify answered HTTP 524 (an HTML page from a proxy in front of Dify)");
+        let text =
+            error_from_body(StatusCode::BAD_GATEWAY, b"upstream connect error or disconnect/reset before headers");
+        assert_eq!(text.to_string(), "Dify answered HTTP 502 Bad Gateway with a plain-text body, not Dify's JSON");
+        let empty = error_from_body(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(empty.to_string(), "Dify answered HTTP 503 Service Unavailable with an empty body, not Dify's JSON");
+        let json = error_from_body(StatusCode::BAD_REQUEST, br#"{"code":"invalid_param","message":"bad"}"#);
+        assert!(matches!(json, DifyError::Api { status: 400, .. }));
+    }
 }

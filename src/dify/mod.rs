@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use client::{DifyClient, DifyError, EventStream};
+pub use client::{DifyClient, DifyError, EventStream, ForeignBody};
 pub use types::*;
 
 /// What kind of Dify app a key belongs to; decides the endpoint and the event shapes.

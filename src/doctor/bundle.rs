@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{Context, Options, Progress, RenderOptions, Report, mask_url_credentials, report};
+use super::{Context, Options, Progress, RenderOptions, Report, report};
 use crate::config::{EnvFileStatus, Loaded};
 use crate::secret::mask;
+use crate::secret::mask_url_credentials;
 
 #[derive(Debug, Clone)]
 pub struct BundleOptions {

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{CheckResult, Context, mask_url_credentials};
+use super::{CheckResult, Context};
 use crate::config::{EnvFileStatus, Finding, SettingView};
 use crate::conversations::store::StoreLocation;
+use crate::secret::mask_url_credentials;
 
 pub const ID: &str = "check-config";
 

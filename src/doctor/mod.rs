@@ -116,44 +116,50 @@ impl Options {
                 return Err(UsageError::EmptyOnly);
             }
         }
-        let single = |options: &mut Options, id: CheckId| {
-            options.checks = vec![id];
-            // One check asked for by name: show everything it found.
+        let named: Vec<&DoctorCommand> = args.named_checks().collect();
+        if !named.is_empty() && !matches!(named[..], [DoctorCommand::Report(_)]) {
+            // Checks asked for by name: those, in the order given, showing everything found.
+            options.checks.clear();
             options.verbose = true;
-        };
-        match &args.check {
-            None => {}
-            Some(DoctorCommand::CheckConfig) => single(&mut options, CheckId::CheckConfig),
-            Some(DoctorCommand::CheckPort(_)) => single(&mut options, CheckId::CheckPort),
-            Some(DoctorCommand::InspectMappings(a)) => {
-                single(&mut options, CheckId::InspectMappings);
-                options.mappings = inspect_mappings::MappingOptions {
-                    user: a.user.clone(),
-                    chat: a.chat.clone(),
-                    prune: a.prune,
-                    verify: a.verify,
-                    limit: a.limit,
-                };
-            }
-            Some(DoctorCommand::PingDify(a)) => {
-                single(&mut options, CheckId::PingDify);
-                options.ping = ping_dify::PingOptions { dns: a.dns, count: a.count };
-            }
-            Some(DoctorCommand::TestKey(a)) => {
-                single(&mut options, CheckId::TestKey);
-                options.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
-            }
-            Some(DoctorCommand::TestStream(a)) => {
-                single(&mut options, CheckId::TestStream);
-                options.stream = test_stream::StreamOptions {
-                    model: a.model.clone(),
-                    via: a.via.clone(),
-                    message: a.message.clone(),
-                    user: a.user.clone(),
-                };
-            }
-            Some(DoctorCommand::Report(a)) => {
-                options.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
+        }
+        for check in named {
+            let id = match check {
+                DoctorCommand::CheckConfig => CheckId::CheckConfig,
+                DoctorCommand::CheckPort(_) => CheckId::CheckPort,
+                DoctorCommand::InspectMappings(a) => {
+                    options.mappings = inspect_mappings::MappingOptions {
+                        user: a.user.clone(),
+                        chat: a.chat.clone(),
+                        prune: a.prune,
+                        verify: a.verify,
+                        limit: a.limit,
+                    };
+                    CheckId::InspectMappings
+                }
+                DoctorCommand::PingDify(a) => {
+                    options.ping = ping_dify::PingOptions { dns: a.dns, count: a.count };
+                    CheckId::PingDify
+                }
+                DoctorCommand::TestKey(a) => {
+                    options.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
+                    CheckId::TestKey
+                }
+                DoctorCommand::TestStream(a) => {
+                    options.stream = test_stream::StreamOptions {
+                        model: a.model.clone(),
+                        via: a.via.clone(),
+                        message: a.message.clone(),
+                        user: a.user.clone(),
+                    };
+                    CheckId::TestStream
+                }
+                DoctorCommand::Report(a) => {
+                    options.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
+                    continue;
+                }
+            };
+            if !options.checks.contains(&id) {
+                options.checks.push(id);
             }
         }
         Ok(options)
@@ -411,28 +417,4 @@ pub fn stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-}
-
-/// `user:password@` in a URL (a proxy, a Redis store) replaced by `***@`.
-pub fn mask_url_credentials(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_urls_are_masked() {
-        assert_eq!(mask_url_credentials("redis://:hunter2@cache:6379/0"), "redis://***@cache:6379/0");
-        assert_eq!(mask_url_credentials("http://u:p@proxy:3128"), "http://***@proxy:3128");
-        assert_eq!(mask_url_credentials("http://proxy:3128/a@b"), "http://proxy:3128/a@b");
-        assert_eq!(mask_url_credentials("data/conversations.db"), "data/conversations.db");
-    }
 }

@@ -17,9 +17,10 @@ use serde::Serialize;
 
 use super::cert::{self, CertSummary};
 use super::report::{format_duration, millis};
-use super::{CheckResult, Context, mask_url_credentials};
+use super::{CheckResult, Context};
 use crate::dify::DifyError;
 use crate::dify::client::BaseAnswer;
+use crate::secret::mask_url_credentials;
 
 pub const ID: &str = "ping-dify";
 

@@ -94,8 +94,8 @@ pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
             "open the app in Dify, check its model settings and click Publish; a draft app cannot answer the API",
             false,
         ),
-        DifyError::Api { status: 404, message, .. } | DifyError::Http { status: 404, snippet: message } => make(
-            format!("Dify answered 404 for model `{model}` ({message}): {base} is not Dify's service API"),
+        DifyError::Api { status: 404, .. } | DifyError::Http { status: 404, .. } => make(
+            format!("Dify answered 404 for model `{model}`: {base} is not Dify's service API ({error})"),
             "DIFY_API_BASE must end in /v1, e.g. https://api.dify.ai/v1 or http://your-dify-host/v1",
             false,
         ),
@@ -115,8 +115,8 @@ pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
             "check the app's settings in Dify",
             false,
         ),
-        DifyError::Http { status, snippet } => make(
-            format!("{base} answered HTTP {status} with something that is not Dify JSON: {snippet}"),
+        DifyError::Http { status, body } => make(
+            format!("{base} answered HTTP {status} with {body}, not Dify's JSON"),
             "DIFY_API_BASE must point at Dify's service API (…/v1), not the web console or another server",
             *status >= 500,
         ),

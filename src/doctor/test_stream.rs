@@ -25,6 +25,24 @@ pub const ID: &str = "test-stream";
 
 /// The header Open WebUI forwards the user in; `--via` sends it.
 pub const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
+/// How `--via` told opendify who the user is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserSent {
+    /// The plain `X-OpenWebUI-User-Id`.
+    Header,
+    /// A token signed with OPENWEBUI_JWT_SECRET (serve ignores plain headers in JWT mode).
+    Jwt,
+}
+
+impl UserSent {
+    fn header(self) -> &'static str {
+        match self {
+            UserSent::Header => OPENWEBUI_USER_HEADER,
+            UserSent::Jwt => "X-OpenWebUI-User-Jwt",
+        }
+    }
+}
+
 /// The header opendify answers with the user it resolved.
 pub const RESOLVED_USER_HEADER: &str = "x-opendify-user";
 
@@ -378,7 +396,14 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
         }
         Err(ViaError::Status { status, message, code }) => {
             result.summary(format!("{base} answered HTTP {status}"));
+            let jwt = ctx.config().is_some_and(|c| c.jwt_secret.is_some());
             let fix = match (status, code.as_deref()) {
+                (401, Some("missing_user_token" | "invalid_user_token")) if jwt => {
+                    "the server does not accept a token signed with this configuration's OPENWEBUI_JWT_SECRET: use the same secret on both (and in Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET)".to_string()
+                }
+                (401, Some("missing_user_token")) => {
+                    "the server is in JWT mode (OPENWEBUI_JWT_SECRET): set the same secret in this machine's configuration so the doctor can sign its token".to_string()
+                }
                 (401, _) => {
                     "the server requires a proxy key (PROXY_API_KEYS): set the same key in this machine's configuration"
                         .to_string()
@@ -394,7 +419,8 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
         }
     };
     let dify_base = ctx.config().map(|c| c.dify_api_base.clone()).unwrap_or_default();
-    judge(&mut result, Ok(run), &model, Some(&base), &options.user, idle, &dify_base);
+    let sent = if ctx.config().is_some_and(|c| c.jwt_secret.is_some()) { UserSent::Jwt } else { UserSent::Header };
+    judge(&mut result, Ok(run), &model, Some((&base, sent)), &options.user, idle, &dify_base);
     result
 }
 
@@ -427,8 +453,17 @@ async fn measure_via(
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    let mut request =
-        http.post(format!("{base}/v1/chat/completions")).json(&body).header(OPENWEBUI_USER_HEADER, &options.user);
+    let mut request = http.post(format!("{base}/v1/chat/completions")).json(&body);
+    // In JWT mode serve trusts only a signed token: sign one with the configured secret.
+    request = match ctx.config().and_then(|c| c.jwt_secret.as_ref()) {
+        Some(secret) => match crate::conversations::identity::sign_user_token(secret, &options.user) {
+            Ok(token) => request.header(crate::conversations::identity::JWT_HEADER, token),
+            Err(e) => {
+                return Err(ViaError::Connect(format!("cannot sign a user token with OPENWEBUI_JWT_SECRET: {e}")));
+            }
+        },
+        None => request.header(OPENWEBUI_USER_HEADER, &options.user),
+    };
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
@@ -440,7 +475,11 @@ async fn measure_via(
     };
     let mut run = StreamRun::new();
     run.headers = started.elapsed();
-    run.resolved_user = response.headers().get(RESOLVED_USER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // The echo is percent-encoded beyond ASCII.
+    run.resolved_user = response
+        .headers()
+        .get(RESOLVED_USER_HEADER)
+        .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy().into_owned());
     let status = response.status().as_u16();
     if status != 200 {
         let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -514,11 +553,13 @@ fn judge(
     result: &mut CheckResult,
     run: Result<StreamRun, DifyError>,
     model: &str,
-    via: Option<&str>,
+    via: Option<(&str, UserSent)>,
     user: &str,
     idle: Duration,
     dify_base: &str,
 ) {
+    let sent = via.map(|(_, sent)| sent);
+    let via = via.map(|(base, _)| base);
     let mut details = Details {
         model: Some(model.to_string()),
         via: via.map(str::to_string),
@@ -618,9 +659,13 @@ fn judge(
             );
         }
     }
-    if via.is_some() {
+    if let Some(sent) = sent {
         match run.resolved_user.as_deref() {
-            Some(resolved) if resolved == user => result.line(format!("user: opendify resolved `{resolved}` from {OPENWEBUI_USER_HEADER}")),
+            Some(resolved) if resolved == user => result.line(format!("user: opendify resolved `{resolved}` from {}", sent.header())),
+            Some(resolved) if sent == UserSent::Jwt => result.fail(
+                format!("opendify resolved the user as `{resolved}`, not `{user}` signed into {}", sent.header()),
+                Some("check that the server runs with the same OPENWEBUI_JWT_SECRET as this configuration".into()),
+            ),
             Some(resolved) => result.fail(
                 format!("opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"),
                 Some("on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header".into()),

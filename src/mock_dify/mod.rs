@@ -402,6 +402,8 @@ pub enum Directive {
     Http500,
     /// Cloudflare's HTML timeout page.
     Http524,
+    /// nginx's HTML 504 page (a proxy in front of Dify gave up).
+    Http504Html,
     /// A `data:` line that is not JSON.
     Garbage,
     /// `<think>` reasoning before the answer.
@@ -435,6 +437,7 @@ impl Directive {
             "http-429" => Directive::Http429,
             "http-500" => Directive::Http500,
             "http-524" => Directive::Http524,
+            "http-504-html" => Directive::Http504Html,
             "garbage" => Directive::Garbage,
             "think" => Directive::Think,
             "replace" => Directive::Replace,
@@ -558,6 +561,14 @@ async fn generate(
         }
         Directive::Http401 => {
             return dify_error(401, "unauthorized", "Access token is invalid");
+        }
+        Directive::Http504Html => {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                [("content-type", "text/html")],
+                "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n",
+            )
+                .into_response();
         }
         Directive::Http524 => {
             return (

@@ -82,9 +82,9 @@ impl ApiError {
                 format!("Dify failed (HTTP {status}, {code}) for model `{model}`: {message}"),
             )
             .code("upstream_error"),
-            DifyError::Http { status, snippet } => ApiError::server(
+            DifyError::Http { status, .. } => ApiError::server(
                 if *status == 524 || *status == 504 { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
-                format!("Dify answered HTTP {status} for model `{model}`: {snippet}"),
+                format!("{err} for model `{model}`"),
             )
             .code("upstream_error"),
             DifyError::Timeout(_) | DifyError::Idle(_) => {
