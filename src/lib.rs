@@ -9,6 +9,7 @@ pub mod config;
 pub mod conversations;
 pub mod dify;
 pub mod doctor;
+pub mod finding;
 pub mod json_text;
 pub mod logging;
 pub mod mock_dify;
