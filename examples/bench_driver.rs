@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use opendify::bridge::{Message, Role, Turn};
 use opendify::conversations::{Continuity, Conversations, RequestView, Store};
-use opendify::openai::ChatMessage;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -331,15 +331,13 @@ async fn conversation(
 async fn store(spec: &str, conversations: usize) -> anyhow::Result<()> {
     let store = Store::open(spec, Duration::from_secs(86_400)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let conversations_store = Conversations::new(store, false);
-    let message = |role: &str, text: String| -> anyhow::Result<ChatMessage> {
-        Ok(serde_json::from_value(json!({"role": role, "content": text}))?)
-    };
+    let message = |role: Role, text: String| -> anyhow::Result<Message> { Ok(Message::text(role, text, "")) };
     let started = Instant::now();
     let cpu_started = process_cpu();
     let mut continued = 0;
     for i in 0..conversations {
         let id = format!("bench-{:016x}-{i}", fastrand::u64(..));
-        let mut history = vec![message("user", format!("question {i}"))?];
+        let mut history = Turn { messages: vec![message(Role::User, format!("question {i}"))?], ..Turn::default() };
         for turn in 0..2 {
             let view = RequestView {
                 key: "app-mock-chat",
@@ -347,8 +345,7 @@ async fn store(spec: &str, conversations: usize) -> anyhow::Result<()> {
                 user: "bench",
                 chat_id: None,
                 explicit: None,
-                messages: &history,
-                last_user: history.len() - 1,
+                turn: &history,
             };
             let decision = conversations_store.decide(&view).await;
             continued += usize::from(decision.continuity == Continuity::Fingerprint);
@@ -356,8 +353,8 @@ async fn store(spec: &str, conversations: usize) -> anyhow::Result<()> {
             if let Some(recorder) = decision.recorder {
                 conversations_store.record(recorder, &id, Some("message"), &answer).await;
             }
-            history.push(message("assistant", answer)?);
-            history.push(message("user", format!("follow-up {i}"))?);
+            history.messages.push(message(Role::Assistant, answer)?);
+            history.messages.push(message(Role::User, format!("follow-up {i}"))?);
         }
     }
     // Until every turn is durable: the SQLite store commits on a thread of its own.

@@ -3,6 +3,7 @@
 //! One shared core (configuration, the Dify client, translation, conversations) with two
 //! front ends: the server (`serve`) and the diagnostics (`doctor`).
 
+pub mod api;
 pub mod bridge;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,5 @@ pub mod finding;
 pub mod json_text;
 pub mod logging;
 pub mod mock_dify;
-pub mod openai;
 pub mod secret;
 pub mod server;

@@ -6,17 +6,54 @@
 //!
 //! Every line written while a request is handled carries its request id (the `request`
 //! span). Nothing here ever formats a header: secrets stay out of the logs by construction.
+//! Values a client chose (user, model, ids) are logged through [`Shown`]: control characters
+//! escaped, so a `\n` in a user name cannot forge a log line, and long values cut.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, fmt};
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use crate::config::{Config, LogFormat};
+
+/// A value a client chose, as it may appear in a log line: control characters escaped
+/// (`\n`, `\u{1b}`) and anything past [`Shown::MAX_CHARS`] characters cut, with the full
+/// length said (`…(1048576 bytes)`).
+pub struct Shown<'a>(pub &'a str);
+
+impl Shown<'_> {
+    pub const MAX_CHARS: usize = 200;
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let text = self.0;
+        // The common case, a short printable value, is written as it is.
+        if text.len() <= Self::MAX_CHARS && !text.chars().any(char::is_control) {
+            return f.write_str(text);
+        }
+        for (count, c) in text.chars().enumerate() {
+            if count == Self::MAX_CHARS {
+                return write!(f, "…({} bytes)", text.len());
+            }
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A rotated file is started past this size even within the day.
 const MAX_FILE_BYTES: u64 = 50 * 1024 * 1024;
@@ -42,7 +79,31 @@ pub fn init(level: &str, format: LogFormat) {
     };
 }
 
-type Filtered = Layered<EnvFilter, Registry>;
+type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// The serve log's filter, replaceable on reload.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// What a reload did to the log level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    Changed,
+    /// RUST_LOG is set and wins over LOG_LEVEL.
+    OverriddenByRustLog,
+    /// Not the serve logger (tests, the doctor): nothing to change.
+    NoLogger,
+}
+
+/// Applies a new LOG_LEVEL to the running server's log.
+pub fn set_level(level: &str) -> LevelChange {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return LevelChange::OverriddenByRustLog;
+    }
+    match LEVEL.get() {
+        Some(handle) if handle.reload(filter(level)).is_ok() => LevelChange::Changed,
+        _ => LevelChange::NoLogger,
+    }
+}
 type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
 
 /// Logging for `serve`: stderr, plus LOG_FILE when set. Fails only when the log file cannot
@@ -61,7 +122,10 @@ pub fn init_serve(config: &Config) -> anyhow::Result<LogGuard> {
         layers.push(layer(config.log_format, writer, false));
         guard = Some(worker);
     }
-    let _ = tracing_subscriber::registry().with(filter(&config.log_level)).with(layers).try_init();
+    let (level, handle) = reload::Layer::new(filter(&config.log_level));
+    if tracing_subscriber::registry().with(level).with(layers).try_init().is_ok() {
+        let _ = LEVEL.set(handle);
+    }
     Ok(LogGuard { _file: guard })
 }
 
@@ -159,6 +223,17 @@ impl Write for RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_values_cannot_forge_lines_or_flood_the_log() {
+        assert_eq!(Shown("alice").to_string(), "alice");
+        assert_eq!(Shown("bob\nINFO forged line").to_string(), "bob\\nINFO forged line");
+        assert_eq!(Shown("esc\u{1b}[31mred").to_string(), "esc\\u{1b}[31mred");
+        let huge = "m".repeat(1_048_576);
+        let shown = Shown(&huge).to_string();
+        assert!(shown.ends_with("…(1048576 bytes)"), "{}", &shown[shown.len() - 30..]);
+        assert!(shown.len() < 300);
+    }
 
     #[test]
     fn the_file_rotates_by_size_and_keeps_a_bounded_number() {

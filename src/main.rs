@@ -7,7 +7,7 @@ use clap::CommandFactory;
 use colored::Colorize;
 
 use opendify::cli::{Cli, Command};
-use opendify::config::{self, Loaded};
+use opendify::config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_chained();
@@ -22,8 +22,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(cli: &Cli) -> ExitCode {
-    let loaded = config::load(&cli.load_options());
-    let Some(config) = usable(&loaded) else {
+    let options = cli.load_options();
+    let loaded = config::load(&options);
+    if !loaded.problems.is_empty() {
+        eprint!("{}", loaded.problem_report());
+        eprintln!("❌ Startup aborted due to configuration errors");
+        return ExitCode::from(2);
+    }
+    let Some(config) = loaded.config.clone() else {
         return ExitCode::from(2);
     };
     // Declared before the runtime so it is dropped after it: queued log lines are flushed.
@@ -45,7 +51,7 @@ fn serve(cli: &Cli) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let state = opendify::server::AppState::build(config).await?;
+        let state = opendify::server::AppState::build(loaded, options).await?;
         opendify::server::serve(state).await
     });
     match result {
@@ -55,23 +61,4 @@ fn serve(cli: &Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Prints the original's validation report (users grep for it) when there are problems.
-fn usable(loaded: &Loaded) -> Option<config::Config> {
-    if loaded.problems.is_empty() {
-        return loaded.config.clone();
-    }
-    eprintln!("❌ Configuration validation failed:");
-    for problem in &loaded.problems {
-        eprintln!("  - {}", problem.message);
-        if let Some(fix) = &problem.fix {
-            eprintln!("    {} {fix}", "fix:".dimmed());
-        }
-    }
-    for warning in &loaded.warnings {
-        eprintln!("  ! {}", warning.message);
-    }
-    eprintln!("❌ Startup aborted due to configuration errors");
-    None
 }

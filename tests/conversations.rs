@@ -425,18 +425,17 @@ async fn an_unreachable_redis_at_startup_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = dir.path().join("empty.env");
     std::fs::write(&env, "").expect("write");
-    let config = opendify::config::load(&opendify::config::LoadOptions {
+    let options = opendify::config::LoadOptions {
         env_file: Some(env),
         overrides: vec![
             ("DIFY_API_BASE", "http://127.0.0.1:9/v1".into()),
-            ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxx"}"#.into()),
+            ("MODEL_CONFIG", r#"{"m":"app-abcdefghijkl"}"#.into()),
             ("CONVERSATION_STORE", format!("redis://:hunter2@127.0.0.1:{port}/0")),
         ],
         ignore_process_env: true,
-    })
-    .config
-    .expect("config");
-    let err = opendify::server::AppState::build(config).await.err().expect("must fail").to_string();
+    };
+    let loaded = opendify::config::load(&options);
+    let err = opendify::server::AppState::build(loaded, options).await.err().expect("must fail").to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("hint:"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }

@@ -15,7 +15,7 @@ async fn assert_nothing_left_running(gw: &Gateway, mock: &MockDify) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (streams, slots, playing) =
-            (gw.state.metrics.active_streams(), gw.state.gate.limits.upstream_in_flight(), mock.active_streams());
+            (gw.state.metrics.active_streams(), gw.state.live().limits.upstream_in_flight(), mock.active_streams());
         if streams == 0 && slots == 0 && playing == 0 {
             return;
         }

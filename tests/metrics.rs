@@ -11,7 +11,7 @@ async fn scrape(gw: &Gateway) -> String {
     let response = client().get(gw.url("/metrics")).send().await.expect("scrape");
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().expect("ascii").to_string();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(content_type.starts_with("application/openmetrics-text; version=1.0.0"), "{content_type}");
     response.text().await.expect("text")
 }
 
@@ -56,17 +56,20 @@ async fn metrics_show_the_requests_just_made() {
     expect("opendify_ready", 1.0);
     assert!(sample(&text, "opendify_conversation_mappings").is_some_and(|n| n >= 1.0), "{text}");
     assert!(sample(&text, "opendify_store_latency_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
-    for name in [
-        "opendify_requests_total",
-        "opendify_request_duration_seconds",
-        "opendify_time_to_first_token_seconds",
-        "opendify_overhead_seconds",
-        "opendify_upstream_errors_total",
-        "opendify_active_streams",
-        "opendify_streams_cut_total",
+    // OpenMetrics names a counter's family without `_total`; its samples carry it.
+    for (name, kind) in [
+        ("opendify_requests", "counter"),
+        ("opendify_request_duration_seconds", "histogram"),
+        ("opendify_time_to_first_token_seconds", "histogram"),
+        ("opendify_overhead_seconds", "histogram"),
+        ("opendify_upstream_errors", "counter"),
+        ("opendify_active_streams", "gauge"),
+        ("opendify_streams_cut", "counter"),
+        ("opendify_dify_stops", "counter"),
     ] {
-        assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE line for {name}");
+        assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE line for {name}");
     }
+    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
     assert!(!text.contains("app-chat-key"), "an app key in /metrics");
 }
 
@@ -100,7 +103,7 @@ async fn every_response_carries_a_request_id() {
     // Errors too: a refused key, an unknown route.
     let (status, headers, _) = post_chat(&gw, &chat_body("chat", "id", false), &[("x-request-id", "r-401")]).await;
     assert_eq!((status, headers["x-request-id"].to_str().expect("ascii")), (401, "r-401"));
-    let missing = client().get(gw.url("/nowhere")).send().await.expect("get");
+    let missing = client().get(gw.url("/nowhere")).bearer_auth("sk-id-test-123456").send().await.expect("get");
     assert_eq!(missing.status(), 404);
     assert!(missing.headers().contains_key("x-request-id"));
 }
@@ -122,10 +125,10 @@ async fn streams_are_counted_while_open_and_cuts_by_reason() {
     }
     assert_eq!(gw.state.metrics.active_streams(), 1);
     assert_eq!(sample(&scrape(&gw).await, "opendify_active_streams"), Some(1.0));
-    assert_eq!(gw.state.gate.limits.upstream_in_flight(), 1, "the stream holds its upstream slot");
+    assert_eq!(gw.state.live().limits.upstream_in_flight(), 1, "the stream holds its upstream slot");
     drop(response);
     wait_until(|| gw.state.metrics.active_streams() == 0).await;
-    assert_eq!(gw.state.gate.limits.upstream_in_flight(), 0, "the slot is released with the stream");
+    assert_eq!(gw.state.live().limits.upstream_in_flight(), 0, "the slot is released with the stream");
     let text = scrape(&gw).await;
     assert_eq!(sample(&text, "opendify_streams_cut_total{reason=\"client_gone\"}"), Some(1.0), "{text}");
 

@@ -199,7 +199,7 @@ async fn an_unreachable_dify_at_startup_is_a_warning_and_mode_overrides_apply() 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let models = r#"{"flow":{"key":"app-cccccccccccc","mode":"workflow","input":"topic","output":"summary"}}"#;
     let gw = gateway_with(&format!("http://127.0.0.1:{port}/v1"), models, &[]).await;
-    let route = gw.state.registry.get("flow").expect("model still listed");
+    let route = gw.state.live().registry.get("flow").expect("model still listed");
     assert_eq!(route.mode.as_str(), "workflow");
     assert_eq!(route.input.as_deref(), Some("topic"));
     assert!(route.discovery_error.is_some());

@@ -13,7 +13,6 @@ use opendify::bridge::request::{self, BuildOptions, ConversationPlan};
 use opendify::dify::AppMode;
 use opendify::dify::sse::{SseError, SseEvent, SseParser};
 use opendify::mock_dify::{MockApp, MockDify, MockSettings};
-use opendify::openai::ChatCompletionRequest;
 use opendify::secret::Secret;
 use serde_json::{Value, json};
 
@@ -41,7 +40,7 @@ async fn assert_nothing_left_running(gw: &Gateway, mock: &MockDify) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (streams, slots, playing) =
-            (gw.state.metrics.active_streams(), gw.state.gate.limits.upstream_in_flight(), mock.active_streams());
+            (gw.state.metrics.active_streams(), gw.state.live().limits.upstream_in_flight(), mock.active_streams());
         if streams == 0 && slots == 0 && playing == 0 {
             return;
         }
@@ -207,8 +206,8 @@ async fn bodies_over_max_body_mb_are_a_413_with_or_without_a_content_length() {
 
 async fn tuned(mock: &MockDify, header: Duration, body: Duration) -> Gateway {
     gateway_tuned(&mock.base_url(), r#"{"chat":"app-chat-key-0001"}"#, &[], |state| {
-        state.gate.limits.header_timeout = header;
-        state.gate.limits.body_timeout = body;
+        state.limits.header_timeout = header;
+        state.limits.body_timeout = body;
     })
     .await
 }
@@ -395,7 +394,7 @@ async fn a_full_upstream_cap_is_a_503_with_retry_after_not_a_queue() {
     assert_eq!(client().get(gw.url("/v1/models")).send().await.expect("models").status(), 200);
     open.pop();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while gw.state.gate.limits.upstream_in_flight() > 1 {
+    while gw.state.live().limits.upstream_in_flight() > 1 {
         assert!(Instant::now() < deadline, "slot not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -537,7 +536,7 @@ fn route(mode: AppMode) -> AppRoute {
         name: "m".into(),
         key: Secret::new("app-property-test-key"),
         mode,
-        mode_source: "configured",
+        mode_source: opendify::bridge::ModeSource::Configured,
         input: None,
         output: None,
         app_name: None,
@@ -559,9 +558,10 @@ fn valid_random_requests_parse_and_translate_for_every_app_mode() {
     for seed in 0..300u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let body = valid_request(&mut rng).to_string();
-        let request = ChatCompletionRequest::from_slice(body.as_bytes())
+        let (request, _) = opendify::api::chat::parse(body.as_bytes())
             .unwrap_or_else(|e| panic!("seed {seed}: valid request refused: {} ({body})", e.message));
-        let options = BuildOptions { user: "u", system_input: if rng.bool() { Some("sys") } else { None } };
+        let options =
+            BuildOptions { user: "u", system_input: if rng.bool() { Some("sys") } else { None }, sections: &[] };
         let plan = ConversationPlan { seed_from: rng.bool().then_some(0), ..Default::default() };
         for mode in modes {
             let built = request::build(&request, &route(mode), &plan, Vec::new(), &options);
@@ -595,7 +595,7 @@ fn mangled_requests_are_refused_with_a_400_never_a_panic() {
                 }
             }
         }
-        match ChatCompletionRequest::from_slice(&bytes) {
+        match opendify::api::chat::parse(&bytes) {
             Ok(_) => {}
             Err(error) => {
                 assert_eq!(error.status.as_u16(), 400, "seed {seed}");

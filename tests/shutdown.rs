@@ -53,7 +53,7 @@ async fn in_flight_streams_finish_while_new_connections_are_refused() {
 
     gw.begin_shutdown();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !gw.state.gate.is_shutting_down() {
+    while !gw.state.is_shutting_down() {
         assert!(Instant::now() < deadline, "shutdown not noticed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -19,15 +19,36 @@ pub struct AppRoute {
     pub name: String,
     pub key: Secret,
     pub mode: AppMode,
-    /// `configured`, `info` (from Dify) or `default` (Dify unreachable: assumed chat).
-    pub mode_source: &'static str,
+    pub mode_source: ModeSource,
     /// Input variable that receives the user's message (workflow and completion apps).
     pub input: Option<String>,
     pub output: Option<String>,
     pub app_name: Option<String>,
     pub parameters: Option<AppParameters>,
-    /// The last attempt to read `/info` failed.
-    pub discovery_error: Option<String>,
+    /// Why the last attempt to read `/info` failed.
+    pub discovery_error: Option<DifyError>,
+}
+
+/// Where an app's mode came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeSource {
+    /// `mode` in MODEL_CONFIG.
+    Configured,
+    /// The app's `/info`.
+    Info,
+    /// Dify could not be asked (or is too old to say): assumed chat.
+    Default,
+}
+
+impl ModeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeSource::Configured => "configured",
+            ModeSource::Info => "info",
+            ModeSource::Default => "default",
+        }
+    }
 }
 
 impl AppRoute {
@@ -133,7 +154,7 @@ impl Registry {
             let spec = ModelSpec {
                 name: old.name.clone(),
                 key: old.key.clone(),
-                mode: (old.mode_source == "configured").then_some(old.mode),
+                mode: (old.mode_source == ModeSource::Configured).then_some(old.mode),
                 input: old.input.clone(),
                 output: old.output.clone(),
             };
@@ -174,7 +195,7 @@ async fn named(client: &DifyClient, key: &Secret) -> Result<AppRoute, DifyError>
     let route = describe(client, &spec).await;
     match (&route.discovery_error, &route.app_name) {
         (None, Some(name)) if !name.trim().is_empty() => Ok(AppRoute { name: name.trim().to_string(), ..route }),
-        (Some(err), _) => Err(DifyError::Request(err.clone())),
+        (Some(err), _) => Err(err.clone()),
         _ => Err(DifyError::Protocol("the app's /info has no name".into())),
     }
 }
@@ -187,7 +208,7 @@ pub async fn describe(client: &DifyClient, spec: &ModelSpec) -> AppRoute {
         name: spec.name.clone(),
         key: spec.key.clone(),
         mode: spec.mode.unwrap_or(AppMode::Chat),
-        mode_source: if spec.mode.is_some() { "configured" } else { "default" },
+        mode_source: if spec.mode.is_some() { ModeSource::Configured } else { ModeSource::Default },
         input: spec.input.clone(),
         output: spec.output.clone(),
         app_name: None,
@@ -201,10 +222,10 @@ pub async fn describe(client: &DifyClient, spec: &ModelSpec) -> AppRoute {
                 && let Some(mode) = info.mode.as_deref().and_then(|m| m.parse().ok())
             {
                 route.mode = mode;
-                route.mode_source = "info";
+                route.mode_source = ModeSource::Info;
             }
         }
-        Err(err) => route.discovery_error = Some(err.to_string()),
+        Err(err) => route.discovery_error = Some(err),
     }
     route
 }

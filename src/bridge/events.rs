@@ -1,43 +1,176 @@
-//! Translates a Dify event stream, whatever the app mode, into what an OpenAI client sees:
-//! answer text, reasoning text, keep-alives, and one outcome (finished with a reason and
-//! usage, or failed with an error). The same translator serves streaming clients (each
-//! event becomes chunks at once) and non-streaming ones (the text is collected), so both
-//! see the same answer.
+//! The one event stream every dialect renders, and the translator that makes it out of
+//! Dify's events, whatever the app mode: answer text, reasoning, tool calls, progress,
+//! keep-alives, and one outcome (finished with a reason and usage, or failed with an error).
+//! Streaming clients get each event the moment it happens; non-streaming ones get the same
+//! events collected ([`Collected`]), so both see the same answer.
 
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use super::error::ApiError;
 use super::reasoning::{Piece, ReasoningSplitter};
+use super::turn::ToolCall;
 use crate::config::ReasoningMode;
 use crate::dify::sse::SseEvent;
-use crate::dify::{AppMode, DifyError, Event, Usage};
-use crate::openai::ApiError;
+use crate::dify::{AppMode, DifyError, Event};
 
-/// Where translated output goes.
+/// Where the events of one answer go: a dialect's encoder, a processing stage in front of
+/// one, or a collector.
 pub trait Sink {
-    fn content(&mut self, text: &str);
+    fn text(&mut self, text: &str);
     fn reasoning(&mut self, text: &str);
     /// Output moderation replaced the whole answer so far.
     fn replace(&mut self, text: &str);
     /// A workflow's final output: the answer, unless text was already streamed.
     fn final_answer(&mut self, text: &str);
+    /// The model called one of the client's tools.
+    fn tool_call(&mut self, call: &ToolCall);
+    /// A step of the app's work (a workflow node, an agent's tool) began or ended.
+    fn progress(&mut self, _step: &Progress) {}
     fn keep_alive(&mut self) {}
+    /// The answer is complete.
+    fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>);
+    /// The answer failed; nothing follows.
+    fn fail(&mut self, error: &ApiError);
 }
 
+/// A dialect's streaming writer: the neutral events in, its wire format out. The relay calls
+/// [`StreamEncoder::start`] once, feeds it events, and after each takes what it wrote.
+pub trait StreamEncoder: Sink + Send + 'static {
+    /// The opening frames (a role chunk, `message_start`, `response.created`…).
+    fn start(&mut self);
+    /// Everything written since the last call.
+    fn take(&mut self) -> bytes::Bytes;
+}
+
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    /// Moderation replaced the answer.
+    ContentFilter,
+    /// The answer is one or more tool calls.
+    ToolCalls,
+}
+
+/// Token counts (and price) as Dify reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// Total price and its currency, when Dify reports them.
+    pub price: Option<(String, String)>,
+}
+
+impl From<&crate::dify::Usage> for Usage {
+    fn from(u: &crate::dify::Usage) -> Self {
+        let price = match (&u.total_price, &u.currency) {
+            (Some(total), Some(currency)) if !total.is_empty() => Some((total.clone(), currency.clone())),
+            _ => None,
+        };
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            price,
+        }
+    }
+}
+
+/// One step of the app's work, for progress displays.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Stable per step (node id, agent thought id): a step begins and ends once.
+    pub id: String,
+    /// What a person reads: `Searching knowledge base: Handbook`, `Using tool: web_search`.
+    pub label: String,
+    pub done: bool,
+}
+
+/// Why opendify itself stopped reading an answer Dify may still be generating: Dify is
+/// then told to stop the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    ClientGone,
+    IdleTimeout,
+    /// Dify sent no response head within STREAM_IDLE_TIMEOUT.
+    HeaderTimeout,
+    RequestTimeout,
+    ProtocolError,
+    TooLarge,
+    ConnectionLost,
+    Shutdown,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 8] = [
+        StopReason::ClientGone,
+        StopReason::IdleTimeout,
+        StopReason::HeaderTimeout,
+        StopReason::RequestTimeout,
+        StopReason::ProtocolError,
+        StopReason::TooLarge,
+        StopReason::ConnectionLost,
+        StopReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::ClientGone => "client_gone",
+            StopReason::IdleTimeout => "idle_timeout",
+            StopReason::HeaderTimeout => "header_timeout",
+            StopReason::RequestTimeout => "request_timeout",
+            StopReason::ProtocolError => "protocol_error",
+            StopReason::TooLarge => "too_large",
+            StopReason::ConnectionLost => "connection_lost",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Why reading stopped, when it was opendify's doing; `None` when Dify ended the answer.
+    pub fn of(error: &DifyError) -> Option<StopReason> {
+        match error {
+            DifyError::Idle(_) => Some(StopReason::IdleTimeout),
+            DifyError::Timeout(_) => Some(StopReason::RequestTimeout),
+            DifyError::Protocol(_) => Some(StopReason::ProtocolError),
+            DifyError::TooLarge { .. } => Some(StopReason::TooLarge),
+            DifyError::Transport(_) => Some(StopReason::ConnectionLost),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Running,
-    Finished { reason: &'static str, usage: Option<Usage> },
-    Failed(ApiError),
+    Finished {
+        reason: FinishReason,
+        usage: Option<Usage>,
+    },
+    /// `stop`: opendify ended the answer while Dify may still be generating it.
+    Failed {
+        error: ApiError,
+        stop: Option<StopReason>,
+    },
+}
+
+/// Where progress goes: nowhere, into the reasoning text (REASONING_PROGRESS), or out as
+/// [`Sink::progress`] events (Open WebUI's status line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    Off,
+    Reasoning,
+    Events,
 }
 
 pub struct TranslatorOptions {
     pub mode: AppMode,
     pub model: String,
     pub reasoning: ReasoningMode,
-    pub progress: bool,
+    pub progress: ProgressMode,
     /// Workflow output variable to answer with.
     pub output: Option<String>,
 }
@@ -49,7 +182,7 @@ pub struct Translator {
     pub task_id: Option<String>,
     pub message_id: Option<String>,
     usage: Option<Usage>,
-    finish_reason: &'static str,
+    finish_reason: FinishReason,
     /// The answer streamed so far, kept only for `agent` apps, whose closing `message`
     /// repeats the whole answer.
     agent_answer: Option<String>,
@@ -71,7 +204,7 @@ impl Translator {
             task_id: None,
             message_id: None,
             usage: None,
-            finish_reason: "stop",
+            finish_reason: FinishReason::Stop,
             agent_answer,
             workflow_done: None,
             reported_thoughts: Vec::new(),
@@ -105,13 +238,13 @@ impl Translator {
             Ok(e) => e,
             Err(e) => {
                 let shown: String = sse.data.chars().take(120).collect();
-                self.fail(
-                    ApiError::server(
-                        StatusCode::BAD_GATEWAY,
-                        format!("Dify sent an event that is not valid JSON ({e}): {shown}"),
-                    )
-                    .code("upstream_protocol_error"),
-                );
+                let error = ApiError::server(
+                    StatusCode::BAD_GATEWAY,
+                    format!("Dify sent an event that is not valid JSON ({e}): {shown}"),
+                )
+                .code("upstream_protocol_error")
+                .not_retryable();
+                self.fail(error, Some(StopReason::ProtocolError), sink);
                 return;
             }
         };
@@ -128,14 +261,14 @@ impl Translator {
                         answer.push_str(text);
                     }
                 }
-                self.finish_reason = "content_filter";
+                self.finish_reason = FinishReason::ContentFilter;
             }
             "message_end" => {
                 self.flush(sink);
-                if let Some(usage) = event.metadata.as_ref().and_then(|m| m.usage) {
-                    self.usage = Some(usage);
+                if let Some(usage) = event.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
+                    self.usage = Some(usage.into());
                 }
-                self.outcome = Outcome::Finished { reason: self.finish_reason, usage: self.usage };
+                self.finish(sink);
             }
             "text_chunk" => {
                 if let Some(text) = event.data.as_ref().and_then(|d| d.get("text")).and_then(Value::as_str) {
@@ -147,21 +280,17 @@ impl Translator {
                     self.emit_reasoning(text, sink);
                 }
             }
-            "node_started" => {
-                if self.opts.progress
-                    && let Some(title) = event.data.as_ref().and_then(|d| d.get("title")).and_then(Value::as_str)
-                {
-                    self.emit_reasoning(&format!("▸ {title}\n"), sink);
-                }
-            }
+            "node_started" | "node_finished" => self.on_node(&event, sink),
             "workflow_finished" => self.on_workflow_finished(&event, sink),
             "error" => {
                 let status = event.error_status().unwrap_or(500);
                 let code = event.code.clone().unwrap_or_else(|| "unknown".into());
                 let message = crate::secret::mask_keys_in(event.message.as_deref().unwrap_or("(no message)"));
-                self.fail(stream_error(&DifyError::Api { status, code, message }, &self.opts.model));
+                let error = ApiError::from_dify_midway(&DifyError::Api { status, code, message }, &self.opts.model);
+                // Dify ended the answer itself: nothing to stop.
+                self.fail(error, None, sink);
             }
-            "workflow_started" | "node_finished" | "tts_message" | "tts_message_end" | "ping" => {}
+            "workflow_started" | "tts_message" | "tts_message_end" | "ping" => {}
             other => tracing::debug!(event = other, "ignoring unknown Dify event"),
         }
     }
@@ -173,14 +302,15 @@ impl Translator {
         }
         self.flush(sink);
         if let Some(err) = error {
-            self.fail(stream_error(err, &self.opts.model));
+            let stop = StopReason::of(err);
+            self.fail(ApiError::from_dify_midway(err, &self.opts.model), stop, sink);
             return;
         }
         match self.workflow_done.take() {
-            Some(Ok(())) => self.outcome = Outcome::Finished { reason: self.finish_reason, usage: self.usage },
-            Some(Err(message)) => self.fail(workflow_error(&message)),
-            None => self.fail(
-                ApiError::server(
+            Some(Ok(())) => self.finish(sink),
+            Some(Err(message)) => self.fail(workflow_error(&message), None, sink),
+            None => {
+                let error = ApiError::server(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "Dify closed the stream for model `{}` before the answer was complete (no {} event)",
@@ -188,13 +318,30 @@ impl Translator {
                         if self.opts.mode == AppMode::Workflow { "workflow_finished" } else { "message_end" }
                     ),
                 )
-                .code("upstream_stream_cut"),
-            ),
+                .code("upstream_stream_cut")
+                .not_retryable();
+                self.fail(error, None, sink);
+            }
         }
     }
 
-    fn fail(&mut self, error: ApiError) {
-        self.outcome = Outcome::Failed(error);
+    /// Opendify ends the answer for a reason of its own (shutdown, a timeout around it).
+    pub fn abort(&mut self, error: &DifyError, stop: StopReason, sink: &mut impl Sink) {
+        if self.is_done() {
+            return;
+        }
+        self.flush(sink);
+        self.fail(ApiError::from_dify_midway(error, &self.opts.model), Some(stop), sink);
+    }
+
+    fn finish(&mut self, sink: &mut impl Sink) {
+        sink.finish(self.finish_reason, self.usage.as_ref());
+        self.outcome = Outcome::Finished { reason: self.finish_reason, usage: self.usage.clone() };
+    }
+
+    fn fail(&mut self, error: ApiError, stop: Option<StopReason>, sink: &mut impl Sink) {
+        sink.fail(&error);
+        self.outcome = Outcome::Failed { error, stop };
     }
 
     fn capture_ids(&mut self, event: &Event<'_>) {
@@ -243,20 +390,62 @@ impl Translator {
 
     fn on_thought(&mut self, event: &Event<'_>, sink: &mut impl Sink) {
         // `thought` repeats the streamed answer: never append it. Tool use is progress.
-        if !self.opts.progress {
+        if self.opts.progress == ProgressMode::Off {
             return;
         }
-        let id = event.id.as_deref().unwrap_or_default();
+        let id = event.id.as_deref().unwrap_or_default().to_string();
         let tool = event.tool.as_deref().unwrap_or("").trim();
-        if !tool.is_empty() && self.first_report(id, 1) {
-            let input = event.tool_input.as_deref().unwrap_or("").trim();
-            self.emit_reasoning(&format!("🔧 {tool} {input}\n"), sink);
-        }
         let observation = event.observation.as_deref().unwrap_or("").trim();
-        if !observation.is_empty() && self.first_report(id, 2) {
-            let short: String = observation.chars().take(300).collect();
-            let ellipsis = if short.len() < observation.len() { "…" } else { "" };
-            self.emit_reasoning(&format!("→ {short}{ellipsis}\n"), sink);
+        if !tool.is_empty() && self.first_report(&id, 1) {
+            match self.opts.progress {
+                ProgressMode::Events => {
+                    sink.progress(&Progress { id: id.clone(), label: format!("Using tool: {tool}"), done: false })
+                }
+                _ => {
+                    let input = event.tool_input.as_deref().unwrap_or("").trim();
+                    self.emit_reasoning(&format!("🔧 {tool} {input}\n"), sink);
+                }
+            }
+        }
+        if !observation.is_empty() && self.first_report(&id, 2) {
+            match self.opts.progress {
+                ProgressMode::Events => {
+                    sink.progress(&Progress { id, label: format!("Used tool: {tool}"), done: true })
+                }
+                _ => {
+                    let short: String = observation.chars().take(300).collect();
+                    let ellipsis = if short.len() < observation.len() { "…" } else { "" };
+                    self.emit_reasoning(&format!("→ {short}{ellipsis}\n"), sink);
+                }
+            }
+        }
+    }
+
+    fn on_node(&mut self, event: &Event<'_>, sink: &mut impl Sink) {
+        let Some(data) = event.data.as_ref() else { return };
+        let title = data.get("title").and_then(Value::as_str).unwrap_or("").trim();
+        let started = event.event == "node_started";
+        match self.opts.progress {
+            ProgressMode::Off => {}
+            ProgressMode::Reasoning => {
+                if started && !title.is_empty() {
+                    self.emit_reasoning(&format!("▸ {title}\n"), sink);
+                }
+            }
+            ProgressMode::Events => {
+                let kind = data.get("node_type").and_then(Value::as_str).unwrap_or("");
+                // The run's own start and end are not steps a person needs to see.
+                if matches!(kind, "start" | "end" | "answer") || title.is_empty() {
+                    return;
+                }
+                let id = data.get("node_id").or(data.get("id")).and_then(Value::as_str).unwrap_or(title);
+                let label = match kind {
+                    "knowledge-retrieval" => format!("Searching knowledge base: {title}"),
+                    "tool" => format!("Using tool: {title}"),
+                    _ => title.to_string(),
+                };
+                sink.progress(&Progress { id: id.to_string(), label, done: !started });
+            }
         }
     }
 
@@ -289,7 +478,7 @@ impl Translator {
             && total > 0
         {
             // Workflows report only a total; prompt and completion are not split.
-            self.usage = Some(Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: total });
+            self.usage = Some(Usage { total_tokens: total, ..Usage::default() });
         }
         let result = if status == "failed" {
             let message = data.and_then(|d| d.get("error")).and_then(Value::as_str).unwrap_or("the workflow failed");
@@ -304,14 +493,14 @@ impl Translator {
         }
         self.flush(sink);
         match result {
-            Err(message) => self.fail(workflow_error(&message)),
+            Err(message) => self.fail(workflow_error(&message), None, sink),
             Ok(()) => {
                 if let Some(text) =
                     data.and_then(|d| d.get("outputs")).and_then(|o| output_text(o, self.opts.output.as_deref()))
                 {
                     sink.final_answer(&text);
                 }
-                self.outcome = Outcome::Finished { reason: self.finish_reason, usage: self.usage };
+                self.finish(sink);
             }
         }
     }
@@ -330,7 +519,7 @@ impl Translator {
     fn emit_reasoning(&mut self, text: &str, sink: &mut impl Sink) {
         match self.opts.reasoning {
             ReasoningMode::Reasoning => sink.reasoning(text),
-            ReasoningMode::Think => sink.content(&format!("<think>{text}</think>")),
+            ReasoningMode::Think => sink.text(&format!("<think>{text}</think>")),
             ReasoningMode::Strip => {}
         }
     }
@@ -346,11 +535,11 @@ impl Translator {
     fn route(&mut self, piece: Piece<'_>, sink: &mut impl Sink) {
         let mode = self.opts.reasoning;
         match (piece, mode) {
-            (Piece::Answer(text), _) => sink.content(&text),
+            (Piece::Answer(text), _) => sink.text(&text),
             (Piece::Reasoning(text), ReasoningMode::Reasoning) => sink.reasoning(&text),
-            (Piece::Reasoning(text), ReasoningMode::Think) => sink.content(&text),
-            (Piece::ReasoningStart, ReasoningMode::Think) => sink.content("<think>"),
-            (Piece::ReasoningEnd, ReasoningMode::Think) => sink.content("</think>\n\n"),
+            (Piece::Reasoning(text), ReasoningMode::Think) => sink.text(&text),
+            (Piece::ReasoningStart, ReasoningMode::Think) => sink.text("<think>"),
+            (Piece::ReasoningEnd, ReasoningMode::Think) => sink.text("</think>\n\n"),
             (_, _) => {}
         }
     }
@@ -382,34 +571,23 @@ pub fn output_text(outputs: &Value, configured: Option<&str>) -> Option<String> 
 }
 
 fn workflow_error(message: &str) -> ApiError {
-    ApiError::server(StatusCode::BAD_GATEWAY, format!("The Dify workflow failed: {message}")).code("workflow_failed")
+    ApiError::server(StatusCode::BAD_GATEWAY, format!("The Dify workflow failed: {message}"))
+        .code("workflow_failed")
+        .not_retryable()
 }
 
-/// Errors after generation began: the request was fine, the upstream failed, so 502 (or 429
-/// for rate limits, 504 for timeouts), with Dify's code and message kept.
-fn stream_error(err: &DifyError, model: &str) -> ApiError {
-    match err {
-        DifyError::Api { status: 429, .. } | DifyError::Timeout(_) | DifyError::Idle(_) => {
-            ApiError::from_dify(err, model)
-        }
-        DifyError::Api { code, message, .. } => ApiError::server(
-            StatusCode::BAD_GATEWAY,
-            format!("Dify reported an error while answering for model `{model}`: {message}"),
-        )
-        .code(code.clone()),
-        other => ApiError::from_dify(other, model),
-    }
-}
-
-/// Collects a whole answer, for non-streaming clients.
+/// A whole answer, for non-streaming clients: every event, kept.
 #[derive(Debug, Default)]
 pub struct Collected {
     pub content: String,
     pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub progress: Vec<Progress>,
     workflow_final: Option<String>,
 }
 
 impl Collected {
+    /// The answer text: a workflow's final output when it has one, else what was streamed.
     pub fn answer(&self) -> Cow<'_, str> {
         match &self.workflow_final {
             Some(text) => Cow::Borrowed(text),
@@ -419,7 +597,7 @@ impl Collected {
 }
 
 impl Sink for Collected {
-    fn content(&mut self, text: &str) {
+    fn text(&mut self, text: &str) {
         self.content.push_str(text);
     }
     fn reasoning(&mut self, text: &str) {
@@ -432,4 +610,12 @@ impl Sink for Collected {
     fn final_answer(&mut self, text: &str) {
         self.workflow_final = Some(text.to_string());
     }
+    fn tool_call(&mut self, call: &ToolCall) {
+        self.tool_calls.push(call.clone());
+    }
+    fn progress(&mut self, step: &Progress) {
+        self.progress.push(step.clone());
+    }
+    fn finish(&mut self, _reason: FinishReason, _usage: Option<&Usage>) {}
+    fn fail(&mut self, _error: &ApiError) {}
 }

@@ -1,12 +1,26 @@
-//! Translation between the OpenAI API and Dify's, per app mode: which app serves a model
-//! (`apps`), how a chat request becomes a Dify request (`request`), and how Dify's events
-//! become OpenAI output (`events`, with `reasoning` splitting inline thinking from answers).
+//! The dialect-neutral core: one turn in, one event stream out. Every client API (Chat
+//! Completions, Responses, Anthropic Messages, legacy completions) is a codec over these
+//! types; what is here exists once. `apps` says which Dify app serves a model, `turn` is the
+//! request, `request` and `uploads` make it Dify's, `events` turns Dify's answer into the
+//! neutral stream (with `reasoning` splitting inline thinking from answers), `tools` emulates
+//! client tools, and `error` is the one error every dialect renders.
 
 pub mod apps;
+pub mod error;
 pub mod events;
+pub mod pipeline;
 pub mod reasoning;
 pub mod request;
+pub mod tools;
+pub mod turn;
+pub mod uploads;
 
-pub use apps::{AppRoute, Registry};
-pub use events::{Collected, Outcome, Sink, Translator, TranslatorOptions};
-pub use request::{BuildOptions, ConversationPlan, UploadCache};
+pub use apps::{AppRoute, ModeSource, Registry};
+pub use error::{ApiError, ErrorType};
+pub use events::{
+    Collected, FinishReason, Outcome, Progress, ProgressMode, Sink, StopReason, StreamEncoder, Translator,
+    TranslatorOptions, Usage,
+};
+pub use request::{BuildOptions, ConversationPlan};
+pub use turn::{Message, OutputFormat, Part, Role, ToolCall, ToolChoice, ToolSpec, Tools, Turn};
+pub use uploads::UploadCache;

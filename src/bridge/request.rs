@@ -1,6 +1,7 @@
-//! Builds the Dify request for an OpenAI chat request: which text becomes the `query` (or the
-//! app's input variable), where the system prompt goes, how earlier turns are carried when a
-//! new Dify conversation has to be started, and which files are attached.
+//! Builds the Dify request for a turn: which text becomes the `query` (or the app's input
+//! variable), where the system prompt goes, how earlier turns are carried when a new Dify
+//! conversation has to be started, and what opendify itself has to tell the app (the client's
+//! tools, the answer's format).
 //!
 //! Framing, when a new conversation needs context (documented in the README):
 //! ```text
@@ -12,20 +13,17 @@
 //! Assistant: …
 //!
 //! [Current message]
-//! …the last user message…
+//! …the new input…
 //! ```
-//! With neither a system prompt nor earlier turns, the query is the user's text as is.
+//! With neither a system prompt, nor earlier turns, nor instructions, the query is the user's
+//! text as is.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use base64::Engine;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::apps::AppRoute;
-use crate::dify::{AppMode, DifyClient, FileRef, GenerateRequest};
-use crate::openai::{ApiError, ChatCompletionRequest, ContentPart, Role};
+use super::tools;
+use super::turn::{Message, Role, Turn};
+use crate::dify::{AppMode, FileRef, GenerateRequest};
 
 /// How the request relates to a Dify conversation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,25 +39,28 @@ pub struct ConversationPlan {
 pub struct BuildOptions<'a> {
     pub user: &'a str,
     pub system_input: Option<&'a str>,
+    /// Sections opendify adds before the current message (tools, answer format), each with
+    /// its own `[Heading]`.
+    pub sections: &'a [String],
 }
 
 /// Builds the body for the app's generate endpoint. Files must have been resolved before.
 pub fn build(
-    request: &ChatCompletionRequest,
+    turn: &Turn,
     route: &AppRoute,
     plan: &ConversationPlan,
     files: Vec<FileRef>,
     options: &BuildOptions<'_>,
 ) -> GenerateRequest {
-    let last_user = request.last_user_index();
-    let user_text = request.messages[last_user].text();
-    let mut inputs: Map<String, Value> = request.inputs.clone().unwrap_or_default();
+    let input_start = turn.input_start();
+    let current = input_text(turn);
+    let mut inputs: Map<String, Value> = turn.inputs.clone().unwrap_or_default();
 
-    let system: Vec<String> = request
+    let system: Vec<String> = turn
         .messages
         .iter()
-        .filter(|m| matches!(m.role, Role::System | Role::Developer))
-        .map(|m| m.text())
+        .filter(|m| m.role == Role::System)
+        .map(Message::joined_text)
         .filter(|t| !t.trim().is_empty())
         .collect();
     let starts_conversation = plan.conversation_id.is_none();
@@ -75,15 +76,16 @@ pub fn build(
         }
     }
     if let (Some(from), true) = (plan.seed_from, route.mode.is_chat_family()) {
-        let transcript = transcript(request, from, last_user);
+        let transcript = transcript(turn, from, input_start);
         if !transcript.is_empty() {
             sections.push(format!("[Earlier conversation]\n{transcript}"));
         }
     }
+    sections.extend(options.sections.iter().cloned());
     let query = if sections.is_empty() {
-        user_text
+        current
     } else {
-        sections.push(format!("[Current message]\n{user_text}"));
+        sections.push(format!("[Current message]\n{current}"));
         sections.join("\n\n")
     };
 
@@ -121,205 +123,68 @@ pub fn build(
     body
 }
 
-fn transcript(request: &ChatCompletionRequest, from: usize, until: usize) -> String {
-    request.messages[from.min(until)..until]
+/// The new input as text: the user's message, or the tool results as framed blocks.
+pub fn input_text(turn: &Turn) -> String {
+    let input = turn.input();
+    match input.first() {
+        Some(m) if m.role == Role::User => m.joined_text(),
+        _ => input
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .map(|m| tools::response_block(m, turn))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// The text a message stands for in a transcript, or in a fingerprint: its text, and for an
+/// assistant its tool calls as the blocks it answered with.
+pub fn message_text(message: &Message, turn: &Turn) -> String {
+    match message.role {
+        Role::Tool => tools::response_block(message, turn),
+        Role::Assistant if !message.tool_calls.is_empty() => {
+            let mut text = message.joined_text();
+            for call in &message.tool_calls {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&tools::call_block(call));
+            }
+            text
+        }
+        _ => message.joined_text(),
+    }
+}
+
+fn transcript(turn: &Turn, from: usize, until: usize) -> String {
+    turn.messages[from.min(until)..until]
         .iter()
         .filter_map(|m| {
             let who = match m.role {
                 Role::User => "User",
                 Role::Assistant => "Assistant",
-                _ => return None,
+                Role::Tool => "Tool",
+                Role::System => return None,
             };
-            let text = m.text();
+            let text = message_text(m, turn);
             (!text.trim().is_empty()).then(|| format!("{who}: {text}"))
         })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// Uploaded files by (app key, user, content hash): a history image is not uploaded again
-/// on every turn. Bounded: cleared when full.
-#[derive(Default)]
-pub struct UploadCache {
-    ids: Mutex<HashMap<[u8; 32], String>>,
-}
-
-const UPLOAD_CACHE_MAX: usize = 4096;
-
-impl UploadCache {
-    fn get(&self, key: &[u8; 32]) -> Option<String> {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
-    }
-    fn put(&self, key: [u8; 32], id: String) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if ids.len() >= UPLOAD_CACHE_MAX {
-            ids.clear();
-        }
-        ids.insert(key, id);
-    }
-}
-
-/// Turns the last user message's image, file and audio parts into Dify files, uploading
-/// inline data. Checks the app's upload settings first, with a clear 400 when violated.
-pub async fn resolve_files(
-    request: &ChatCompletionRequest,
-    route: &AppRoute,
-    user: &str,
-    client: &DifyClient,
-    cache: &UploadCache,
-) -> Result<Vec<FileRef>, ApiError> {
-    let index = request.last_user_index();
-    let parts = request.messages[index].parts(index)?;
-    let attachments: Vec<(usize, &ContentPart)> =
-        parts.iter().enumerate().filter(|(_, p)| !matches!(p, ContentPart::Text(_))).collect();
-    if attachments.is_empty() {
-        return Ok(Vec::new());
-    }
-    if let Some(params) = &route.parameters {
-        if !params.file_upload_enabled() {
-            return Err(ApiError::invalid_request(format!(
-                "Model `{}` does not accept files or images: file upload is switched off in its Dify app (enable it under Features > File upload)",
-                route.name
-            ))
-            .param(format!("messages[{index}].content"))
-            .code("files_not_supported"));
-        }
-        if let Some((_, Some(limit))) = params.image_upload() {
-            let images = attachments.iter().filter(|(_, p)| matches!(p, ContentPart::Image { .. })).count() as u64;
-            if images > limit {
-                return Err(ApiError::invalid_request(format!(
-                    "Model `{}` accepts at most {limit} images per message; messages[{index}] has {images}",
-                    route.name
-                ))
-                .param(format!("messages[{index}].content")));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    for (part_index, part) in attachments {
-        let param = format!("messages[{index}].content[{part_index}]");
-        let file = match part {
-            ContentPart::Image { url } if !url.starts_with("data:") => FileRef {
-                kind: "image".into(),
-                transfer_method: "remote_url".into(),
-                url: Some(url.clone()),
-                upload_file_id: None,
-            },
-            ContentPart::Image { url } => {
-                let (mime, bytes) = decode_data_url(url, &param)?;
-                let name = format!("image.{}", extension_for(&mime));
-                upload(client, cache, route, user, &name, &mime, bytes, &param).await?
-            }
-            ContentPart::File { data: Some(data), filename, .. } => {
-                let (mime, bytes) = decode_data_url(data, &param)?;
-                let name = filename.clone().unwrap_or_else(|| format!("file.{}", extension_for(&mime)));
-                upload(client, cache, route, user, &name, &mime, bytes, &param).await?
-            }
-            ContentPart::File { file_id: Some(id), .. } => FileRef {
-                kind: "document".into(),
-                transfer_method: "local_file".into(),
-                url: None,
-                upload_file_id: Some(id.clone()),
-            },
-            ContentPart::Audio { data, format } => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|e| {
-                    ApiError::invalid_request(format!("`{param}.input_audio.data` is not valid base64: {e}"))
-                        .param(param.clone())
-                })?;
-                let mime = format!("audio/{}", if format == "mp3" { "mpeg" } else { format.as_str() });
-                upload(client, cache, route, user, &format!("audio.{format}"), &mime, bytes, &param).await?
-            }
-            _ => continue,
-        };
-        files.push(file);
-    }
-    Ok(files)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn upload(
-    client: &DifyClient,
-    cache: &UploadCache,
-    route: &AppRoute,
-    user: &str,
-    filename: &str,
-    mime: &str,
-    bytes: Vec<u8>,
-    param: &str,
-) -> Result<FileRef, ApiError> {
-    let kind = dify_file_type(mime);
-    let mut hasher = Sha256::new();
-    hasher.update(route.key.expose().as_bytes());
-    hasher.update([0]);
-    hasher.update(user.as_bytes());
-    hasher.update([0]);
-    hasher.update(&bytes);
-    let cache_key: [u8; 32] = hasher.finalize().into();
-    let id = match cache.get(&cache_key) {
-        Some(id) => id,
-        None => {
-            let uploaded = client.upload(&route.key, user, filename, mime, bytes).await.map_err(|e| {
-                let mut err = ApiError::from_dify(&e, &route.name);
-                err.message = format!("Uploading `{param}` to Dify failed: {}", err.message);
-                err
-            })?;
-            cache.put(cache_key, uploaded.id.clone());
-            uploaded.id
-        }
-    };
-    Ok(FileRef { kind: kind.into(), transfer_method: "local_file".into(), url: None, upload_file_id: Some(id) })
-}
-
-/// `data:image/png;base64,AAAA` → (`image/png`, bytes).
-pub fn decode_data_url(url: &str, param: &str) -> Result<(String, Vec<u8>), ApiError> {
-    let bad = |why: &str| {
-        ApiError::invalid_request(format!("`{param}` is not a usable data: URL: {why}")).param(param.to_string())
-    };
-    let rest = url.strip_prefix("data:").ok_or_else(|| bad("it must start with data:"))?;
-    let (meta, payload) = rest.split_once(',').ok_or_else(|| bad("no comma before the data"))?;
-    let Some(mime) = meta.strip_suffix(";base64") else {
-        return Err(bad("only base64 data is supported (…;base64,…)"));
-    };
-    let mime = if mime.is_empty() { "application/octet-stream" } else { mime };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .map_err(|e| bad(&format!("bad base64 ({e})")))?;
-    if bytes.is_empty() {
-        return Err(bad("the data is empty"));
-    }
-    Ok((mime.to_ascii_lowercase(), bytes))
-}
-
-fn dify_file_type(mime: &str) -> &'static str {
-    match mime.split('/').next().unwrap_or("") {
-        "image" => "image",
-        "audio" => "audio",
-        "video" => "video",
-        _ => "document",
-    }
-}
-
-fn extension_for(mime: &str) -> &str {
-    match mime {
-        "image/jpeg" => "jpg",
-        "image/svg+xml" => "svg",
-        "audio/mpeg" => "mp3",
-        "application/pdf" => "pdf",
-        "text/plain" => "txt",
-        other => other.split('/').nth(1).filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric())).unwrap_or("bin"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::apps::ModeSource;
+    use crate::bridge::turn::ToolCall;
 
     fn route(mode: AppMode) -> AppRoute {
         AppRoute {
             name: "m".into(),
             key: crate::secret::Secret::new("app-k"),
             mode,
-            mode_source: "configured",
+            mode_source: ModeSource::Configured,
             input: None,
             output: None,
             app_name: None,
@@ -328,16 +193,21 @@ mod tests {
         }
     }
 
-    fn req(json: &str) -> ChatCompletionRequest {
-        ChatCompletionRequest::from_slice(json.as_bytes()).expect("valid request")
+    fn turn(messages: &[(Role, &str)]) -> Turn {
+        let messages = messages
+            .iter()
+            .enumerate()
+            .map(|(i, (role, text))| Message::text(*role, *text, format!("messages[{i}]")))
+            .collect();
+        Turn { model: "m".into(), messages, ..Turn::default() }
     }
 
-    const OPTS: BuildOptions<'static> = BuildOptions { user: "u1", system_input: None };
+    const OPTS: BuildOptions<'static> = BuildOptions { user: "u1", system_input: None, sections: &[] };
 
     #[test]
     fn plain_message_is_the_query_as_is() {
-        let r = req(r#"{"model":"m","messages":[{"role":"user","content":"Hi there"}]}"#);
-        let body = build(&r, &route(AppMode::Chat), &ConversationPlan::default(), vec![], &OPTS);
+        let t = turn(&[(Role::User, "Hi there")]);
+        let body = build(&t, &route(AppMode::Chat), &ConversationPlan::default(), vec![], &OPTS);
         assert_eq!(body.query.as_deref(), Some("Hi there"));
         assert_eq!(body.user, "u1");
         assert_eq!(body.response_mode, "streaming");
@@ -346,11 +216,9 @@ mod tests {
 
     #[test]
     fn system_and_history_are_framed_for_a_new_conversation_only() {
-        let r = req(
-            r#"{"model":"m","messages":[{"role":"system","content":"Be brief"},{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":"c"}]}"#,
-        );
+        let t = turn(&[(Role::System, "Be brief"), (Role::User, "a"), (Role::Assistant, "b"), (Role::User, "c")]);
         let plan = ConversationPlan { seed_from: Some(0), ..Default::default() };
-        let body = build(&r, &route(AppMode::Chat), &plan, vec![], &OPTS);
+        let body = build(&t, &route(AppMode::Chat), &plan, vec![], &OPTS);
         assert_eq!(
             body.query.as_deref(),
             Some(
@@ -358,26 +226,41 @@ mod tests {
             )
         );
         let plan = ConversationPlan { conversation_id: Some("conv".into()), ..Default::default() };
-        let body = build(&r, &route(AppMode::Chat), &plan, vec![], &OPTS);
+        let body = build(&t, &route(AppMode::Chat), &plan, vec![], &OPTS);
         assert_eq!(body.query.as_deref(), Some("c"));
         assert_eq!(body.conversation_id.as_deref(), Some("conv"));
     }
 
     #[test]
     fn system_input_variable_and_workflow_input() {
-        let r = req(r#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":"go"}]}"#);
-        let opts = BuildOptions { user: "u", system_input: Some("persona") };
-        let body = build(&r, &route(AppMode::Workflow), &ConversationPlan::default(), vec![], &opts);
+        let t = turn(&[(Role::System, "S"), (Role::User, "go")]);
+        let opts = BuildOptions { user: "u", system_input: Some("persona"), sections: &[] };
+        let body = build(&t, &route(AppMode::Workflow), &ConversationPlan::default(), vec![], &opts);
         assert_eq!(body.inputs.get("persona"), Some(&Value::String("S".into())));
         assert_eq!(body.inputs.get("query"), Some(&Value::String("go".into())));
         assert!(body.query.is_none() && body.conversation_id.is_none());
     }
 
     #[test]
-    fn data_urls_decode_or_fail_clearly() {
-        let (mime, bytes) = decode_data_url("data:image/png;base64,aGVsbG8=", "p").expect("valid");
-        assert_eq!((mime.as_str(), bytes.as_slice()), ("image/png", b"hello".as_slice()));
-        assert!(decode_data_url("data:image/png;base64,@@@", "p").expect_err("bad").message.contains("bad base64"));
-        assert!(decode_data_url("data:image/png,plain", "p").is_err());
+    fn tool_results_are_the_input_and_calls_are_framed_in_the_history() {
+        let mut t = turn(&[(Role::User, "weather?"), (Role::Assistant, ""), (Role::Tool, "sunny")]);
+        t.messages[1].tool_calls =
+            vec![ToolCall { id: "call_1".into(), name: "weather".into(), arguments: "{\"city\":\"Oslo\"}".into() }];
+        t.messages[2].tool_call_id = Some("call_1".into());
+        let plan = ConversationPlan { conversation_id: Some("conv".into()), ..Default::default() };
+        let body = build(&t, &route(AppMode::Chat), &plan, vec![], &OPTS);
+        assert_eq!(
+            body.query.as_deref(),
+            Some("<tool_response>\n{\"name\":\"weather\",\"content\":\"sunny\"}\n</tool_response>")
+        );
+        let seeded = ConversationPlan { seed_from: Some(0), ..Default::default() };
+        let body = build(&t, &route(AppMode::Chat), &seeded, vec![], &OPTS);
+        let query = body.query.unwrap_or_default();
+        assert!(
+            query.contains(
+                "Assistant: <tool_call>\n{\"name\":\"weather\",\"arguments\":{\"city\":\"Oslo\"}}\n</tool_call>"
+            ),
+            "{query}"
+        );
     }
 }

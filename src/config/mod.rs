@@ -52,6 +52,10 @@ pub struct SettingView {
     pub name: &'static str,
     pub value: Option<String>,
     pub source: Source,
+    /// A hash of the real value: tells a changed secret apart where the masked value
+    /// cannot (a reload says what changed).
+    #[serde(skip)]
+    pub digest: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,6 +154,7 @@ pub struct Config {
     pub mapping_ttl: Duration,
     pub branch_with_parent: bool,
     pub proxy_api_keys: Vec<Secret>,
+    pub admin_api_key: Option<Secret>,
     pub dify_key_passthrough: bool,
     pub max_body_bytes: usize,
     pub max_concurrent_upstream: usize,
@@ -159,6 +164,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// How the Dify client is set up from this configuration.
+    pub fn dify_client_options(&self) -> crate::dify::ClientOptions {
+        crate::dify::ClientOptions {
+            base: self.dify_api_base.clone(),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.stream_idle_timeout,
+        }
+    }
+
     pub fn listen_addr(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]:{}", self.host, self.port)
@@ -195,6 +210,7 @@ pub fn load(options: &LoadOptions) -> Loaded {
             name: setting.name,
             value: value.as_deref().map(|v| display_value(setting, v)),
             source,
+            digest: digest(value.as_deref()),
         });
         // A value left empty (`SERVER_PORT=`) means the default.
         match value.as_deref().map(str::trim).filter(|v| !v.is_empty()).or(setting.default) {
@@ -205,6 +221,31 @@ pub fn load(options: &LoadOptions) -> Loaded {
     settings::cross_checks(&config, &mut notes);
     let Notes { problems, warnings } = notes;
     Loaded { env_file, settings, config: problems.is_empty().then_some(config), problems, warnings }
+}
+
+fn digest(value: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.map(str::trim).hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Loaded {
+    /// The report a broken configuration gets, at startup and on reload, in the original's
+    /// format (users grep for it).
+    pub fn problem_report(&self) -> String {
+        let mut out = String::from("❌ Configuration validation failed:\n");
+        for problem in &self.problems {
+            out.push_str(&format!("  - {}\n", problem.message));
+            if let Some(fix) = &problem.fix {
+                out.push_str(&format!("    fix: {fix}\n"));
+            }
+        }
+        for warning in &self.warnings {
+            out.push_str(&format!("  ! {}\n", warning.message));
+        }
+        out
+    }
 }
 
 fn display_value(setting: &Setting, value: &str) -> String {
@@ -400,7 +441,7 @@ mod tests {
     #[test]
     fn credentials_in_the_dify_base_are_dropped_masked_and_warned_about() {
         let loaded = load_with(&[
-            ("DIFY_API_BASE", "http://admin:hunter2@dify.local/v1/"),
+            ("DIFY_API_BASE", "http://opsuser7:hunter2@dify.local/v1/"),
             ("MODEL_CONFIG", r#"{"m":"app-123456789012"}"#),
         ]);
         let config = loaded.config.expect("config");
@@ -412,7 +453,7 @@ mod tests {
         let shown = loaded.settings.iter().find(|s| s.name == "DIFY_API_BASE").and_then(|s| s.value.clone());
         assert_eq!(shown.as_deref(), Some("http://***@dify.local/v1/"));
         let everything = format!("{:?}{:?}{:?}", loaded.warnings, loaded.settings, config);
-        assert!(!everything.contains("hunter2") && !everything.contains("admin"), "{everything}");
+        assert!(!everything.contains("hunter2") && !everything.contains("opsuser7"), "{everything}");
     }
 
     #[test]

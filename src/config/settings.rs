@@ -188,7 +188,7 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     )),
-    setting(
+    restart(setting(
         "DIFY_PARENT_MESSAGE_ID",
         Some("false"),
         "true if your Dify accepts parent_message_id: regenerates then branch inside the conversation",
@@ -196,7 +196,7 @@ pub const SETTINGS: &[Setting] = &[
             c.branch_with_parent = flag("DIFY_PARENT_MESSAGE_ID", v)?;
             Ok(())
         },
-    ),
+    )),
     setting(
         "REASONING_MODE",
         Some("reasoning"),
@@ -263,6 +263,15 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     ),
+    secret(setting(
+        "ADMIN_API_KEY",
+        None,
+        "Key for POST /admin/reload (unset: the endpoint is off; SIGHUP always reloads)",
+        |v, c, _| {
+            c.admin_api_key = Some(Secret::new(v));
+            Ok(())
+        },
+    )),
     setting("MAX_BODY_MB", Some("20"), "Largest request body accepted, in MiB", |v, c, _| {
         let mb = positive("MAX_BODY_MB", v, "a number of MiB")?;
         c.max_body_bytes = (mb.min(4096.0) * 1024.0 * 1024.0) as usize;

@@ -6,11 +6,13 @@
 //! Content is canonicalised first so that harmless differences clients introduce do not
 //! break the match: whitespace runs collapse to one space and ends are trimmed, inline
 //! reasoning (`<think>…</think>`, `<details…>…</details>`) is dropped from assistant turns,
-//! and system/tool messages are left out (clients rewrite system prompts freely).
+//! and system messages are left out (clients rewrite system prompts freely). Tool calls and
+//! tool results count, as the text blocks they stand for in the conversation.
 
 use sha2::{Digest, Sha256};
 
-use crate::openai::{ChatMessage, Role};
+use crate::bridge::request::message_text;
+use crate::bridge::{Message, Role, Turn};
 
 pub type Fingerprint = [u8; 32];
 
@@ -36,7 +38,8 @@ impl Fingerprinter {
         let tag: &[u8] = match role {
             Role::User => b"u",
             Role::Assistant => b"a",
-            _ => return,
+            Role::Tool => b"t",
+            Role::System => return,
         };
         let stripped;
         let text = if role == Role::Assistant && (text.contains("<think>") || text.contains("<details")) {
@@ -57,8 +60,9 @@ impl Fingerprinter {
         self.hasher.update([0x1e]);
     }
 
-    pub fn message(&mut self, message: &ChatMessage) {
-        self.turn(message.role, &message.text());
+    /// A message of `turn`, as the text it stands for (tool calls and results included).
+    pub fn message(&mut self, message: &Message, turn: &Turn) {
+        self.turn(message.role, &message_text(message, turn));
     }
 
     pub fn finish(&self) -> Fingerprint {

@@ -10,12 +10,12 @@
 //! non-ASCII text), so `jos%C3%A9` and the raw bytes of `josé` are one user; a value that is
 //! not UTF-8 is refused rather than replaced by DEFAULT_USER, which would merge people.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::bridge::ApiError;
 use crate::config::Config;
-use crate::openai::ApiError;
 use crate::secret::Secret;
 
 /// Open WebUI's signed user header (with `FORWARD_USER_INFO_HEADER_JWT_SECRET` set there).
@@ -92,7 +92,7 @@ impl IdentityRules {
 }
 
 fn unauthorized(message: String, code: &'static str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).code(code)
+    ApiError::unauthorized(message).code(code)
 }
 
 /// JWT mode: the signed token (HS256, not expired) is the only source of the user.
@@ -130,7 +130,7 @@ fn verified(headers: &HeaderMap, secret: &Secret) -> Result<Identity, ApiError> 
 /// A token as Open WebUI signs it (HS256, `sub` = the user, valid for five minutes): what
 /// `doctor test-stream --via` sends in JWT mode, so the check goes through [`verified`].
 pub fn sign_user_token(secret: &Secret, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
-    let exp = crate::conversations::store::now_secs() + 300;
+    let exp = crate::conversations::record::now_secs() + 300;
     let claims = serde_json::json!({"sub": user, "iss": "open-webui", "exp": exp, "role": "user"});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
@@ -196,7 +196,7 @@ mod tests {
     }
 
     fn token(secret: &str, sub: &str, exp_offset: i64) -> String {
-        let exp = (crate::conversations::store::now_secs() as i64 + exp_offset) as u64;
+        let exp = (crate::conversations::record::now_secs() as i64 + exp_offset) as u64;
         let claims = serde_json::json!({"sub": sub, "iss": "open-webui", "exp": exp, "role": "user"});
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
             .expect("encode")

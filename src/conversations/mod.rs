@@ -4,11 +4,13 @@
 pub mod fingerprint;
 pub mod identity;
 pub mod legacy;
+pub mod record;
 pub mod redis_store;
 pub mod resolver;
 pub mod sqlite;
 pub mod store;
 
 pub use identity::{Identity, IdentityRules, IdentitySource, first_header};
+pub use record::{StoreError, now_secs};
 pub use resolver::{Continuity, Conversations, Decision, Recorder, RequestView};
-pub use store::{Store, StoreError};
+pub use store::Store;

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 use super::fingerprint::{Fingerprint, hex};
-use super::store::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
+use super::record::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
 use crate::secret::mask_url_credentials as redact_url;
 
 pub struct RedisStore {

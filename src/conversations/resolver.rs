@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 
 use super::fingerprint::{Fingerprinter, app_id};
-use super::store::{ConversationRecord, Store, StoreError, TurnRecord};
+use super::record::{ConversationRecord, StoreError, TurnRecord};
+use super::store::Store;
 use crate::bridge::ConversationPlan;
-use crate::openai::{ChatMessage, Role};
+use crate::bridge::{Role, Turn};
 
 /// How the conversation was chosen (logs, tests, the doctor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +89,7 @@ pub struct RequestView<'a> {
     pub user: &'a str,
     pub chat_id: Option<&'a str>,
     pub explicit: Option<&'a str>,
-    pub messages: &'a [ChatMessage],
-    pub last_user: usize,
+    pub turn: &'a Turn,
 }
 
 pub struct Conversations {
@@ -99,8 +99,8 @@ pub struct Conversations {
 }
 
 /// `### Task:` prompts are Open WebUI's title/tags/follow-up generation.
-pub fn is_background_task(messages: &[ChatMessage], last_user: usize) -> bool {
-    messages.get(last_user).is_some_and(|m| m.text().trim_start().starts_with("### Task:"))
+pub fn is_background_task(turn: &Turn) -> bool {
+    turn.input().first().is_some_and(|m| m.role == Role::User && m.joined_text().trim_start().starts_with("### Task:"))
 }
 
 impl Conversations {
@@ -139,22 +139,20 @@ impl Conversations {
     pub async fn decide(&self, req: &RequestView<'_>) -> Decision {
         let app = app_id(req.key);
         let mut prefix = Fingerprinter::new(&app, req.user);
+        let input_start = req.turn.input_start();
         let mut has_history = false;
-        for m in &req.messages[..req.last_user] {
-            if matches!(m.role, Role::User | Role::Assistant) {
-                prefix.message(m);
+        for m in &req.turn.messages[..input_start] {
+            if m.role != Role::System {
+                prefix.message(m, req.turn);
                 has_history = true;
             }
         }
         let prefix_fp = prefix.finish();
         let mut full = prefix;
-        if let Some(last) = req.messages.get(req.last_user) {
-            full.message(last);
+        for m in req.turn.input() {
+            full.message(m, req.turn);
         }
-        let turn = req.messages[..=req.last_user.min(req.messages.len().saturating_sub(1))]
-            .iter()
-            .filter(|m| m.role == Role::User)
-            .count() as u32;
+        let turn = req.turn.turn_number();
         let recorder = |lock: Option<Guard>| Recorder {
             fingerprint: full.clone(),
             turn,
@@ -171,7 +169,7 @@ impl Conversations {
             recorder,
         };
 
-        if is_background_task(req.messages, req.last_user) {
+        if is_background_task(req.turn) {
             return fresh(Continuity::Task, None);
         }
         if let Some(id) = req.explicit {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::fingerprint::Fingerprint;
-use super::store::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
+use super::record::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
 
 const SCHEMA_VERSION: &str = "1";
 /// Size bound: beyond this many turns, the oldest are pruned first.

@@ -1,120 +1,18 @@
 //! Where conversation mappings live: SQLite on one machine (the default, no setup), Redis
 //! when several opendify instances share conversations. `serve` and `doctor` both open the
-//! store through [`Store::open`], so the doctor inspects exactly what serving uses.
-//!
-//! Three kinds of record:
-//! - turn: history fingerprint → (conversation, client turn number, Dify message id);
-//! - conversation: id → app, model, user, chat id, latest turn and message, timestamps;
-//! - chat: (app, user, client chat id) → conversation.
-//!
-//! Every record expires `MAPPING_TTL_DAYS` after its last use.
+//! store through [`Store::open`], so the doctor inspects exactly what serving uses. The
+//! records themselves are in [`super::record`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::fingerprint::Fingerprint;
+use super::record::{ConversationRecord, ListFilter, StoreError, StoreLocation, StoreStats, TurnRecord};
 use super::redis_store::RedisStore;
 use super::sqlite::SqliteStore;
-use crate::secret::mask_url_credentials;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the conversation store {location}: {reason}")]
-    Open { location: String, reason: String, fix: String },
-    #[error("conversation store {location}: {reason}")]
-    Backend { location: String, reason: String },
-    #[error("conversation store {location} is corrupt or not an opendify store: {reason}")]
-    Corrupt { location: String, reason: String },
-}
-
-impl StoreError {
-    pub fn fix(&self) -> Option<&str> {
-        match self {
-            StoreError::Open { fix, .. } => Some(fix),
-            StoreError::Corrupt { .. } => Some("move the file aside (opendify creates a new one) or restore a backup"),
-            StoreError::Backend { .. } => None,
-        }
-    }
-}
-
-/// What a recorded turn points at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TurnRecord {
-    pub conversation_id: String,
-    /// Number of user messages in the client's history up to this answer.
-    pub turn: u32,
-    pub message_id: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConversationRecord {
-    pub conversation_id: String,
-    /// `app_id` of the app key (never the key).
-    pub app: String,
-    pub model: String,
-    pub user: String,
-    pub chat_id: Option<String>,
-    pub latest_turn: u32,
-    pub latest_message_id: Option<String>,
-    pub created_at: u64,
-    pub updated_at: u64,
-}
-
-/// Counts and ages, for the doctor and /metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StoreStats {
-    pub conversations: u64,
-    pub turns: u64,
-    pub chats: u64,
-    pub expired: u64,
-    pub oldest_updated_at: Option<u64>,
-    pub newest_updated_at: Option<u64>,
-    pub per_user: Vec<(String, u64)>,
-    pub per_model: Vec<(String, u64)>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub user: Option<String>,
-    pub chat_id: Option<String>,
-    pub limit: usize,
-}
-
-/// Where the store is, parsed from CONVERSATION_STORE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    Sqlite(PathBuf),
-    Redis(String),
-}
-
-impl StoreLocation {
-    pub fn parse(spec: &str) -> StoreLocation {
-        let spec = spec.trim();
-        if spec.starts_with("redis://") || spec.starts_with("rediss://") || spec.starts_with("redis+unix://") {
-            StoreLocation::Redis(spec.to_string())
-        } else {
-            StoreLocation::Sqlite(PathBuf::from(spec.strip_prefix("sqlite://").unwrap_or(spec)))
-        }
-    }
-
-    /// For people: the path, or the Redis URL with any password masked.
-    pub fn describe(&self) -> String {
-        match self {
-            StoreLocation::Sqlite(path) => format!("sqlite:{}", path.display()),
-            StoreLocation::Redis(url) => mask_url_credentials(url),
-        }
-    }
-}
 
 pub enum Store {
     Sqlite(SqliteStore),
     Redis(RedisStore),
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Store {

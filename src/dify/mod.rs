@@ -2,7 +2,9 @@
 //! SSE framing, and the one HTTP client that `serve` and `doctor` share.
 
 pub mod client;
+pub mod error;
 pub mod sse;
+pub mod stream;
 pub mod types;
 
 use std::fmt;
@@ -10,7 +12,9 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use client::{DifyClient, DifyError, EventStream, ForeignBody};
+pub use client::{ClientOptions, DifyClient};
+pub use error::{DifyError, ErrorKind, ForeignBody};
+pub use stream::EventStream;
 pub use types::*;
 
 /// What kind of Dify app a key belongs to; decides the endpoint and the event shapes.

@@ -109,8 +109,8 @@ pub struct Metadata {
     pub usage: Option<Usage>,
 }
 
-/// Token counts as Dify reports them. Prices and latency are not forwarded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// Token counts and price as Dify reports them (`message_end.metadata.usage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -118,6 +118,20 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
+    /// A decimal string (`"0.0000300"`).
+    #[serde(default, deserialize_with = "text_or_number")]
+    pub total_price: Option<String>,
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+/// A price Dify sends as a string, or as a number in some releases.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// `GET /info`.

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{CheckResult, Context};
 use crate::config::{EnvFileStatus, Finding, SettingView};
-use crate::conversations::store::StoreLocation;
+use crate::conversations::record::StoreLocation;
 use crate::secret::mask_url_credentials;
 
 pub const ID: &str = "check-config";

@@ -16,7 +16,7 @@ use super::check_config::{dir_state, parent_dir};
 use super::{CheckResult, Context};
 use crate::config::Config;
 use crate::conversations::fingerprint::app_id;
-use crate::conversations::store::{ConversationRecord, ListFilter, StoreLocation, StoreStats, now_secs};
+use crate::conversations::record::{ConversationRecord, ListFilter, StoreLocation, StoreStats, now_secs};
 use crate::conversations::{Store, StoreError};
 use crate::secret::Secret;
 

@@ -232,7 +232,7 @@ impl Context {
 
     /// The Dify client `serve` builds, with the doctor's time limits.
     pub fn client(&self, config: &Config) -> Result<DifyClient, DifyError> {
-        DifyClient::new(&self.doctor_config(config))
+        DifyClient::new(&self.doctor_config(config).dify_client_options())
     }
 
     /// For the checks that talk to Dify: the configuration and the client serve would use,

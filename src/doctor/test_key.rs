@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::test_stream::{self, Ended};
 use super::{CheckResult, Context, Status};
 use crate::bridge::AppRoute;
+use crate::bridge::ModeSource;
 use crate::bridge::apps::describe;
 use crate::config::{Config, ModelSpec};
 use crate::dify::{AppMode, DifyClient, DifyError, InputField};
@@ -124,6 +125,11 @@ pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
             format!("cannot reach Dify for model `{model}`: {error}"),
             "run `opendify doctor ping-dify` to find the broken layer (DNS, TCP, TLS, HTTP)",
             true,
+        ),
+        DifyError::TooLarge { .. } => make(
+            format!("Dify's answer for model `{model}` is not what Dify sends: {error}"),
+            "DIFY_API_BASE must point at Dify's service API (…/v1)",
+            false,
         ),
         DifyError::Protocol(detail) => make(
             format!("Dify's answer for model `{model}` is not what Dify sends: {detail}"),
@@ -336,21 +342,16 @@ async fn test_one(client: &DifyClient, spec: &ModelSpec) -> Tested {
         error: None,
         live: None,
     };
-    if let Some(discovery_error) = &route.discovery_error {
-        // `describe` keeps only the message; ask once more for the typed error.
-        let error = match client.info(&spec.key).await {
-            Err(e) => e,
-            Ok(_) => DifyError::Transport(discovery_error.clone()),
-        };
-        report.error_kind = Some(error.kind());
+    if let Some(error) = route.discovery_error.clone() {
+        report.error_kind = Some(error.kind().as_str());
         report.error = Some(error.to_string());
         return Tested { report, route: None, error: Some(error) };
     }
     report.mode = Some(route.mode.to_string());
-    report.mode_source = Some(route.mode_source);
+    report.mode_source = Some(route.mode_source.as_str());
     report.dify_mode = match route.mode_source {
-        "info" => Some(route.mode.to_string()),
-        "configured" => client.info(&spec.key).await.ok().and_then(|info| info.mode),
+        ModeSource::Info => Some(route.mode.to_string()),
+        ModeSource::Configured => client.info(&spec.key).await.ok().and_then(|info| info.mode),
         _ => None,
     };
     match &route.parameters {

@@ -15,11 +15,10 @@ use super::report::{format_duration, millis};
 use super::test_key::explain;
 use super::{CheckResult, Context, Status};
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
-use crate::bridge::{AppRoute, Collected, Outcome, Translator, TranslatorOptions};
+use crate::bridge::{AppRoute, Collected, Message, Outcome, ProgressMode, Role, Translator, TranslatorOptions, Turn};
 use crate::config::{Config, ModelSpec};
 use crate::dify::sse::SseParser;
-use crate::dify::{DifyClient, DifyError, Usage};
-use crate::openai::ChatCompletionRequest;
+use crate::dify::{DifyClient, DifyError};
 
 pub const ID: &str = "test-stream";
 
@@ -130,6 +129,23 @@ impl Clock {
         }
         self.last = Some(now);
         run.events += 1;
+    }
+}
+
+/// Token counts as the check reports them (`details.usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl From<&crate::bridge::Usage> for Usage {
+    fn from(u: &crate::bridge::Usage) -> Self {
+        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens }
     }
 }
 
@@ -279,12 +295,15 @@ pub async fn measure_direct(
     message: &str,
     user: &str,
 ) -> Result<StreamRun, DifyError> {
-    let body = json!({"model": route.name, "messages": [{"role": "user", "content": message}], "stream": true});
-    let chat =
-        ChatCompletionRequest::from_slice(body.to_string().as_bytes()).map_err(|e| DifyError::Request(e.message))?;
-    let options = BuildOptions { user, system_input: config.system_input.as_deref() };
+    let turn = Turn {
+        model: route.name.clone(),
+        messages: vec![Message::text(Role::User, message, "messages[0]")],
+        stream: true,
+        ..Turn::default()
+    };
+    let options = BuildOptions { user, system_input: config.system_input.as_deref(), sections: &[] };
     let plan = ConversationPlan { seed_from: Some(0), ..ConversationPlan::default() };
-    let generate = request::build(&chat, route, &plan, Vec::new(), &options);
+    let generate = request::build(&turn, route, &plan, Vec::new(), &options);
 
     let started = Instant::now();
     let mut stream = client.generate(&route.key, route.mode, &generate).await?;
@@ -295,7 +314,7 @@ pub async fn measure_direct(
         mode: route.mode,
         model: route.name.clone(),
         reasoning: config.reasoning_mode,
-        progress: false,
+        progress: ProgressMode::Off,
         output: route.output.clone(),
     });
     let mut sink = Collected::default();
@@ -329,10 +348,10 @@ pub async fn measure_direct(
     match translator.outcome() {
         Outcome::Finished { reason, usage } => {
             run.ended = Ended::Finished;
-            run.finish_reason = Some((*reason).to_string());
-            run.usage = *usage;
+            run.finish_reason = Some(crate::api::chat::finish_reason(*reason).to_string());
+            run.usage = usage.as_ref().map(Usage::from);
         }
-        Outcome::Failed(error) => {
+        Outcome::Failed { error, .. } => {
             let cut = error.code.as_deref() == Some("upstream_stream_cut")
                 || matches!(broke, Some(DifyError::Transport(_) | DifyError::Idle(_)));
             run.ended = if cut { Ended::Cut } else { Ended::Error };
@@ -470,7 +489,7 @@ async fn measure_via(
     let started = Instant::now();
     let mut response = match tokio::time::timeout(ctx.step_timeout, request.send()).await {
         Err(_) => return Err(ViaError::Connect(format!("no answer within {}", format_duration(ctx.step_timeout)))),
-        Ok(Err(e)) => return Err(ViaError::Connect(crate::dify::client::error_chain(&e))),
+        Ok(Err(e)) => return Err(ViaError::Connect(crate::dify::error::error_chain(&e))),
         Ok(Ok(response)) => response,
     };
     let mut run = StreamRun::new();
@@ -501,7 +520,7 @@ async fn measure_via(
                 break;
             }
             Ok(Err(e)) => {
-                run.error = Some(crate::dify::client::error_chain(&e));
+                run.error = Some(crate::dify::error::error_chain(&e));
                 break;
             }
             Ok(Ok(None)) => break,

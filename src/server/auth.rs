@@ -1,6 +1,6 @@
-//! Who may use the gateway. With PROXY_API_KEYS set, every `/v1/*` request must carry
-//! `Authorization: Bearer <one of the keys>`; anything else gets OpenAI's 401, which every
-//! SDK understands. Keys are compared as SHA-256 digests in constant time, so neither the
+//! Who may use the gateway. With PROXY_API_KEYS set, every API request must carry one of the
+//! keys, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>` (Anthropic's);
+//! anything else gets a 401 in the caller's API shape, which every SDK understands. Keys are compared as SHA-256 digests in constant time, so neither the
 //! content nor the length of a key leaks through response timing.
 //!
 //! DIFY_KEY_PASSTHROUGH=true lets a client send a Dify app key (`app-…`) instead: it is used
@@ -9,13 +9,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::api::Dialect;
+use crate::bridge::ApiError;
 use crate::config::Config;
-use crate::openai::ApiError;
 use crate::secret::Secret;
 
 /// The app key a client sent with DIFY_KEY_PASSTHROUGH, carried to the chat handler as a
@@ -48,15 +49,15 @@ impl Refusal {
     pub fn into_error(self) -> ApiError {
         let message = match self {
             Refusal::Missing => {
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (one of PROXY_API_KEYS)."
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>` (one of PROXY_API_KEYS)."
             }
             Refusal::Invalid => "Incorrect API key provided. Use one of the keys in opendify's PROXY_API_KEYS.",
         };
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).code("invalid_api_key")
+        ApiError::unauthorized(message).code("invalid_api_key")
     }
 
-    pub fn into_response(self) -> Response {
-        let mut response = self.into_error().into_response();
+    pub fn into_response(self, dialect: Dialect) -> Response {
+        let mut response = dialect.error_response(&self.into_error());
         response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         response
     }
@@ -78,7 +79,7 @@ impl Auth {
     }
 
     pub fn check(&self, headers: &HeaderMap) -> Result<Access, Refusal> {
-        let token = bearer(headers);
+        let token = bearer(headers).or_else(|| api_key(headers));
         if self.required() {
             let Some(token) = token else { return Err(Refusal::Missing) };
             let presented = digest(token);
@@ -108,6 +109,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Anthropic's `x-api-key: <token>`.
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    let token = headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The startup warning when anyone who can reach the port can use the gateway.
@@ -149,6 +156,9 @@ mod tests {
         assert_eq!(auth.check(&headers("Basic sk-one")), Err(Refusal::Missing));
         assert_eq!(auth.check(&HeaderMap::new()), Err(Refusal::Missing));
         assert_eq!(auth.check(&headers("Bearer app-user-key")), Err(Refusal::Invalid));
+        let mut anthropic = HeaderMap::new();
+        anthropic.insert("x-api-key", HeaderValue::from_static("sk-two"));
+        assert_eq!(auth.check(&anthropic), Ok(Access::Granted), "Anthropic's SDK sends x-api-key");
     }
 
     #[test]
@@ -168,9 +178,9 @@ mod tests {
     #[test]
     fn the_401_is_openai_shaped_and_never_echoes_the_key() {
         let error = Refusal::Invalid.into_error();
-        assert_eq!(error.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(error.status, axum::http::StatusCode::UNAUTHORIZED);
         assert_eq!(error.code.as_deref(), Some("invalid_api_key"));
-        assert!(error.to_json().contains("\"type\":\"invalid_request_error\""));
+        assert!(crate::api::openai::error_json(&error).contains("\"type\":\"invalid_request_error\""));
     }
 
     #[test]

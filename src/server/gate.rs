@@ -1,11 +1,9 @@
-//! The one middleware every request passes, in this order: a request id and a tracing span
-//! (so every log line of the request carries the id), client auth for `/v1/*`, the body
-//! limits, a slot under MAX_CONCURRENT_UPSTREAM for chat completions, metrics, and errors in
-//! OpenAI's shape whoever produced them. One middleware rather than five keeps the per-request
-//! cost to one boxed future.
+//! What every request passes, in this order: a request id and a tracing span (so every log
+//! line of the request carries the id), client auth, the body limits, and errors in the
+//! caller's API shape whoever produced them. Generations (requests answered by Dify) pass a
+//! second layer, [`generation`]: a slot under MAX_CONCURRENT_UPSTREAM, the request metrics,
+//! and the streaming body that holds the slot until the stream ends.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -13,93 +11,70 @@ use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
 use super::SharedState;
-use super::auth::{Access, Auth, ClientAppKey, Refusal};
-use super::limits::{BodyError, Limits};
-use super::metrics::{Rejection, TrackedStream};
+use super::auth::{Access, ClientAppKey, Refusal};
+use super::limits::BodyError;
+use super::metrics::Rejection;
 use super::smoothing;
-use crate::bridge::AppRoute;
+use super::stream::TrackedStream;
+use crate::api::Dialect;
 use crate::config::Config;
-use crate::openai::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const OVERHEAD_HEADER: &str = "x-opendify-overhead-ms";
 
-/// Set by the chat handler on its response: what the metrics label the request with.
+/// Set on a generation's response: what the metrics label the request with.
 #[derive(Clone)]
-pub struct ChatLabels {
-    pub route: Arc<AppRoute>,
+pub struct GenerationLabels {
+    pub model: Option<String>,
     pub stream: bool,
 }
 
-/// Set by the chat handler on a non-streaming response: how long it waited on Dify.
+/// Set on a non-streaming response: how long it waited on Dify.
 #[derive(Clone, Copy)]
 pub struct UpstreamTime(pub Duration);
 
-/// Auth, limits and the shutdown flag, built once from the configuration.
-pub struct Gate {
-    pub auth: Auth,
-    pub limits: Limits,
-    pub smoothing: bool,
-    shutting_down: AtomicBool,
-}
-
-impl Gate {
-    pub fn from_config(config: &Config) -> Self {
-        Gate {
-            auth: Auth::from_config(config),
-            limits: Limits::from_config(config),
-            smoothing: config.stream_smoothing,
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
-    /// From now on `/ready` answers 503.
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
+/// Paths anyone may call: they carry no secret (firewall them if that matters to you).
+/// `/admin/*` checks ADMIN_API_KEY itself.
+fn open_path(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/admin/")
 }
 
 pub async fn gate(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     let request_id = request_id(request.headers());
     let span = tracing::info_span!("request", id = request_id.to_str().unwrap_or("-"));
     let method = request.method().clone();
-    let uri = request.uri().clone();
-    let response = admit(&state, request, next, &span).instrument(span.clone()).await;
-    let mut response = super::limits::openai_shaped(response, &method, uri.path()).await;
+    let path = request.uri().path().to_string();
+    let response = admit(&state, request, next).instrument(span.clone()).await;
+    let mut response = super::limits::api_shaped(response, &method, &path).await;
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     response
 }
 
-async fn admit(state: &SharedState, mut request: Request, next: Next, span: &tracing::Span) -> Response {
+async fn admit(state: &SharedState, mut request: Request, next: Next) -> Response {
+    let live = state.live();
     let path = request.uri().path();
-    let is_chat = path == "/v1/chat/completions" && request.method() == Method::POST;
-    let mut passthrough = false;
-    if path.starts_with("/v1/") || path == "/v1" {
-        match state.gate.auth.check(request.headers()) {
+    let dialect = Dialect::of_path(path);
+    if !open_path(path) {
+        match live.auth.check(request.headers()) {
             Ok(Access::Granted) => {}
             Ok(Access::Passthrough(key)) => {
-                passthrough = true;
                 request.extensions_mut().insert(ClientAppKey(key));
             }
             Err(refusal) => {
                 state.metrics.reject(Rejection::Unauthorized);
                 let why = if refusal == Refusal::Missing { "no API key" } else { "a wrong API key" };
-                tracing::warn!("❌ rejected {} {path}: {why}", request.method());
-                return refusal.into_response();
+                tracing::warn!("❌ rejected {} {}: {why}", request.method(), crate::logging::Shown(path));
+                return refusal.into_response(dialect);
             }
         }
     }
-    let request = match state.gate.limits.read_body(request).await {
-        Ok(request) => request,
+    match live.limits.read_body(request).await {
+        Ok(request) => next.run(request).await,
         Err(error) => {
             state.metrics.reject(match error {
                 BodyError::TooLarge(_) => Rejection::TooLarge,
@@ -107,34 +82,35 @@ async fn admit(state: &SharedState, mut request: Request, next: Next, span: &tra
             });
             let error = error.into_error();
             tracing::warn!(status = error.status.as_u16(), "❌ rejected request body: {}", error.message);
-            return error.into_response();
+            dialect.error_response(&error)
         }
-    };
-    if !is_chat {
-        return next.run(request).await;
     }
-    let permit = match state.gate.limits.upstream_slot() {
+}
+
+/// The layer around every generation route.
+pub async fn generation(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let live = state.live();
+    let dialect = Dialect::of_path(request.uri().path());
+    let permit = match live.limits.upstream_slot() {
         Ok(permit) => permit,
         Err(error) => {
             state.metrics.reject(Rejection::Overloaded);
             state.metrics.count_request(None, false, error.status.as_u16());
             tracing::warn!("❌ {}", error.message);
-            return error.into_response();
+            return dialect.error_response(&error);
         }
     };
     let started = Instant::now();
+    let span = tracing::Span::current();
     let mut response = next.run(request).await;
-    let labels = response.extensions_mut().remove::<ChatLabels>();
-    if passthrough && response.status() == StatusCode::BAD_GATEWAY {
-        response = passthrough_key_rejected(response).await;
-    }
+    let labels = response.extensions_mut().remove::<GenerationLabels>();
     let stream = labels.as_ref().is_some_and(|l| l.stream);
     let status = response.status();
-    state.metrics.count_request(labels.as_ref().map(|l| l.route.name.as_str()), stream, status.as_u16());
+    state.metrics.count_request(labels.as_ref().and_then(|l| l.model.as_deref()), stream, status.as_u16());
     if status == StatusCode::OK && is_event_stream(response.headers()) {
         let (parts, body) = response.into_parts();
-        let body = if state.gate.smoothing { smoothing::adaptive(body) } else { body };
-        let tracked = TrackedStream::new(body, state.metrics.clone(), span.clone(), started, Some(permit));
+        let body = if live.config.stream_smoothing { smoothing::adaptive(body) } else { body };
+        let tracked = TrackedStream::new(body, state.metrics.clone(), span, started, permit);
         return Response::from_parts(parts, Body::new(tracked));
     }
     drop(permit);
@@ -176,12 +152,12 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(origins)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any)
             .expose_headers([
                 HeaderName::from_static(REQUEST_ID_HEADER),
                 HeaderName::from_static(OVERHEAD_HEADER),
-                HeaderName::from_static("x-opendify-user"),
+                HeaderName::from_static(super::exchange::USER_HEADER),
             ])
             .max_age(Duration::from_secs(600)),
     )
@@ -207,29 +183,6 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         n >>= 4;
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// With DIFY_KEY_PASSTHROUGH the app key is the client's own: Dify rejecting it is the
-/// client's 401, not a gateway misconfiguration.
-async fn passthrough_key_rejected(response: Response) -> Response {
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return ApiError::server(StatusCode::BAD_GATEWAY, "Dify failed").into_response();
-    };
-    let rejected = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .is_some_and(|v| v["error"]["code"] == "upstream_auth_failed");
-    if !rejected {
-        return Response::from_parts(parts, Body::from(bytes));
-    }
-    tracing::warn!("❌ Dify rejected the app key the client sent (DIFY_KEY_PASSTHROUGH)");
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_request_error",
-        "Dify rejected the app key you sent (DIFY_KEY_PASSTHROUGH): check that it is a valid key of this model's app",
-    )
-    .code("invalid_api_key")
-    .into_response()
 }
 
 #[cfg(test)]

@@ -11,13 +11,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::api::Dialect;
+use crate::bridge::{ApiError, ErrorType};
 use crate::config::Config;
-use crate::openai::ApiError;
 
 /// How long a client may take to send a request's headers (also: how long an idle
 /// keep-alive connection stays open).
@@ -53,14 +54,16 @@ impl Limits {
     /// MAX_CONCURRENT_UPSTREAM slots are taken.
     pub fn upstream_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.upstream.clone().try_acquire_owned().map_err(|_| {
-            ApiError::server(
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
+                ErrorType::Overloaded,
                 format!(
                     "opendify is serving its maximum of {} concurrent requests to Dify (MAX_CONCURRENT_UPSTREAM); retry shortly",
                     self.upstream_capacity
                 ),
             )
             .code("overloaded")
+            .retryable()
         })
     }
 
@@ -112,7 +115,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge(limit) => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
+                ErrorType::InvalidRequest,
                 format!(
                     "The request body is larger than {} (MAX_BODY_MB); send smaller images or raise MAX_BODY_MB",
                     human_size(limit)
@@ -121,7 +124,7 @@ impl BodyError {
             .code("request_too_large"),
             BodyError::Timeout(after) => ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
+                ErrorType::InvalidRequest,
                 format!("The request body did not arrive within {}s", after.as_secs_f64()),
             )
             .code("request_timeout"),
@@ -164,8 +167,8 @@ async fn collect(body: Body, limit: usize, capacity: usize) -> Result<Bytes, Bod
 }
 
 /// Turns any error response that is not already JSON (axum's extractor rejections, 405s,
-/// hyper's plain texts) into OpenAI's error shape, keeping the status and the text.
-pub async fn openai_shaped(response: Response, method: &Method, path: &str) -> Response {
+/// plain texts) into the caller's API error shape, keeping the status and the text.
+pub async fn api_shaped(response: Response, method: &Method, path: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -195,9 +198,8 @@ pub async fn openai_shaped(response: Response, method: &Method, path: &str) -> R
         _ if text.is_empty() => (status.canonical_reason().unwrap_or("error").to_string(), "error"),
         _ => (text.to_string(), "invalid_request"),
     };
-    let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
-    let status_code = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut shaped = ApiError::new(status_code, kind, message).code(code).into_response();
+    let kind = if status.is_server_error() { ErrorType::Server } else { ErrorType::InvalidRequest };
+    let mut shaped = Dialect::of_path(path).error_response(&ApiError::new(status, kind, message).code(code));
     // Keep headers that mean something to the client (Allow on a 405, Retry-After).
     for name in ["allow", "retry-after"] {
         if let Some(value) = parts.headers.get(name) {
@@ -209,6 +211,8 @@ pub async fn openai_shaped(response: Response, method: &Method, path: &str) -> R
 
 #[cfg(test)]
 mod tests {
+    use axum::response::IntoResponse;
+
     use super::*;
 
     #[tokio::test]
@@ -243,7 +247,7 @@ mod tests {
     #[tokio::test]
     async fn plain_text_rejections_become_openai_errors() {
         let plain = (StatusCode::BAD_REQUEST, "Failed to parse the request body").into_response();
-        let shaped = openai_shaped(plain, &Method::POST, "/v1/chat/completions").await;
+        let shaped = api_shaped(plain, &Method::POST, "/v1/chat/completions").await;
         assert_eq!(shaped.status(), StatusCode::BAD_REQUEST);
         let body = axum::body::to_bytes(shaped.into_body(), 1024).await.expect("body");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
@@ -251,7 +255,7 @@ mod tests {
         assert_eq!(json["error"]["type"], "invalid_request_error");
 
         let not_allowed = StatusCode::METHOD_NOT_ALLOWED.into_response();
-        let shaped = openai_shaped(not_allowed, &Method::GET, "/v1/chat/completions").await;
+        let shaped = api_shaped(not_allowed, &Method::GET, "/v1/chat/completions").await;
         let body = axum::body::to_bytes(shaped.into_body(), 1024).await.expect("body");
         assert!(String::from_utf8_lossy(&body).contains("Method GET is not allowed"));
     }

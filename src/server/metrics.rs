@@ -1,32 +1,31 @@
-//! Prometheus metrics, hand-written: a handful of counters, gauges and fixed-bucket
-//! histograms on atomics, rendered as text on `GET /metrics`. No metrics crate, no locks on
-//! the hot path (the model table is read-locked, written only the first time a model is
-//! seen), and label sets kept small: model names come from the registry, never from what a
-//! client typed; statuses are folded into a fixed list.
+//! Prometheus metrics, through `prometheus-client`, served on `GET /metrics` in the
+//! OpenMetrics text format. Label sets are kept small: model names come from the registry,
+//! never from what a client typed; statuses are folded into a fixed list; every other label
+//! is a fixed word from an enum.
 
-use std::fmt::Write as _;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
-use tokio::sync::OwnedSemaphorePermit;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::bridge::StopReason;
+use crate::dify::ErrorKind;
 
 /// Response statuses with a series of their own; anything else counts as `other`.
-const STATUSES: [u16; 16] = [200, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 499, 500, 502, 503, 504];
-const OTHER_STATUS: usize = STATUSES.len();
+const STATUSES: [&str; 17] = [
+    "200", "400", "401", "403", "404", "405", "408", "413", "415", "422", "429", "499", "500", "502", "503", "504",
+    "other",
+];
 
-/// Never more model series than this (a safety net: names come from the registry).
-const MAX_MODELS: usize = 256;
-
-const LATENCY_BUCKETS: &[f64] =
-    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-const OVERHEAD_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const OVERHEAD_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const STORE_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// Why a request was turned away before reaching a handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,83 +36,71 @@ pub enum Rejection {
     Overloaded,
 }
 
-const REJECTIONS: [(Rejection, &str); 4] = [
-    (Rejection::Unauthorized, "unauthorized"),
-    (Rejection::TooLarge, "too_large"),
-    (Rejection::SlowClient, "slow_client"),
-    (Rejection::Overloaded, "overloaded"),
-];
+impl Rejection {
+    const ALL: [Rejection; 4] =
+        [Rejection::Unauthorized, Rejection::TooLarge, Rejection::SlowClient, Rejection::Overloaded];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::TooLarge => "too_large",
+            Rejection::SlowClient => "slow_client",
+            Rejection::Overloaded => "overloaded",
+        }
+    }
+}
 
 /// Why a stream ended without finishing normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// The client went away mid-answer.
     ClientGone,
-    /// The stream ended with an error chunk (upstream failure, idle timeout, shutdown).
+    /// The stream ended with an error (upstream failure, idle timeout, shutdown).
     Error,
 }
 
-const CUTS: [(Cut, &str); 2] = [(Cut::ClientGone, "client_gone"), (Cut::Error, "error")];
+impl Cut {
+    const ALL: [Cut; 2] = [Cut::ClientGone, Cut::Error];
 
-/// A fixed-bucket histogram: per-bucket counts (cumulated when rendered), sum in nanoseconds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::ClientGone => "client_gone",
+            Cut::Error => "error",
         }
     }
-
-    pub fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
-        let slot = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
-        self.counts[slot].fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(value.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[self.bounds.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
 }
 
-/// Request counts of one model: `[stream][status]`.
-struct ModelSeries {
-    name: Box<str>,
-    counts: [[AtomicU64; STATUSES.len() + 1]; 2],
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    status: &'static str,
+    stream: &'static str,
 }
 
-impl ModelSeries {
-    fn new(name: &str) -> Self {
-        ModelSeries { name: name.into(), counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))) }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
 }
 
-/// Values that live elsewhere (the Dify client, the conversation store), read at scrape time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn stream_label(stream: bool) -> StreamLabel {
+    StreamLabel { stream: if stream { "true" } else { "false" } }
+}
+
+/// Values read from elsewhere at scrape time (the limits, the store, readiness).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub upstream_errors: Vec<(&'static str, u64)>,
     pub conversation_mappings: Option<u64>,
     pub upstream_in_flight: usize,
     pub upstream_capacity: usize,
@@ -121,327 +108,209 @@ pub struct Snapshot {
 }
 
 pub struct Metrics {
-    models: RwLock<Vec<ModelSeries>>,
-    unknown: ModelSeries,
-    /// `[non-streaming, streaming]`.
-    duration: [Histogram; 2],
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histograms<StreamLabel>,
     ttft: Histogram,
     overhead: Histogram,
-    pub store_latency: Histogram,
-    active_streams: AtomicI64,
-    cuts: [AtomicU64; CUTS.len()],
-    rejections: [AtomicU64; REJECTIONS.len()],
-    /// The conversation count as last read from the store, and when (read at scrape time).
+    upstream_errors: Family<KindLabel, Counter>,
+    active_streams: Gauge,
+    cuts: Family<ReasonLabel, Counter>,
+    stops: Family<ReasonLabel, Counter>,
+    rejections: Family<ReasonLabel, Counter>,
+    upstream_in_flight: Gauge,
+    upstream_capacity: Gauge,
+    conversation_mappings: Gauge,
+    store_latency: Histogram,
+    ready: Gauge,
+    /// The conversation count as last read from the store, and when (counting can be slow).
     pub(super) mappings_cache: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("opendify_requests", "Chat requests by model, HTTP status and streaming", requests.clone());
+        let duration: Histograms<StreamLabel> = Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register(
+            "opendify_request_duration_seconds",
+            "Request time, from the request body read to the last byte (streams: to their end)",
+            duration.clone(),
+        );
+        let ttft = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "opendify_time_to_first_token_seconds",
+            "Streams: time until the first answer token left opendify",
+            ttft.clone(),
+        );
+        let overhead = Histogram::new(OVERHEAD_BUCKETS);
+        registry.register(
+            "opendify_overhead_seconds",
+            "Non-streaming requests: total time minus the time spent waiting on Dify",
+            overhead.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register("opendify_upstream_errors", "Failed Dify calls by kind of failure", upstream_errors.clone());
+        let active_streams = Gauge::default();
+        registry.register("opendify_active_streams", "Streaming responses open right now", active_streams.clone());
+        let cuts = Family::<ReasonLabel, Counter>::default();
+        registry.register("opendify_streams_cut", "Streams that did not finish normally, by reason", cuts.clone());
+        let stops = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "opendify_dify_stops",
+            "Dify tasks opendify told to stop (nobody would read their answer), by reason",
+            stops.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register("opendify_rejected", "Requests turned away before any work, by reason", rejections.clone());
+        let upstream_in_flight = Gauge::default();
+        registry.register("opendify_upstream_in_flight", "Requests to Dify in flight", upstream_in_flight.clone());
+        let upstream_capacity = Gauge::default();
+        registry.register("opendify_upstream_capacity", "MAX_CONCURRENT_UPSTREAM", upstream_capacity.clone());
+        let conversation_mappings = Gauge::default();
+        registry.register(
+            "opendify_conversation_mappings",
+            "Conversations in the conversation store",
+            conversation_mappings.clone(),
+        );
+        let store_latency = Histogram::new(STORE_BUCKETS);
+        registry.register("opendify_store_latency_seconds", "Conversation store operations", store_latency.clone());
+        let ready = Gauge::default();
+        registry.register("opendify_ready", "1 when /ready answers 200", ready.clone());
+
+        // Every fixed label is shown from the start (at 0), so alerts can rely on the series.
+        for kind in ErrorKind::ALL {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind: kind.as_str() });
+        }
+        for cut in Cut::ALL {
+            let _ = cuts.get_or_create(&ReasonLabel { reason: cut.as_str() });
+        }
+        for stop in StopReason::ALL {
+            let _ = stops.get_or_create(&ReasonLabel { reason: stop.as_str() });
+        }
+        for rejection in Rejection::ALL {
+            let _ = rejections.get_or_create(&ReasonLabel { reason: rejection.as_str() });
+        }
+        for stream in [false, true] {
+            let _ = duration.get_or_create(&stream_label(stream));
+        }
         Metrics {
-            models: RwLock::new(Vec::new()),
-            unknown: ModelSeries::new("unknown"),
-            duration: [Histogram::new(LATENCY_BUCKETS), Histogram::new(LATENCY_BUCKETS)],
-            ttft: Histogram::new(LATENCY_BUCKETS),
-            overhead: Histogram::new(OVERHEAD_BUCKETS),
-            store_latency: Histogram::new(STORE_BUCKETS),
-            active_streams: AtomicI64::new(0),
-            cuts: std::array::from_fn(|_| AtomicU64::new(0)),
-            rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+            registry,
+            requests,
+            duration,
+            ttft,
+            overhead,
+            upstream_errors,
+            active_streams,
+            cuts,
+            stops,
+            rejections,
+            upstream_in_flight,
+            upstream_capacity,
+            conversation_mappings,
+            store_latency,
+            ready,
             mappings_cache: Mutex::new(None),
         }
     }
 }
 
+fn status_label(status: u16) -> &'static str {
+    let text = status.to_string();
+    STATUSES.iter().find(|s| **s == text).copied().unwrap_or("other")
+}
+
 impl Metrics {
-    /// One finished chat request (for a stream: its response head). `model` is a registry
-    /// name, or `None` when the request named no known model.
+    /// One finished request (for a stream: its response head). `model` is a registry name,
+    /// or `None` when the request named no known model.
     pub fn count_request(&self, model: Option<&str>, stream: bool, status: u16) {
-        let slot = STATUSES.iter().position(|&s| s == status).unwrap_or(OTHER_STATUS);
-        let stream = usize::from(stream);
-        let Some(model) = model else {
-            self.unknown.counts[stream][slot].fetch_add(1, Relaxed);
-            return;
-        };
-        {
-            let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(series) = models.iter().find(|s| &*s.name == model) {
-                series.counts[stream][slot].fetch_add(1, Relaxed);
-                return;
-            }
-        }
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(series) = models.iter().find(|s| &*s.name == model) {
-            series.counts[stream][slot].fetch_add(1, Relaxed);
-        } else if models.len() < MAX_MODELS {
-            let series = ModelSeries::new(model);
-            series.counts[stream][slot].fetch_add(1, Relaxed);
-            models.push(series);
-        } else {
-            self.unknown.counts[stream][slot].fetch_add(1, Relaxed);
-        }
+        self.requests.get_or_create(&request_labels(model, stream, status)).inc();
     }
 
     /// How many requests were counted for `model` with `status` (tests, the doctor).
     pub fn requests(&self, model: &str, stream: bool, status: u16) -> u64 {
-        let slot = STATUSES.iter().position(|&s| s == status).unwrap_or(OTHER_STATUS);
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        models.iter().find(|s| &*s.name == model).map_or(0, |s| s.counts[usize::from(stream)][slot].load(Relaxed))
+        self.requests.get_or_create(&request_labels(Some(model), stream, status)).get()
     }
 
     pub fn observe_duration(&self, stream: bool, elapsed: Duration) {
-        self.duration[usize::from(stream)].observe(elapsed);
+        self.duration.get_or_create(&stream_label(stream)).observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_overhead(&self, overhead: Duration) {
-        self.overhead.observe(overhead);
+        self.overhead.observe(overhead.as_secs_f64());
+    }
+
+    pub fn observe_first_token(&self, elapsed: Duration) {
+        self.ttft.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_store(&self, elapsed: Duration) {
+        self.store_latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: ErrorKind) {
+        self.upstream_errors.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
     }
 
     pub fn reject(&self, why: Rejection) {
-        if let Some(i) = REJECTIONS.iter().position(|(r, _)| *r == why) {
-            self.rejections[i].fetch_add(1, Relaxed);
-        }
+        self.rejections.get_or_create(&ReasonLabel { reason: why.as_str() }).inc();
     }
 
-    pub fn active_streams(&self) -> i64 {
-        self.active_streams.load(Relaxed)
+    pub fn cut(&self, why: Cut) {
+        self.cuts.get_or_create(&ReasonLabel { reason: why.as_str() }).inc();
     }
 
     pub fn cuts(&self, why: Cut) -> u64 {
-        CUTS.iter().position(|(c, _)| *c == why).map_or(0, |i| self.cuts[i].load(Relaxed))
+        self.cuts.get_or_create(&ReasonLabel { reason: why.as_str() }).get()
     }
 
-    fn cut(&self, why: Cut) {
-        if let Some(i) = CUTS.iter().position(|(c, _)| *c == why) {
-            self.cuts[i].fetch_add(1, Relaxed);
-        }
+    pub fn dify_stop(&self, why: StopReason) {
+        self.stops.get_or_create(&ReasonLabel { reason: why.as_str() }).inc();
     }
 
-    /// The Prometheus text exposition of everything.
+    pub fn dify_stops(&self, why: StopReason) -> u64 {
+        self.stops.get_or_create(&ReasonLabel { reason: why.as_str() }).get()
+    }
+
+    pub fn stream_opened(&self) {
+        self.active_streams.inc();
+    }
+
+    pub fn stream_closed(&self) {
+        self.active_streams.dec();
+    }
+
+    pub fn active_streams(&self) -> i64 {
+        self.active_streams.get()
+    }
+
+    /// The OpenMetrics text exposition of everything, with the scrape-time values set.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        header(
-            &mut out,
-            "opendify_requests_total",
-            "counter",
-            "Chat completion requests by model, HTTP status and streaming",
-        );
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        for series in models.iter().chain(std::iter::once(&self.unknown)) {
-            let model = escape(&series.name);
-            for (stream, counts) in series.counts.iter().enumerate() {
-                for (slot, count) in counts.iter().enumerate() {
-                    let n = count.load(Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let status = STATUSES.get(slot).map_or_else(|| "other".to_string(), u16::to_string);
-                    let stream = stream == 1;
-                    let _ = writeln!(
-                        out,
-                        "opendify_requests_total{{model=\"{model}\",status=\"{status}\",stream=\"{stream}\"}} {n}"
-                    );
-                }
-            }
-        }
-        drop(models);
-
-        header(
-            &mut out,
-            "opendify_request_duration_seconds",
-            "histogram",
-            "Chat completion time, from the request body read to the last byte (streams: to [DONE])",
-        );
-        self.duration[0].render(&mut out, "opendify_request_duration_seconds", "stream=\"false\"");
-        self.duration[1].render(&mut out, "opendify_request_duration_seconds", "stream=\"true\"");
-        header(
-            &mut out,
-            "opendify_time_to_first_token_seconds",
-            "histogram",
-            "Streams: time until the first content chunk left opendify",
-        );
-        self.ttft.render(&mut out, "opendify_time_to_first_token_seconds", "");
-        header(
-            &mut out,
-            "opendify_overhead_seconds",
-            "histogram",
-            "Non-streaming requests: total time minus the time spent waiting on Dify",
-        );
-        self.overhead.render(&mut out, "opendify_overhead_seconds", "");
-
-        header(&mut out, "opendify_upstream_errors_total", "counter", "Failed Dify calls by kind of failure");
-        for (kind, n) in &snapshot.upstream_errors {
-            let _ = writeln!(out, "opendify_upstream_errors_total{{kind=\"{kind}\"}} {n}");
-        }
-
-        header(&mut out, "opendify_active_streams", "gauge", "Streaming responses open right now");
-        let _ = writeln!(out, "opendify_active_streams {}", self.active_streams.load(Relaxed).max(0));
-        header(&mut out, "opendify_streams_cut_total", "counter", "Streams that did not finish normally, by reason");
-        for (i, (_, reason)) in CUTS.iter().enumerate() {
-            let _ = writeln!(out, "opendify_streams_cut_total{{reason=\"{reason}\"}} {}", self.cuts[i].load(Relaxed));
-        }
-        header(&mut out, "opendify_rejected_total", "counter", "Requests turned away before any work, by reason");
-        for (i, (_, reason)) in REJECTIONS.iter().enumerate() {
-            let _ =
-                writeln!(out, "opendify_rejected_total{{reason=\"{reason}\"}} {}", self.rejections[i].load(Relaxed));
-        }
-        header(&mut out, "opendify_upstream_in_flight", "gauge", "Requests to Dify in flight");
-        let _ = writeln!(out, "opendify_upstream_in_flight {}", snapshot.upstream_in_flight);
-        header(&mut out, "opendify_upstream_capacity", "gauge", "MAX_CONCURRENT_UPSTREAM");
-        let _ = writeln!(out, "opendify_upstream_capacity {}", snapshot.upstream_capacity);
-
-        header(&mut out, "opendify_conversation_mappings", "gauge", "Conversations in the conversation store");
+        self.upstream_in_flight.set(i64::try_from(snapshot.upstream_in_flight).unwrap_or(i64::MAX));
+        self.upstream_capacity.set(i64::try_from(snapshot.upstream_capacity).unwrap_or(i64::MAX));
         if let Some(n) = snapshot.conversation_mappings {
-            let _ = writeln!(out, "opendify_conversation_mappings {n}");
+            self.conversation_mappings.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        header(&mut out, "opendify_store_latency_seconds", "histogram", "Conversation store operations");
-        self.store_latency.render(&mut out, "opendify_store_latency_seconds", "");
-        header(&mut out, "opendify_ready", "gauge", "1 when /ready answers 200");
-        let _ = writeln!(out, "opendify_ready {}", u8::from(snapshot.ready));
+        self.ready.set(i64::from(snapshot.ready));
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A label value as Prometheus wants it: backslash, quote and newline escaped.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// A streaming response body that reports to the metrics as it goes: time to first token,
-/// total duration, how it ended. It also holds the request's upstream slot until the stream
-/// is over, and enters the request's tracing span whenever it is polled or dropped, so log
-/// lines written while streaming carry the request id.
-pub struct TrackedStream {
-    inner: Option<Body>,
-    metrics: Arc<Metrics>,
-    span: tracing::Span,
-    started: Instant,
-    frames: u64,
-    first_token: bool,
-    last: Bytes,
-    finished: bool,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl TrackedStream {
-    pub fn new(
-        inner: Body,
-        metrics: Arc<Metrics>,
-        span: tracing::Span,
-        started: Instant,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        metrics.active_streams.fetch_add(1, Relaxed);
-        TrackedStream {
-            inner: Some(inner),
-            metrics,
-            span,
-            started,
-            frames: 0,
-            first_token: false,
-            last: Bytes::new(),
-            finished: false,
-            _permit: permit,
-        }
-    }
-
-    fn on_data(&mut self, data: &Bytes) {
-        self.frames += 1;
-        // The first frame is the role chunk; the next chunk frame carries the first token.
-        if !self.first_token && self.frames > 1 && data.starts_with(b"data: {\"id\"") {
-            self.first_token = true;
-            self.metrics.ttft.observe(self.started.elapsed());
-        }
-        self.last = data.clone();
-    }
-
-    fn on_end(&mut self) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        self.metrics.active_streams.fetch_sub(1, Relaxed);
-        self.metrics.observe_duration(true, self.started.elapsed());
-        if contains(&self.last, b"data: {\"error\"") {
-            self.metrics.cut(Cut::Error);
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-impl http_body::Body for TrackedStream {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        let polled = {
-            let _entered = this.span.enter();
-            Pin::new(inner).poll_frame(cx)
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.on_data(data);
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.on_end(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(http_body::Body::size_hint).unwrap_or_default()
-    }
-}
-
-impl Drop for TrackedStream {
-    fn drop(&mut self) {
-        let _entered = self.span.enter();
-        // Dropping the relay here may call Dify's stop endpoint: inside the request's span.
-        self.inner.take();
-        if !self.finished {
-            self.finished = true;
-            self.metrics.active_streams.fetch_sub(1, Relaxed);
-            self.metrics.cut(Cut::ClientGone);
-            tracing::info!(
-                elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-                "client went away before the stream ended"
-            );
-        }
+fn request_labels(model: Option<&str>, stream: bool, status: u16) -> RequestLabels {
+    RequestLabels {
+        model: model.unwrap_or("unknown").to_string(),
+        status: status_label(status),
+        stream: if stream { "true" } else { "false" },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative_with_sum_and_count() {
-        let h = Histogram::new(&[0.1, 1.0]);
-        h.observe(Duration::from_millis(50));
-        h.observe(Duration::from_millis(500));
-        h.observe(Duration::from_secs(5));
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.1\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_sum{a=\"b\"} 5.55\n"), "{out}");
-        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
-    }
 
     #[test]
     fn requests_are_counted_per_model_status_and_stream_with_escaped_labels() {
@@ -455,5 +324,17 @@ mod tests {
         assert!(text.contains("opendify_requests_total{model=\"chat\",status=\"200\",stream=\"true\"} 2"), "{text}");
         assert!(text.contains("opendify_requests_total{model=\"we\\\"ird\",status=\"other\",stream=\"false\"} 1"));
         assert!(text.contains("opendify_requests_total{model=\"unknown\",status=\"400\",stream=\"false\"} 1"));
+        assert!(text.contains("opendify_dify_stops_total{reason=\"idle_timeout\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn histograms_have_cumulative_buckets_sum_and_count() {
+        let m = Metrics::default();
+        m.observe_store(Duration::from_micros(700));
+        m.observe_store(Duration::from_secs(2));
+        let text = m.render(&Snapshot::default());
+        assert!(text.contains("opendify_store_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
+        assert!(text.contains("opendify_store_latency_seconds_bucket{le=\"5.0\"} 2"), "{text}");
+        assert!(text.contains("opendify_store_latency_seconds_count 2"), "{text}");
     }
 }

@@ -1,94 +1,164 @@
-//! `opendify serve`: the axum application, its state, and the listener with graceful
-//! shutdown. Routes live in their own files; errors leave in OpenAI's shape.
+//! `opendify serve`: the application's state, its routes, and the listener with graceful
+//! shutdown and reload.
+//!
+//! The state is in two parts. [`AppState`] lives as long as the process: the conversation
+//! store, the upload cache, the metrics, the shutdown signals. [`Live`] is what a reload
+//! replaces: the configuration and everything built from it (the Dify client, the model
+//! registry, auth, limits). A request takes the `Live` current when it arrives and keeps it
+//! to its end, so open streams finish on what they started with.
 
 pub mod auth;
 mod chat;
+pub mod exchange;
 pub mod gate;
 pub mod limits;
 mod listen;
 pub mod metrics;
 mod ops;
 mod relay;
+pub mod reload;
 mod smoothing;
+mod stream;
+mod trim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Registry, UploadCache};
-use crate::config::Config;
+use crate::api::models::{ModelList, ModelObject};
+use crate::api::{Dialect, unix_now};
+use crate::bridge::{ApiError, Registry, UploadCache};
+use crate::config::{Config, LoadOptions, Loaded, SettingView};
 use crate::conversations::{Conversations, IdentityRules, Store};
 use crate::dify::DifyClient;
-use crate::openai::{ApiError, ModelList, ModelObject, unix_now};
 
-pub struct AppState {
+/// What a reload replaces: the configuration and everything built from it.
+pub struct Live {
     pub config: Config,
     pub client: DifyClient,
     pub registry: Registry,
+    pub identity: IdentityRules,
+    pub auth: auth::Auth,
+    pub limits: limits::Limits,
+}
+
+impl Live {
+    /// Builds everything a configuration describes, reading each app's `/info` and
+    /// `/parameters` concurrently.
+    pub async fn build(config: Config) -> anyhow::Result<Live> {
+        let client = DifyClient::new(&config.dify_client_options())?;
+        let (registry, discovery) = Registry::discover(&config, client.clone()).await;
+        for warning in discovery.warnings {
+            tracing::warn!("⚠️ {warning}");
+        }
+        Ok(Live {
+            identity: IdentityRules::from_config(&config),
+            auth: auth::Auth::from_config(&config),
+            limits: limits::Limits::from_config(&config),
+            registry,
+            client,
+            config,
+        })
+    }
+}
+
+pub struct AppState {
+    live: ArcSwap<Live>,
     pub uploads: UploadCache,
     pub conversations: Conversations,
-    /// Who the user of a request is.
-    pub identity: IdentityRules,
+    pub metrics: Arc<metrics::Metrics>,
     /// `created` of every model object: when this server started.
     pub started_at: u64,
     /// Cancelled when the shutdown drain time is over: open streams end with an error.
     pub drain_deadline: CancellationToken,
-    /// Client auth, body and concurrency limits, the shutdown flag.
-    pub gate: gate::Gate,
-    pub metrics: Arc<metrics::Metrics>,
+    shutting_down: AtomicBool,
+    /// How the configuration was read at startup, to read it again on reload, and the
+    /// settings it gave (a reload says what changed).
+    pub load_options: LoadOptions,
+    settings: std::sync::Mutex<Vec<SettingView>>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// Describes every configured app and builds the state `serve` runs with.
-    pub async fn build(config: Config) -> anyhow::Result<AppState> {
-        let store = Store::open(&config.conversation_store, config.mapping_ttl).await.map_err(|e| {
-            let fix = e.fix().map(|f| format!("\n  hint: {f}")).unwrap_or_default();
-            anyhow::anyhow!("{e}{fix}")
-        })?;
+    /// Opens the conversation store, describes every configured app and builds the state
+    /// `serve` runs with.
+    pub async fn build(loaded: Loaded, load_options: LoadOptions) -> anyhow::Result<AppState> {
+        let Some(config) = loaded.config.filter(|_| loaded.problems.is_empty()) else {
+            anyhow::bail!("the configuration has problems");
+        };
+        let store = Store::open(&config.conversation_store, config.mapping_ttl)
+            .await
+            .map_err(|e| anyhow::Error::new(e.finding()))?;
         let conversations = Conversations::new(store, config.branch_with_parent);
-        let client = DifyClient::new(&config)?;
-        let (registry, discovery) = Registry::discover(&config, client.clone()).await;
-        for warning in discovery.warnings {
-            tracing::warn!("⚠️ {warning}");
-        }
-        let gate = gate::Gate::from_config(&config);
+        let live = Live::build(config).await?;
         Ok(AppState {
-            identity: IdentityRules::from_config(&config),
-            config,
-            client,
-            registry,
+            live: ArcSwap::from_pointee(live),
             uploads: UploadCache::default(),
             conversations,
+            metrics: Arc::default(),
             started_at: unix_now(),
             drain_deadline: CancellationToken::new(),
-            gate,
-            metrics: Arc::default(),
+            shutting_down: AtomicBool::new(false),
+            load_options,
+            settings: std::sync::Mutex::new(loaded.settings),
+            reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The configuration and what was built from it, as of now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Makes `live` the configuration new requests get (reload; tests tuning limits).
+    pub fn replace_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
+    /// From now on `/ready` answers 503.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 }
 
 /// The application; tests drive it on an ephemeral port.
 pub fn router(state: SharedState) -> Router {
-    let cors = gate::cors(&state.config);
+    let live = state.live();
+    let cors = gate::cors(&live.config);
+    // Dify generations: each holds an upstream slot and is counted by model.
+    let generations = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        // Clients configured with a bare base URL (no `/v1`).
+        .route("/chat/completions", post(chat::chat_completions))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/admin/reload", post(reload::admin_reload))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/models", get(list_models))
+        .route("/models/{*id}", get(get_model))
+        .merge(generations)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // The gate reads bodies within MAX_BODY_MB (as of now: it may be reloaded).
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate::gate))
         .with_state(state);
     match cors {
@@ -101,60 +171,53 @@ async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn not_found() -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/models and /health",
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let error = ApiError::not_found(
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/models and /health".to_string(),
     )
-    .code("unknown_url")
-    .into_response()
+    .code("unknown_url");
+    Dialect::of_path(uri.path()).error_response(&error)
 }
 
 async fn list_models(State(state): State<SharedState>) -> Response {
-    state.registry.refresh_if_stale().await;
-    let routes = state.registry.list();
-    let data = routes
-        .iter()
-        .map(|r| ModelObject { id: &r.name, object: "model", created: state.started_at, owned_by: "dify" })
-        .collect();
-    axum::Json(ModelList { object: "list", data }).into_response()
+    let live = state.live();
+    live.registry.refresh_if_stale().await;
+    let routes = live.registry.list();
+    axum::Json(ModelList::new(routes.iter().map(|r| r.name.as_str()), state.started_at)).into_response()
 }
 
 async fn get_model(State(state): State<SharedState>, Path(id): Path<String>) -> Response {
-    match state.registry.get(&id) {
-        Some(route) => {
-            axum::Json(ModelObject { id: &route.name, object: "model", created: state.started_at, owned_by: "dify" })
-                .into_response()
-        }
-        None => unknown_model(&id, &state.registry.names()).into_response(),
+    let live = state.live();
+    match live.registry.get(&id) {
+        Some(route) => axum::Json(ModelObject::new(&route.name, state.started_at)).into_response(),
+        None => Dialect::OpenAi.error_response(&unknown_model(&id, &live.registry.names())),
     }
 }
 
 pub fn unknown_model(model: &str, available: &[String]) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        format!(
-            "The model `{model}` does not exist or you do not have access to it. Available models: {}",
-            if available.is_empty() { "(none)".to_string() } else { available.join(", ") }
-        ),
-    )
+    ApiError::not_found(format!(
+        "The model `{}` does not exist or you do not have access to it. Available models: {}",
+        crate::logging::Shown(model),
+        if available.is_empty() { "(none)".to_string() } else { available.join(", ") }
+    ))
     .param("model")
     .code("model_not_found")
 }
 
 /// Binds, serves until SIGINT/SIGTERM, then lets in-flight requests finish for up to
-/// SHUTDOWN_TIMEOUT before ending the streams still open.
+/// SHUTDOWN_TIMEOUT before ending the streams still open. SIGHUP reloads the configuration.
 pub async fn serve(state: AppState) -> anyhow::Result<()> {
-    let addr = state.config.listen_addr();
-    let listener = TcpListener::bind(&addr).await.map_err(|e| bind_error(&addr, e, state.config.port))?;
+    let live = state.live();
+    let addr = live.config.listen_addr();
+    let listener = TcpListener::bind(&addr).await.map_err(|e| bind_error(&addr, e, live.config.port))?;
     let local: SocketAddr = listener.local_addr()?;
-    let names = state.registry.names();
+    let names = live.registry.names();
     tracing::info!("Loaded {} models: {}", names.len(), names.join(", "));
-    tracing::info!("🚀 opendify listening on http://{local} (Dify: {})", state.client.base());
-    auth::warn_if_open(&state.gate.auth, local);
-    run(listener, Arc::new(state), shutdown_signal()).await
+    tracing::info!("🚀 opendify listening on http://{local} (Dify: {})", live.client.base());
+    auth::warn_if_open(&live.auth, local);
+    let state = Arc::new(state);
+    reload::on_sighup(state.clone());
+    run(listener, state, shutdown_signal()).await
 }
 
 /// Serves on an already bound listener until `shutdown` completes (tests use this).
@@ -163,28 +226,30 @@ pub async fn run(
     state: SharedState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let drain_for = state.config.shutdown_timeout;
     spawn_store_cleanup(state.clone());
     let deadline = state.drain_deadline.clone();
     let options = listen::ServeOptions {
-        header_timeout: state.gate.limits.header_timeout,
+        header_timeout: state.live().limits.header_timeout,
         drain_deadline: state.drain_deadline.clone(),
     };
     let app = router(state.clone());
     let state_for_flush = state.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signalled = async move {
-        shutdown.await;
-        state.gate.begin_shutdown();
-        tracing::info!("shutdown requested: /ready is 503, no new connections, letting in-flight requests finish");
-        let _ = signalled_tx.send(());
+    let signalled = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.begin_shutdown();
+            tracing::info!("shutdown requested: /ready is 503, no new connections, letting in-flight requests finish");
+            let _ = signalled_tx.send(());
+        }
     };
     let server = tokio::spawn(listen::serve(listener, app, signalled, options));
-    // Once shutdown starts, streams get `drain_for` to finish; then they are ended with an
-    // error chunk (not cut), and the server gets a moment to flush them.
+    // Once shutdown starts, streams get SHUTDOWN_TIMEOUT to finish; then they are ended with
+    // an error chunk (not cut), and the server gets a moment to flush them.
     tokio::spawn(async move {
         if signalled_rx.await.is_ok() {
-            tokio::time::sleep(drain_for).await;
+            tokio::time::sleep(state.live().config.shutdown_timeout).await;
             tracing::warn!("shutdown timeout reached: ending the streams still open");
             deadline.cancel();
         }
@@ -217,16 +282,21 @@ fn spawn_store_cleanup(state: SharedState) {
 }
 
 fn bind_error(addr: &str, err: std::io::Error, port: u16) -> anyhow::Error {
-    if err.kind() == std::io::ErrorKind::AddrInUse {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: the address is already in use\n  hint: run `opendify doctor check-port` to see which process holds it, or set SERVER_PORT={} (or --port)",
-            port.saturating_add(1)
+    let finding = if err.kind() == std::io::ErrorKind::AddrInUse {
+        crate::finding::Finding::with_fix(
+            format!("cannot listen on {addr}: the address is already in use"),
+            format!(
+                "run `opendify doctor check-port` to see which process holds it, or set SERVER_PORT={} (or --port)",
+                port.saturating_add(1)
+            ),
         )
     } else {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: {err}\n  hint: check SERVER_HOST/SERVER_PORT (ports below 1024 need privileges)"
+        crate::finding::Finding::with_fix(
+            format!("cannot listen on {addr}: {err}"),
+            "check SERVER_HOST/SERVER_PORT (ports below 1024 need privileges)",
         )
-    }
+    };
+    anyhow::Error::new(finding)
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,5 @@
 //! Endpoints for operators and orchestrators: `GET /ready` (may this instance take traffic:
-//! not shutting down, conversation store reachable) and `GET /metrics` (Prometheus text).
+//! not shutting down, conversation store reachable) and `GET /metrics` (OpenMetrics text).
 //! Neither needs a client key and neither shows a secret. `GET /health` (in `mod.rs`) only
 //! says the process is up.
 
@@ -20,7 +20,7 @@ const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAPPINGS_MAX_AGE: Duration = Duration::from_secs(30);
 
 pub async fn ready(State(state): State<SharedState>) -> Response {
-    if state.gate.is_shutting_down() {
+    if state.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting_down"}))).into_response();
     }
     match store_health(&state).await {
@@ -36,7 +36,7 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
 async fn store_health(state: &SharedState) -> Result<(), String> {
     let started = Instant::now();
     let result = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().health()).await;
-    state.metrics.store_latency.observe(started.elapsed());
+    state.metrics.observe_store(started.elapsed());
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -45,16 +45,16 @@ async fn store_health(state: &SharedState) -> Result<(), String> {
 }
 
 pub async fn metrics(State(state): State<SharedState>) -> Response {
-    let ready = !state.gate.is_shutting_down() && store_health(&state).await.is_ok();
+    let ready = !state.is_shutting_down() && store_health(&state).await.is_ok();
+    let live = state.live();
     let snapshot = Snapshot {
-        upstream_errors: state.client.error_counts(),
         conversation_mappings: mappings(&state).await,
-        upstream_in_flight: state.gate.limits.upstream_in_flight(),
-        upstream_capacity: state.gate.limits.upstream_capacity(),
+        upstream_in_flight: live.limits.upstream_in_flight(),
+        upstream_capacity: live.limits.upstream_capacity(),
         ready,
     };
     let text = state.metrics.render(&snapshot);
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 async fn mappings(state: &SharedState) -> Option<u64> {
@@ -66,7 +66,7 @@ async fn mappings(state: &SharedState) -> Option<u64> {
     }
     let started = Instant::now();
     let stats = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().stats()).await;
-    state.metrics.store_latency.observe(started.elapsed());
+    state.metrics.observe_store(started.elapsed());
     match stats {
         Ok(Ok(stats)) => {
             *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) =

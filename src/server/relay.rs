@@ -1,40 +1,48 @@
-//! Relays one Dify generation to one OpenAI client. Each upstream event is translated and
-//! written out as soon as it arrives (no buffering, no pacing). When the client goes away
-//! first, the upstream request is dropped and Dify's stop endpoint is called, so Dify stops
-//! spending tokens on an answer nobody reads.
+//! Relays one Dify generation to one streaming client, in the client's dialect. Each upstream
+//! event is translated and written out as soon as it arrives (no buffering, no pacing).
+//! Whenever the answer ends without Dify having ended it (the client went away, a timeout,
+//! a broken or oversized event, shutdown), Dify's stop endpoint is called for the task, so
+//! Dify stops spending tokens on an answer nobody reads.
 
 use std::convert::Infallible;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{DRAIN_GRACE, SharedState};
-use crate::bridge::{Outcome, Sink, Translator};
-use crate::conversations::Recorder;
+use super::DRAIN_GRACE;
+use super::exchange::Finisher;
+use super::metrics::{Cut, Metrics};
+use super::trim::Busy;
+use crate::bridge::pipeline::Pipeline;
+use crate::bridge::{Outcome, StopReason, StreamEncoder, Translator};
 use crate::dify::{AppMode, DifyClient, DifyError, EventStream};
-use crate::openai::ChunkWriter;
 use crate::secret::Secret;
 
-/// Calls Dify's stop endpoint if dropped while armed: the client left mid-answer.
+/// Tells Dify to stop a generation opendify will not read to its end. Armed from the start;
+/// disarmed once Dify itself ended the answer; dropped armed, it stops the task as
+/// "client gone".
 pub struct StopGuard {
     target: Option<StopTarget>,
     task_id: Option<String>,
 }
 
-struct StopTarget {
-    client: DifyClient,
-    key: Secret,
-    mode: AppMode,
-    user: String,
-    model: String,
+pub struct StopTarget {
+    pub client: DifyClient,
+    pub key: Secret,
+    pub mode: AppMode,
+    pub user: String,
+    pub model: String,
+    pub metrics: Arc<Metrics>,
+    /// How long a stop may wait for Dify to name the task.
+    pub chase_for: Duration,
 }
 
 impl StopGuard {
-    pub fn new(client: DifyClient, key: Secret, mode: AppMode, user: String, model: String) -> Self {
-        idle_trim::begin();
-        StopGuard { target: Some(StopTarget { client, key, mode, user, model }), task_id: None }
+    pub fn new(target: StopTarget) -> Self {
+        StopGuard { target: Some(target), task_id: None }
     }
 
     pub fn set_task(&mut self, task_id: Option<&String>) {
@@ -43,97 +51,68 @@ impl StopGuard {
         }
     }
 
+    /// Dify ended the generation itself: nothing to stop.
     pub fn disarm(&mut self) {
         self.target = None;
     }
-}
 
-impl Drop for StopGuard {
-    fn drop(&mut self) {
-        idle_trim::end();
+    /// Stops the task now; when Dify has not named it yet, `upstream` is read in the
+    /// background until it does (at most `chase_for`), then the task is stopped.
+    pub fn stop(&mut self, reason: StopReason, upstream: Option<EventStream>) {
         let Some(target) = self.target.take() else { return };
-        let Some(task_id) = self.task_id.take() else {
-            tracing::info!(model = %target.model, "client went away before Dify named the task; nothing to stop");
-            return;
-        };
+        let task_id = self.task_id.take();
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        target.metrics.dify_stop(reason);
         // In the request's span, so the outcome is logged with its request id.
         let stopping = async move {
+            let task_id = match (task_id, upstream) {
+                (Some(id), _) => Some(id),
+                (None, Some(upstream)) => chase_task(upstream, target.chase_for).await,
+                (None, None) => None,
+            };
+            let Some(task_id) = task_id else {
+                tracing::info!(model = %target.model, reason = reason.as_str(), "Dify never named the task; nothing to stop");
+                return;
+            };
             match target.client.stop(&target.key, target.mode, &task_id, &target.user).await {
-                Ok(()) => tracing::info!(model = %target.model, task_id, "client went away: stopped the Dify task"),
-                Err(e) => {
-                    tracing::warn!(model = %target.model, task_id, "client went away; stopping the Dify task failed: {e}")
+                Ok(()) => {
+                    tracing::info!(model = %target.model, task_id, reason = reason.as_str(), "stopped the Dify task")
                 }
+                Err(e) => tracing::warn!(
+                    model = %target.model,
+                    task_id,
+                    reason = reason.as_str(),
+                    "stopping the Dify task failed: {e}"
+                ),
             }
         };
         handle.spawn(tracing::Instrument::in_current_span(stopping));
     }
 }
 
-/// Gives the heap memory a burst of requests freed back to the system once opendify has been
-/// idle for a moment. glibc's allocator keeps it otherwise (tens of MiB after a thousand
-/// concurrent streams); trimming off the hot path, after a quiet second, costs the requests
-/// nothing.
-mod idle_trim {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    use std::time::Duration;
-
-    /// Generations to Dify in flight, and how many have started so far.
-    static OPEN: AtomicUsize = AtomicUsize::new(0);
-    static STARTED: AtomicU64 = AtomicU64::new(0);
-    /// A watcher task is waiting for a quiet moment.
-    static WATCHING: AtomicBool = AtomicBool::new(false);
-    const QUIET: Duration = Duration::from_secs(1);
-
-    pub fn begin() {
-        OPEN.fetch_add(1, Ordering::AcqRel);
-        STARTED.fetch_add(1, Ordering::AcqRel);
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.stop(StopReason::ClientGone, None);
     }
+}
 
-    pub fn end() {
-        if OPEN.fetch_sub(1, Ordering::AcqRel) != 1 || WATCHING.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            WATCHING.store(false, Ordering::Release);
-            return;
-        };
-        handle.spawn(async {
-            let _watching = Watching;
-            loop {
-                let seen = STARTED.load(Ordering::Acquire);
-                tokio::time::sleep(QUIET).await;
-                if OPEN.load(Ordering::Acquire) == 0 && STARTED.load(Ordering::Acquire) == seen {
-                    let _ = tokio::task::spawn_blocking(trim).await;
-                    return;
-                }
+/// Reads events until one names its task (Dify puts `task_id` on every answer event).
+pub async fn chase_task(mut upstream: EventStream, within: Duration) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Task {
+        task_id: Option<String>,
+    }
+    let reading = async {
+        while let Some(Ok(event)) = upstream.next().await {
+            if let Ok(Task { task_id: Some(id) }) = serde_json::from_str::<Task>(&event.data)
+                && !id.is_empty()
+            {
+                return Some(id);
             }
-        });
-    }
-
-    /// Clears [`WATCHING`] however the watcher ends (also when its runtime shuts down).
-    struct Watching;
-
-    impl Drop for Watching {
-        fn drop(&mut self) {
-            WATCHING.store(false, Ordering::Release);
         }
-    }
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn trim() {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: malloc_trim only hands free pages of glibc's heap back to the kernel; it
-        // is thread-safe and has no preconditions.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    fn trim() {}
+        None
+    };
+    tokio::time::timeout(within, reading).await.ok().flatten()
 }
 
 /// Reads what is left of a finished upstream body so its connection goes back to the pool.
@@ -150,154 +129,46 @@ pub fn drain(mut upstream: EventStream) {
     });
 }
 
-/// Writes translated output as SSE frames into the current buffer.
-struct StreamSink<'a> {
-    writer: &'a ChunkWriter,
-    out: &'a mut BytesMut,
-    sent_text: &'a mut bool,
-    /// The answer as the client sees it, kept only when the turn will be recorded.
-    answer: Option<&'a mut String>,
-}
-
-impl Sink for StreamSink<'_> {
-    fn content(&mut self, text: &str) {
-        if !text.is_empty() {
-            *self.sent_text = true;
-            self.writer.content(self.out, text);
-            if let Some(answer) = self.answer.as_deref_mut() {
-                answer.push_str(text);
-            }
-        }
-    }
-    fn reasoning(&mut self, text: &str) {
-        if !text.is_empty() {
-            self.writer.reasoning(self.out, text);
-        }
-    }
-    fn replace(&mut self, text: &str) {
-        // Text already sent cannot be taken back: the replacement follows after a blank line.
-        let sep = if *self.sent_text { "\n\n" } else { "" };
-        self.content(&format!("{sep}{text}"));
-    }
-    fn final_answer(&mut self, text: &str) {
-        if !*self.sent_text {
-            self.content(text);
-        }
-    }
-    fn keep_alive(&mut self) {
-        self.out.put_slice(b": keep-alive\n\n");
-    }
-}
-
-/// What the relay reports when the stream is over (for logs and metrics).
-pub struct RelayEnd {
-    pub outcome: Outcome,
-    pub conversation_id: Option<String>,
-    pub message_id: Option<String>,
-    pub events: u64,
-}
-
-impl RelayEnd {
-    pub fn from_translator(translator: &Translator) -> Self {
-        RelayEnd {
-            outcome: translator.outcome().clone(),
-            conversation_id: translator.conversation_id.clone(),
-            message_id: translator.message_id.clone(),
-            events: translator.events,
-        }
-    }
-}
-
-/// What happens once an answer is complete, streamed or not: the turn is recorded (before
-/// the client sees the end, so its next turn finds it) and the completion is logged.
-pub struct Finisher {
-    pub state: SharedState,
-    pub recorder: Option<Recorder>,
-    pub model: String,
-    pub user: String,
-    pub continuity: &'static str,
-    pub started: Instant,
-    pub stream: bool,
-}
-
-impl Finisher {
-    pub fn records(&self) -> bool {
-        self.recorder.is_some()
-    }
-
-    pub async fn finish(self, end: &RelayEnd, answer: &str) {
-        if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
-            (&end.outcome, self.recorder, end.conversation_id.as_deref())
-        {
-            let recording = Instant::now();
-            self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
-            self.state.metrics.store_latency.observe(recording.elapsed());
-        }
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (model, user, stream, continuity) = (self.model.as_str(), self.user.as_str(), self.stream, self.continuity);
-        let conversation = end.conversation_id.as_deref().unwrap_or("-");
-        let message_id = end.message_id.as_deref().unwrap_or("-");
-        match &end.outcome {
-            Outcome::Failed(error) => tracing::warn!(
-                model,
-                user,
-                conversation,
-                message_id,
-                continuity,
-                stream,
-                latency_ms,
-                events = end.events,
-                "❌ request failed: {}",
-                error.message
-            ),
-            _ => tracing::info!(
-                model,
-                user,
-                conversation,
-                message_id,
-                continuity,
-                stream,
-                latency_ms,
-                events = end.events,
-                "👤 {user} ✅ completed"
-            ),
-        }
-    }
-}
-
-pub struct Relay {
+pub struct Relay<E: StreamEncoder> {
     upstream: Option<EventStream>,
     translator: Translator,
-    writer: ChunkWriter,
+    pipeline: Pipeline<E>,
     guard: StopGuard,
     deadline: CancellationToken,
-    sent_role: bool,
-    sent_text: bool,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    began: bool,
+    first_token: bool,
     done: bool,
-    answer: Option<String>,
     finisher: Option<Finisher>,
+    _busy: Busy,
 }
 
-impl Relay {
+impl<E: StreamEncoder> Relay<E> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         upstream: EventStream,
         translator: Translator,
-        writer: ChunkWriter,
+        pipeline: Pipeline<E>,
         guard: StopGuard,
         deadline: CancellationToken,
+        metrics: Arc<Metrics>,
         finisher: Finisher,
+        busy: Busy,
     ) -> Self {
         Relay {
             upstream: Some(upstream),
             translator,
-            writer,
+            pipeline,
             guard,
             deadline,
-            sent_role: false,
-            sent_text: false,
+            metrics,
+            started: finisher.started,
+            began: false,
+            first_token: false,
             done: false,
-            answer: finisher.records().then(String::new),
             finisher: Some(finisher),
+            _busy: busy,
         }
     }
 
@@ -313,67 +184,79 @@ impl Relay {
         if self.done {
             return None;
         }
-        let mut out = BytesMut::new();
-        if !self.sent_role {
-            self.sent_role = true;
-            self.writer.role(&mut out);
-            return Some(out.freeze());
+        if !self.began {
+            self.began = true;
+            self.pipeline.sink().start();
+            return Some(self.pipeline.sink().take());
         }
         loop {
             let upstream = self.upstream.as_mut()?;
             let next = tokio::select! {
                 biased;
-                next = upstream.next() => next,
-                () = self.deadline.cancelled() => Some(Err(DifyError::Transport("opendify is shutting down".into()))),
-            };
-            let mut sink = StreamSink {
-                writer: &self.writer,
-                out: &mut out,
-                sent_text: &mut self.sent_text,
-                answer: self.answer.as_mut(),
+                next = upstream.next() => Some(next),
+                () = self.deadline.cancelled() => None,
             };
             match next {
-                Some(Ok(event)) => {
-                    self.translator.on_event(&event, &mut sink);
+                Some(Some(Ok(event))) => {
+                    self.translator.on_event(&event, &mut self.pipeline);
                     self.guard.set_task(self.translator.task_id.as_ref());
                 }
-                Some(Err(err)) => self.translator.on_end(Some(&err), &mut sink),
-                None => self.translator.on_end(None, &mut sink),
+                Some(Some(Err(err))) => {
+                    self.metrics.upstream_error(err.kind());
+                    self.translator.on_end(Some(&err), &mut self.pipeline);
+                }
+                Some(None) => self.translator.on_end(None, &mut self.pipeline),
+                None => {
+                    let shutting = DifyError::Transport("opendify is shutting down".into());
+                    self.translator.abort(&shutting, StopReason::Shutdown, &mut self.pipeline);
+                }
             }
-            match self.translator.outcome().clone() {
-                Outcome::Running => {
-                    if !out.is_empty() {
-                        return Some(out.freeze());
-                    }
-                }
-                Outcome::Finished { reason, usage } => {
-                    self.writer.finish(&mut out, reason, usage);
-                    return Some(self.complete(out).await);
-                }
-                Outcome::Failed(error) => {
-                    self.writer.error(&mut out, &error.to_json());
-                    return Some(self.complete(out).await);
-                }
+            if !self.first_token && self.pipeline.answered() {
+                self.first_token = true;
+                self.metrics.observe_first_token(self.started.elapsed());
+            }
+            if self.translator.is_done() {
+                return Some(self.complete().await);
+            }
+            let out = self.pipeline.sink().take();
+            if !out.is_empty() {
+                return Some(out);
             }
         }
     }
 
-    async fn complete(&mut self, out: BytesMut) -> Bytes {
+    async fn complete(&mut self) -> Bytes {
         self.done = true;
-        // The generation is over either way: nothing left for Dify to stop. Unless the
-        // shutdown deadline ended the stream: then Dify is still generating.
-        if !self.deadline.is_cancelled() {
-            self.guard.disarm();
-        }
-        let end = RelayEnd::from_translator(&self.translator);
-        if let Some(upstream) = self.upstream.take()
-            && matches!(end.outcome, Outcome::Finished { .. })
-        {
-            drain(upstream);
+        let end = super::exchange::End::of(&self.translator);
+        match self.translator.outcome() {
+            Outcome::Finished { .. } => {
+                self.guard.disarm();
+                if let Some(upstream) = self.upstream.take() {
+                    drain(upstream);
+                }
+            }
+            Outcome::Failed { stop, .. } => {
+                self.metrics.cut(Cut::Error);
+                match stop {
+                    Some(reason) => self.guard.stop(*reason, self.upstream.take()),
+                    // Dify ended the answer itself.
+                    None => self.guard.disarm(),
+                }
+            }
+            Outcome::Running => {}
         }
         if let Some(finisher) = self.finisher.take() {
-            finisher.finish(&end, self.answer.as_deref().unwrap_or("")).await;
+            finisher.finish(&end, self.pipeline.transcript()).await;
         }
-        out.freeze()
+        self.pipeline.sink().take()
+    }
+}
+
+impl<E: StreamEncoder> Drop for Relay<E> {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away mid-answer: stop Dify, reading on for the task id if needed.
+            self.guard.stop(StopReason::ClientGone, self.upstream.take());
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use opendify::config::{self, LoadOptions};
 use opendify::mock_dify::{MockApp, MockDify};
-use opendify::server::{self, AppState};
+use opendify::server::{self, AppState, Live};
 use serde_json::{Value, json};
 
 pub struct Gateway {
@@ -66,12 +66,12 @@ pub async fn gateway_with(base: &str, models: &str, extra: &[(&'static str, &str
     gateway_tuned(base, models, extra, |_| {}).await
 }
 
-/// Like [`gateway_with`], with a last say on the state (limits too small for a setting).
+/// Like [`gateway_with`], with a last say on the live state (limits too small for a setting).
 pub async fn gateway_tuned(
     base: &str,
     models: &str,
     extra: &[(&'static str, &str)],
-    tune: impl FnOnce(&mut AppState),
+    tune: impl FnOnce(&mut Live),
 ) -> Gateway {
     let dir = std::env::temp_dir().join(format!("opendify-test-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -87,9 +87,11 @@ pub async fn gateway_tuned(
     let options = LoadOptions { env_file: Some(empty_env), overrides, ignore_process_env: true };
     let loaded = config::load(&options);
     assert!(loaded.problems.is_empty(), "test config has problems: {:?}", loaded.problems);
-    let config = loaded.config.expect("config");
-    let mut state = AppState::build(config).await.expect("state");
-    tune(&mut state);
+    let config = loaded.config.clone().expect("config");
+    let state = AppState::build(loaded, options).await.expect("state");
+    let mut live = Live::build(config).await.expect("live");
+    tune(&mut live);
+    state.replace_live(live);
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -1,0 +1,634 @@
+//! OpenAI Chat Completions (`POST /v1/chat/completions`): the request as clients send it,
+//! turned into a [`Turn`]; the neutral events written as `chat.completion.chunk` frames; a
+//! collected answer written as one `chat.completion`. Unknown request fields are ignored
+//! (clients send many); every rejection names the field.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::openai::error_json;
+use super::parse_json;
+use crate::bridge::{
+    ApiError, Collected, FinishReason, Message, Part, Role, Sink, StreamEncoder, ToolCall, Turn, Usage,
+};
+use crate::json_text::kind_of;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Not OpenAI: an explicit Dify conversation to continue.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Not OpenAI: values for the Dify app's input form, passed through.
+    #[serde(default)]
+    pub inputs: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    #[serde(default)]
+    pub content: Option<Value>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ChatToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub function: ChatFunction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatFunction {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// What the encoder needs to know of the request.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    pub model: String,
+    pub include_usage: bool,
+}
+
+/// Parses a request body into the neutral turn and the options its answer is written with.
+pub fn parse(body: &[u8]) -> Result<(Turn, ChatOptions), ApiError> {
+    let request: ChatRequest = parse_json(body)?;
+    if request.model.trim().is_empty() {
+        return Err(ApiError::invalid_request("`model` must not be empty").param("model"));
+    }
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid_request("`messages` must contain at least one message").param("messages"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (index, message) in request.messages.iter().enumerate() {
+        messages.push(message_of(message, index)?);
+    }
+    if !messages.iter().any(|m| m.role == Role::User) {
+        return Err(ApiError::invalid_request("`messages` must contain at least one user message").param("messages"));
+    }
+    let options = ChatOptions {
+        model: request.model.clone(),
+        include_usage: request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+    };
+    let turn = Turn {
+        model: request.model,
+        messages,
+        stream: request.stream.unwrap_or(false),
+        user: request.user,
+        conversation_id: request.conversation_id.filter(|c| !c.trim().is_empty()),
+        inputs: request.inputs,
+        ..Turn::default()
+    };
+    Ok((turn, options))
+}
+
+fn message_of(message: &ChatMessage, index: usize) -> Result<Message, ApiError> {
+    let role = match message.role {
+        ChatRole::System | ChatRole::Developer => Role::System,
+        ChatRole::User => Role::User,
+        ChatRole::Assistant => Role::Assistant,
+        ChatRole::Tool | ChatRole::Function => Role::Tool,
+    };
+    let origin = format!("messages[{index}]");
+    let mut parsed = Message::new(role, parts(message.content.as_ref(), &origin)?, origin);
+    parsed.tool_calls = message
+        .tool_calls
+        .iter()
+        .flatten()
+        .map(|c| ToolCall { id: c.id.clone(), name: c.function.name.clone(), arguments: c.function.arguments.clone() })
+        .collect();
+    parsed.tool_call_id = message.tool_call_id.clone();
+    parsed.name = message.name.clone();
+    Ok(parsed)
+}
+
+/// The content as parts; `origin` is the message's place in the request, for errors.
+fn parts(content: Option<&Value>, origin: &str) -> Result<Vec<Part>, ApiError> {
+    let param = format!("{origin}.content");
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![Part::Text(s.clone())]),
+        Some(Value::Array(items)) => {
+            items.iter().enumerate().map(|(i, item)| part(item, &format!("{param}[{i}]"))).collect()
+        }
+        Some(other) => Err(ApiError::invalid_request(format!(
+            "`{param}` must be a string or an array of content parts, got {}",
+            kind_of(other)
+        ))
+        .param(param)),
+    }
+}
+
+fn part(item: &Value, param: &str) -> Result<Part, ApiError> {
+    let bad = |msg: String| ApiError::invalid_request(msg).param(param.to_string());
+    let Some(obj) = item.as_object() else {
+        return Err(bad(format!("`{param}` must be an object with a `type`, got {}", kind_of(item))));
+    };
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    let str_field = |v: Option<&Value>, name: &str| -> Result<String, ApiError> {
+        v.and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad(format!("`{param}.{name}` must be a string")))
+    };
+    match kind {
+        "text" => Ok(Part::Text(str_field(obj.get("text"), "text")?)),
+        // An assistant's refusal in the history is what it said.
+        "refusal" => Ok(Part::Text(str_field(obj.get("refusal"), "refusal")?)),
+        "image_url" => {
+            let url = match obj.get("image_url") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => str_field(o.get("url"), "image_url.url")?,
+                _ => return Err(bad(format!("`{param}.image_url` must be an object with a `url`"))),
+            };
+            let lower = url.get(..8).unwrap_or(&url).to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("data:")) {
+                return Err(bad(format!("`{param}.image_url.url` must be an http(s) URL or a data: URL")));
+            }
+            Ok(Part::Image { url })
+        }
+        "file" => {
+            let Some(file) = obj.get("file").and_then(Value::as_object) else {
+                return Err(bad(format!("`{param}.file` must be an object")));
+            };
+            let opt = |name: &str| file.get(name).and_then(Value::as_str).map(str::to_string);
+            let (data, filename, file_id) = (opt("file_data"), opt("filename"), opt("file_id"));
+            if data.is_none() && file_id.is_none() {
+                return Err(bad(format!("`{param}.file` needs `file_data` (a data: URL) or `file_id`")));
+            }
+            Ok(Part::File { data, filename, file_id })
+        }
+        "input_audio" => {
+            let Some(audio) = obj.get("input_audio").and_then(Value::as_object) else {
+                return Err(bad(format!("`{param}.input_audio` must be an object")));
+            };
+            Ok(Part::Audio {
+                data: str_field(audio.get("data"), "input_audio.data")?,
+                format: str_field(audio.get("format"), "input_audio.format")?,
+            })
+        }
+        "" => Err(bad(format!("`{param}` has no `type`"))),
+        other => {
+            Err(bad(format!("`{param}` has unsupported type {other:?}; supported: text, image_url, file, input_audio")))
+        }
+    }
+}
+
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::ToolCalls => "tool_calls",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsageBody {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl From<&Usage> for UsageBody {
+    fn from(u: &Usage) -> Self {
+        UsageBody {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ToolCallBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionBody<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionBody<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageBody>,
+    system_fingerprint: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: ResponseMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallBody<'a>>,
+    refusal: Option<&'a str>,
+}
+
+/// The `chat.completion` object for a collected answer.
+pub fn completion(
+    options: &ChatOptions,
+    answer: &Collected,
+    reason: FinishReason,
+    usage: Option<&Usage>,
+    created: u64,
+) -> Value {
+    let id = super::random_id("chatcmpl-");
+    let text = answer.answer();
+    let tool_calls: Vec<ToolCallBody<'_>> = answer
+        .tool_calls
+        .iter()
+        .map(|c| ToolCallBody {
+            id: &c.id,
+            kind: "function",
+            function: FunctionBody { name: &c.name, arguments: &c.arguments },
+        })
+        .collect();
+    // With tool calls and no text, `content` is null, as OpenAI sends it.
+    let content = if text.is_empty() && !tool_calls.is_empty() { None } else { Some(text.as_ref()) };
+    let body = Completion {
+        id: &id,
+        object: "chat.completion",
+        created,
+        model: &options.model,
+        choices: [Choice {
+            index: 0,
+            message: ResponseMessage {
+                role: "assistant",
+                content,
+                reasoning_content: (!answer.reasoning.is_empty()).then_some(answer.reasoning.as_str()),
+                tool_calls,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(reason),
+        }],
+        usage: usage.map(UsageBody::from),
+        system_fingerprint: None,
+    };
+    serde_json::to_value(&body).unwrap_or(Value::Null)
+}
+
+#[derive(Debug, Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<()>,
+    choices: &'a [ChunkChoice<'a>],
+    /// Absent unless the client asked for usage; then `null` on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageBody>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+#[derive(Debug, Serialize)]
+struct ToolCallDelta<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+/// Writes the SSE frames of one streamed completion; all share id, created and model.
+pub struct ChatEncoder {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// Every delta frame up to its delta, and after it: the same bytes [`Chunk`] serialises
+    /// to, made once per stream, so each answer event only serialises its own text.
+    head: Vec<u8>,
+    tail: &'static [u8],
+    out: BytesMut,
+    sent_text: bool,
+    tool_calls: usize,
+}
+
+impl ChatEncoder {
+    pub fn new(options: &ChatOptions, created: u64) -> Self {
+        let id = super::random_id("chatcmpl-");
+        let model = options.model.clone();
+        let mut head = Vec::with_capacity(128 + id.len() + model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        // Serialising a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut head, &id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        let _ = serde_json::to_writer(&mut head, &model);
+        head.extend_from_slice(b",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":");
+        let tail: &'static [u8] = if options.include_usage {
+            b",\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+        } else {
+            b",\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        };
+        ChatEncoder {
+            id,
+            created,
+            model,
+            include_usage: options.include_usage,
+            head,
+            tail,
+            out: BytesMut::new(),
+            sent_text: false,
+            tool_calls: 0,
+        }
+    }
+
+    fn frame(&mut self, choices: &[ChunkChoice<'_>], usage: Option<Option<UsageBody>>) {
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        };
+        self.out.put_slice(b"data: ");
+        // Serialising plain structs into memory cannot fail.
+        let _ = serde_json::to_writer((&mut self.out).writer(), &chunk);
+        self.out.put_slice(b"\n\n");
+    }
+
+    fn delta(&mut self, delta: Delta<'_>) {
+        self.out.reserve(self.head.len() + self.tail.len() + 32);
+        self.out.put_slice(&self.head);
+        // Serialising plain structs into memory cannot fail.
+        let _ = serde_json::to_writer((&mut self.out).writer(), &delta);
+        self.out.put_slice(self.tail);
+    }
+}
+
+impl Sink for ChatEncoder {
+    fn text(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.sent_text = true;
+            self.delta(Delta { content: Some(text), ..Delta::default() });
+        }
+    }
+
+    fn reasoning(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.delta(Delta { reasoning_content: Some(text), ..Delta::default() });
+        }
+    }
+
+    fn replace(&mut self, text: &str) {
+        // Text already sent cannot be taken back: the replacement follows after a blank line.
+        let separated = if self.sent_text { format!("\n\n{text}") } else { text.to_string() };
+        self.text(&separated);
+    }
+
+    fn final_answer(&mut self, text: &str) {
+        if !self.sent_text {
+            self.text(text);
+        }
+    }
+
+    fn tool_call(&mut self, call: &ToolCall) {
+        let index = self.tool_calls;
+        self.tool_calls += 1;
+        // As OpenAI streams them: the call's id and name first, then its arguments.
+        let opening = ToolCallDelta {
+            index,
+            id: Some(&call.id),
+            kind: Some("function"),
+            function: FunctionDelta { name: Some(&call.name), arguments: "" },
+        };
+        self.delta(Delta { tool_calls: Some([opening]), ..Delta::default() });
+        let arguments = ToolCallDelta {
+            index,
+            id: None,
+            kind: None,
+            function: FunctionDelta { name: None, arguments: &call.arguments },
+        };
+        self.delta(Delta { tool_calls: Some([arguments]), ..Delta::default() });
+    }
+
+    fn keep_alive(&mut self) {
+        self.out.put_slice(b": keep-alive\n\n");
+    }
+
+    /// The closing choice chunk, the usage chunk when asked for, and `[DONE]`.
+    fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>) {
+        let choice = ChunkChoice {
+            index: 0,
+            delta: Delta::default(),
+            logprobs: None,
+            finish_reason: Some(finish_reason(reason)),
+        };
+        let slot = self.include_usage.then_some(None);
+        self.frame(std::slice::from_ref(&choice), slot);
+        if self.include_usage
+            && let Some(usage) = usage
+        {
+            self.frame(&[], Some(Some(usage.into())));
+        }
+        self.out.put_slice(b"data: [DONE]\n\n");
+    }
+
+    /// A failure after the stream began: OpenAI's error object as a frame, then `[DONE]`.
+    fn fail(&mut self, error: &ApiError) {
+        self.out.put_slice(b"data: ");
+        self.out.put_slice(error_json(error).as_bytes());
+        self.out.put_slice(b"\n\ndata: [DONE]\n\n");
+    }
+}
+
+impl StreamEncoder for ChatEncoder {
+    fn start(&mut self) {
+        self.delta(Delta { role: Some("assistant"), content: Some(""), ..Delta::default() });
+    }
+
+    fn take(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        parse(body.as_bytes()).expect_err("should fail")
+    }
+
+    fn frames_of(encoder: &mut ChatEncoder) -> Vec<String> {
+        let bytes = encoder.take();
+        String::from_utf8_lossy(&bytes).split("\n\n").filter(|f| !f.is_empty()).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn accepts_string_and_part_content_and_ignores_unknown_fields() {
+        let (turn, options) = parse(
+            br#"{"model":"m","temperature":0.2,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .expect("valid");
+        assert!(turn.stream && options.include_usage);
+        assert_eq!(turn.messages[1].joined_text(), "a\nb");
+        assert_eq!(turn.input_start(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(err(r#"{"messages":[]}"#).param.as_deref(), Some("model"));
+        assert!(err("{not json").message.starts_with("Request body is not valid JSON"));
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":1}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        let e = err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{}", e.message);
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video"}]}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
+        let e = err(r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("stream"));
+        let e = err(r#"{"model":"m","messages":[{"role":"assistant","content":"x"}]}"#);
+        assert!(e.message.contains("at least one user message"));
+        let e = err(r#"{"model":"m","messages":[{"content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{}", e.message);
+    }
+
+    #[test]
+    fn chunks_have_openai_shape_and_usage_only_when_asked() {
+        let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, price: None };
+        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: false }, 7);
+        w.start();
+        w.text("Hé\"");
+        w.finish(FinishReason::Stop, Some(&usage));
+        let frames = frames_of(&mut w);
+        assert_eq!(frames.len(), 4);
+        let first: Value = serde_json::from_str(frames[0].trim_start_matches("data: ")).expect("json");
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"], serde_json::json!({"role": "assistant", "content": ""}));
+        assert!(frames[1].contains(r#""delta":{"content":"Hé\""}"#));
+        assert!(frames[2].contains(r#""delta":{},"logprobs":null,"finish_reason":"stop""#));
+        assert!(!frames.concat().contains("usage"));
+        assert_eq!(frames[3], "data: [DONE]");
+
+        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: true }, 7);
+        w.text("x");
+        w.finish(FinishReason::Stop, Some(&usage));
+        let text = frames_of(&mut w).concat();
+        assert!(text.contains(r#""usage":null"#));
+        assert!(text.contains(r#""choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#));
+    }
+
+    #[test]
+    fn delta_frames_are_the_bytes_the_whole_chunk_serialises_to() {
+        for include_usage in [false, true] {
+            let options = ChatOptions { model: "m/\\\"x".into(), include_usage };
+            let mut w = ChatEncoder::new(&options, 1_700_000_000);
+            for text in ["", "Hé\"\n\t\u{7f}\u{1f} 👋</script>", "\\think"] {
+                w.delta(Delta { content: Some(text), ..Delta::default() });
+                let fast = w.take();
+                let choice = ChunkChoice {
+                    index: 0,
+                    delta: Delta { content: Some(text), ..Delta::default() },
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                w.frame(std::slice::from_ref(&choice), include_usage.then_some(None));
+                let whole = w.take();
+                assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&whole));
+            }
+        }
+    }
+
+    #[test]
+    fn tool_calls_stream_as_openai_does_id_and_name_first_then_arguments() {
+        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: false }, 7);
+        let call = ToolCall { id: "call_1".into(), name: "weather".into(), arguments: "{\"city\":\"Oslo\"}".into() };
+        w.tool_call(&call);
+        w.finish(FinishReason::ToolCalls, None);
+        let frames = frames_of(&mut w);
+        let first: Value = serde_json::from_str(frames[0].trim_start_matches("data: ")).expect("json");
+        assert_eq!(
+            first["choices"][0]["delta"]["tool_calls"][0],
+            serde_json::json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}})
+        );
+        let second: Value = serde_json::from_str(frames[1].trim_start_matches("data: ")).expect("json");
+        assert_eq!(
+            second["choices"][0]["delta"]["tool_calls"][0],
+            serde_json::json!({"index": 0, "function": {"arguments": "{\"city\":\"Oslo\"}"}})
+        );
+        assert!(frames[2].contains(r#""finish_reason":"tool_calls""#));
+    }
+}

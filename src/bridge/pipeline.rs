@@ -1,0 +1,138 @@
+//! What stands between the translator and a dialect's encoder (or the collector for
+//! non-streaming answers): the stages that read the answer as it streams (the tool-call
+//! parser), and a tap that keeps the answer as the client saw it (for the conversation
+//! fingerprint) and notices the first token (for the metrics). Streaming and non-streaming
+//! answers go through the same pipeline, so both see the same answer.
+
+use super::error::ApiError;
+use super::events::{FinishReason, Progress, Sink, Usage};
+use super::tools;
+use super::turn::ToolCall;
+
+pub struct Pipeline<S: Sink> {
+    /// The tail of the pipeline, reachable for the encoder's output.
+    pub out: Tap<S>,
+}
+
+/// Keeps what the client is shown, then hands every event to the sink.
+pub struct Tap<S: Sink> {
+    pub sink: S,
+    /// The answer as the client sees it, when the turn will be recorded.
+    transcript: Option<String>,
+    /// Answer text (or a tool call) went out: the first token has been sent.
+    pub answered: bool,
+    sent_text: bool,
+}
+
+impl<S: Sink> Pipeline<S> {
+    /// `record`: keep the answer's text for the conversation fingerprint.
+    pub fn new(sink: S, record: bool) -> Self {
+        Pipeline { out: Tap { sink, transcript: record.then(String::new), answered: false, sent_text: false } }
+    }
+
+    pub fn sink(&mut self) -> &mut S {
+        &mut self.out.sink
+    }
+
+    /// The answer as the client saw it: its text and its tool calls as blocks.
+    pub fn transcript(&self) -> &str {
+        self.out.transcript.as_deref().unwrap_or("")
+    }
+
+    pub fn answered(&self) -> bool {
+        self.out.answered
+    }
+}
+
+impl<S: Sink> Tap<S> {
+    fn keep(&mut self, text: &str) {
+        if let Some(transcript) = &mut self.transcript {
+            transcript.push_str(text);
+        }
+    }
+}
+
+impl<S: Sink> Sink for Tap<S> {
+    fn text(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        self.answered = true;
+        self.sent_text = true;
+        self.keep(text);
+        self.sink.text(text);
+    }
+    fn reasoning(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.answered = true;
+        }
+        self.sink.reasoning(text);
+    }
+    fn replace(&mut self, text: &str) {
+        if self.sent_text {
+            // Streamed text cannot be taken back: clients see the replacement after it.
+            self.keep("\n\n");
+        }
+        self.keep(text);
+        self.answered = true;
+        self.sink.replace(text);
+    }
+    fn final_answer(&mut self, text: &str) {
+        if !self.sent_text {
+            self.keep(text);
+        }
+        self.sink.final_answer(text);
+    }
+    fn tool_call(&mut self, call: &ToolCall) {
+        self.answered = true;
+        if let Some(transcript) = &mut self.transcript {
+            if !transcript.is_empty() {
+                transcript.push('\n');
+            }
+            transcript.push_str(&tools::call_block(call));
+        }
+        self.sink.tool_call(call);
+    }
+    fn progress(&mut self, step: &Progress) {
+        self.sink.progress(step);
+    }
+    fn keep_alive(&mut self) {
+        self.sink.keep_alive();
+    }
+    fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>) {
+        self.sink.finish(reason, usage);
+    }
+    fn fail(&mut self, error: &ApiError) {
+        self.sink.fail(error);
+    }
+}
+
+impl<S: Sink> Sink for Pipeline<S> {
+    fn text(&mut self, text: &str) {
+        self.out.text(text);
+    }
+    fn reasoning(&mut self, text: &str) {
+        self.out.reasoning(text);
+    }
+    fn replace(&mut self, text: &str) {
+        self.out.replace(text);
+    }
+    fn final_answer(&mut self, text: &str) {
+        self.out.final_answer(text);
+    }
+    fn tool_call(&mut self, call: &ToolCall) {
+        self.out.tool_call(call);
+    }
+    fn progress(&mut self, step: &Progress) {
+        self.out.progress(step);
+    }
+    fn keep_alive(&mut self) {
+        self.out.keep_alive();
+    }
+    fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>) {
+        self.out.finish(reason, usage);
+    }
+    fn fail(&mut self, error: &ApiError) {
+        self.out.fail(error);
+    }
+}

@@ -1,0 +1,128 @@
+//! The events of one streaming generation as they arrive from Dify, each wait bounded by
+//! the idle timeout; and a blocking answer replayed as the events a stream would have had.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use reqwest::Response;
+use tokio::time::{Instant, Sleep};
+
+use super::error::{DifyError, error_chain};
+use super::sse::{SseError, SseEvent, SseParser};
+
+/// The events of one streaming generation, read as they arrive. Each wait for the next bytes
+/// is bounded by the idle timeout; a stream that ends without Dify's closing event is the
+/// caller's to judge (it knows which event closes its mode).
+pub struct EventStream {
+    source: Source,
+    parser: SseParser,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    ended: bool,
+    /// When the request was sent, and when the latest event arrived.
+    opened: Instant,
+    last_event: Instant,
+}
+
+enum Source {
+    Live(Response),
+    Replay(std::vec::IntoIter<SseEvent>),
+}
+
+impl EventStream {
+    pub(super) fn new(response: Response, idle: Duration, opened: Instant) -> Self {
+        EventStream {
+            source: Source::Live(response),
+            parser: SseParser::default(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            ended: false,
+            opened,
+            last_event: Instant::now(),
+        }
+    }
+
+    /// A blocking JSON answer, replayed as the events a stream would have carried.
+    pub(super) fn from_blocking(body: &[u8], idle: Duration, opened: Instant) -> Self {
+        let events = blocking_to_events(body);
+        EventStream {
+            source: Source::Replay(events.into_iter()),
+            parser: SseParser::default(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            ended: true,
+            opened,
+            last_event: Instant::now(),
+        }
+    }
+
+    /// Time spent waiting on Dify: from sending the request to the latest event.
+    pub fn upstream_time(&self) -> Duration {
+        self.last_event.saturating_duration_since(self.opened)
+    }
+
+    /// The next event; `None` once the body has ended.
+    pub async fn next(&mut self) -> Option<Result<SseEvent, DifyError>> {
+        let next = self.next_event().await;
+        if let Some(Ok(_)) = &next {
+            self.last_event = Instant::now();
+        }
+        next
+    }
+
+    async fn next_event(&mut self) -> Option<Result<SseEvent, DifyError>> {
+        let response = match &mut self.source {
+            Source::Replay(events) => return events.next().map(Ok),
+            Source::Live(response) => response,
+        };
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => {}
+                Err(SseError::TooLarge { limit }) => return Some(Err(DifyError::TooLarge { limit })),
+            }
+            if self.ended {
+                return match self.parser.finish() {
+                    Ok(event) => event.map(Ok),
+                    Err(SseError::TooLarge { limit }) => Some(Err(DifyError::TooLarge { limit })),
+                };
+            }
+            self.deadline.as_mut().reset(Instant::now() + self.idle);
+            tokio::select! {
+                biased;
+                chunk = response.chunk() => match chunk {
+                    Ok(Some(bytes)) => self.parser.feed(&bytes),
+                    Ok(None) => self.ended = true,
+                    Err(e) => {
+                        self.ended = true;
+                        return Some(Err(DifyError::Transport(error_chain(&e))));
+                    }
+                },
+                () = &mut self.deadline => {
+                    self.ended = true;
+                    return Some(Err(DifyError::Idle(self.idle)));
+                }
+            }
+        }
+    }
+}
+
+fn blocking_to_events(body: &[u8]) -> Vec<SseEvent> {
+    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return vec![SseEvent { event: None, data: String::from_utf8_lossy(body).into_owned() }];
+    };
+    let frame = |value: serde_json::Value| SseEvent { event: None, data: value.to_string() };
+    if answer.contains_key("workflow_run_id") && answer.contains_key("data") && !answer.contains_key("answer") {
+        answer.insert("event".into(), "workflow_finished".into());
+        return vec![frame(answer.into())];
+    }
+    let mut end = serde_json::Map::new();
+    end.insert("event".into(), "message_end".into());
+    for key in ["conversation_id", "message_id", "id", "task_id", "metadata"] {
+        if let Some(v) = answer.get(key) {
+            end.insert(key.into(), v.clone());
+        }
+    }
+    answer.insert("event".into(), "message".into());
+    vec![frame(answer.into()), frame(end.into())]
+}

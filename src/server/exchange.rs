@@ -1,0 +1,469 @@
+//! One turn through the gateway, whatever its API: find the app, know the user, pick the
+//! conversation, start Dify's answer, then relay it (streaming) or collect it, record the
+//! turn and log it. A dialect's handler parses its request into a [`Turn`], hands it here,
+//! and renders what comes back; everything in between exists once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+
+use super::gate::{GenerationLabels, UpstreamTime};
+use super::relay::{Relay, StopGuard, StopTarget, chase_task, drain};
+use super::trim::Busy;
+use super::{Live, SharedState, unknown_model};
+use crate::api::Dialect;
+use crate::bridge::pipeline::Pipeline;
+use crate::bridge::request::{self, BuildOptions, ConversationPlan};
+use crate::bridge::uploads::resolve_files;
+use crate::bridge::{
+    ApiError, AppRoute, Collected, FinishReason, Outcome, ProgressMode, StopReason, StreamEncoder, Translator,
+    TranslatorOptions, Turn, Usage,
+};
+use crate::conversations::{Continuity, Decision, Identity, Recorder, RequestView, first_header};
+use crate::dify::{DifyError, EventStream};
+use crate::logging::Shown;
+use crate::secret::Secret;
+
+pub const USER_HEADER: &str = "x-opendify-user";
+pub const CONVERSATION_HEADER: &str = "x-dify-conversation-id";
+
+/// A turn whose app, user and conversation are known.
+pub struct Exchange {
+    state: SharedState,
+    live: Arc<Live>,
+    pub turn: Turn,
+    pub route: Arc<AppRoute>,
+    pub identity: Identity,
+    decision: Decision,
+    started: Instant,
+    dialect: Dialect,
+    /// The app key is the client's own (DIFY_KEY_PASSTHROUGH): Dify refusing it is a 401.
+    passthrough: bool,
+    /// What opendify adds to the query (the client's tools, the answer's format).
+    pub sections: Vec<String>,
+}
+
+/// How a collected answer ended, for the dialect to render.
+pub struct Answer {
+    pub collected: Collected,
+    pub reason: FinishReason,
+    pub usage: Option<Usage>,
+    pub conversation_id: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// What the log line and the recorder need once an answer is over.
+pub struct End {
+    pub outcome: Outcome,
+    pub conversation_id: Option<String>,
+    pub message_id: Option<String>,
+    pub events: u64,
+}
+
+impl End {
+    pub fn of(translator: &Translator) -> Self {
+        End {
+            outcome: translator.outcome().clone(),
+            conversation_id: translator.conversation_id.clone(),
+            message_id: translator.message_id.clone(),
+            events: translator.events,
+        }
+    }
+}
+
+impl Exchange {
+    /// Finds the app, the user and the conversation. `client_key`: a Dify app key the
+    /// client sent with DIFY_KEY_PASSTHROUGH, used for this request only.
+    pub async fn prepare(
+        state: &SharedState,
+        headers: &HeaderMap,
+        turn: Turn,
+        client_key: Option<Secret>,
+        dialect: Dialect,
+    ) -> Result<Exchange, ApiError> {
+        let started = Instant::now();
+        let live = state.live();
+        let mut route = match live.registry.get(&turn.model) {
+            Some(route) => route,
+            None => {
+                live.registry.refresh_if_stale().await;
+                live.registry.get(&turn.model).ok_or_else(|| unknown_model(&turn.model, &live.registry.names()))?
+            }
+        };
+        let passthrough = client_key.is_some();
+        if let Some(key) = client_key {
+            route = Arc::new(AppRoute { key, ..(*route).clone() });
+        }
+        let identity = live.identity.resolve(headers, turn.user.as_deref())?;
+        let decision = decide(state, &live, headers, &turn, &route, &identity).await?;
+        tracing::debug!(
+            model = %Shown(&turn.model),
+            continuity = decision.continuity.as_str(),
+            "👤 user {} ({})",
+            Shown(&identity.user),
+            identity.source
+        );
+        Ok(Exchange {
+            state: state.clone(),
+            live,
+            turn,
+            route,
+            identity,
+            decision,
+            started,
+            dialect,
+            passthrough,
+            sections: Vec::new(),
+        })
+    }
+
+    /// Relays the answer as it is produced, written by `encoder`.
+    pub async fn stream<E: StreamEncoder>(mut self, encoder: E) -> Response {
+        let busy = Busy::begin();
+        let upstream = match self.start_upstream(true).await {
+            Ok(upstream) => upstream,
+            Err(error) => return self.reply(self.dialect.error_response(&error)),
+        };
+        let finisher = self.finisher();
+        let recording = finisher.records();
+        let relay = Relay::new(
+            upstream,
+            self.translator(),
+            Pipeline::new(encoder, recording),
+            StopGuard::new(self.stop_target()),
+            self.state.drain_deadline.clone(),
+            self.state.metrics.clone(),
+            finisher,
+            busy,
+        );
+        let mut response = Response::new(Body::from_stream(relay.into_stream()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // Reverse proxies (nginx) must not buffer the stream.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        self.reply(response)
+    }
+
+    /// Collects the whole answer (bounded by REQUEST_TIMEOUT) and renders it with `render`.
+    pub async fn complete(mut self, render: impl FnOnce(&Answer) -> Response) -> Response {
+        let _busy = Busy::begin();
+        let mut upstream = match self.start_upstream(false).await {
+            Ok(upstream) => upstream,
+            Err(error) => return self.reply(self.dialect.error_response(&error)),
+        };
+        let mut translator = self.translator();
+        let mut pipeline = Pipeline::new(Collected::default(), false);
+        // Dropped with this future if the client disconnects: then Dify is told to stop.
+        let mut guard = StopGuard::new(self.stop_target());
+        let timeout = self.live.config.request_timeout;
+        let metrics = self.state.metrics.clone();
+        let collecting = async {
+            loop {
+                match upstream.next().await {
+                    Some(Ok(event)) => {
+                        translator.on_event(&event, &mut pipeline);
+                        guard.set_task(translator.task_id.as_ref());
+                    }
+                    Some(Err(err)) => {
+                        metrics.upstream_error(err.kind());
+                        translator.on_end(Some(&err), &mut pipeline);
+                    }
+                    None => translator.on_end(None, &mut pipeline),
+                }
+                if translator.is_done() {
+                    break;
+                }
+            }
+        };
+        // Bounded by REQUEST_TIMEOUT, and by the shutdown deadline like streams are.
+        let state = self.state.clone();
+        tokio::select! {
+            result = tokio::time::timeout(timeout, collecting) => {
+                if result.is_err() {
+                    translator.abort(&DifyError::Timeout(timeout), StopReason::RequestTimeout, &mut pipeline);
+                }
+            }
+            () = state.drain_deadline.cancelled() => {
+                let shutting = DifyError::Transport("opendify is shutting down".into());
+                translator.abort(&shutting, StopReason::Shutdown, &mut pipeline);
+            }
+        }
+        let end = End::of(&translator);
+        let upstream_time = UpstreamTime(upstream.upstream_time());
+        let collected = pipeline.out.sink;
+        let transcript = transcript_of(&collected);
+        self.finisher().finish(&end, &transcript).await;
+        let mut response = match end.outcome {
+            Outcome::Finished { reason, usage } => {
+                guard.disarm();
+                drain(upstream);
+                let answer = Answer {
+                    collected,
+                    reason,
+                    usage,
+                    conversation_id: end.conversation_id,
+                    message_id: end.message_id,
+                };
+                render(&answer)
+            }
+            Outcome::Failed { error, stop } => {
+                match stop {
+                    Some(reason) => guard.stop(reason, Some(upstream)),
+                    None => guard.disarm(),
+                }
+                self.dialect.error_response(&error)
+            }
+            Outcome::Running => self.dialect.error_response(
+                &ApiError::server(StatusCode::BAD_GATEWAY, "Dify's answer ended unexpectedly").not_retryable(),
+            ),
+        };
+        response.extensions_mut().insert(upstream_time);
+        self.reply(response)
+    }
+
+    /// Uploads files, builds the Dify body and starts the answer. A stored conversation
+    /// Dify no longer knows (404) is dropped and the request retried once as a new
+    /// conversation seeded with the history: the client never sees that error. For a
+    /// stream, Dify's response head must come within STREAM_IDLE_TIMEOUT.
+    async fn start_upstream(&mut self, stream: bool) -> Result<EventStream, ApiError> {
+        let live = self.live.clone();
+        let files =
+            resolve_files(&self.turn, &self.route, &self.identity.user, &live.client, &self.state.uploads).await?;
+        let mut healed = false;
+        loop {
+            let options = BuildOptions {
+                user: &self.identity.user,
+                system_input: live.config.system_input.as_deref(),
+                sections: &self.sections,
+            };
+            let body = request::build(&self.turn, &self.route, &self.decision.plan, files.clone(), &options);
+            let started = match self.generate(&body, stream).await {
+                Ok(upstream) => Ok(upstream),
+                Err(e) => {
+                    self.state.metrics.upstream_error(e.kind());
+                    Err(e)
+                }
+            };
+            match started {
+                Ok(upstream) => return Ok(upstream),
+                Err(e) if e.is_conversation_missing() && self.decision.from_store && !healed => {
+                    if let Some(stale) = self.decision.plan.conversation_id.take() {
+                        tracing::info!(conversation = %stale, "🔍 Dify no longer knows this conversation; starting a new one");
+                        self.state.conversations.forget(&stale).await;
+                    }
+                    self.decision.plan = ConversationPlan { seed_from: Some(0), ..Default::default() };
+                    self.decision.from_store = false;
+                    healed = true;
+                }
+                Err(DifyError::Unauthorized { .. }) if self.passthrough => {
+                    tracing::warn!("❌ Dify rejected the app key the client sent (DIFY_KEY_PASSTHROUGH)");
+                    return Err(ApiError::unauthorized(
+                        "Dify rejected the app key you sent (DIFY_KEY_PASSTHROUGH): check that it is a valid key of this model's app",
+                    )
+                    .code("invalid_api_key"));
+                }
+                Err(e) => {
+                    tracing::warn!(model = %Shown(&self.turn.model), kind = %e.kind(), "❌ Dify API error: {e}");
+                    return Err(ApiError::from_dify(&e, &self.turn.model));
+                }
+            }
+        }
+    }
+
+    /// Calls Dify; for a stream, gives up waiting for the response head after
+    /// STREAM_IDLE_TIMEOUT and leaves the call running in the background, to stop the task
+    /// once Dify names it.
+    async fn generate(&self, body: &crate::dify::GenerateRequest, stream: bool) -> Result<EventStream, DifyError> {
+        let client = &self.live.client;
+        if !stream {
+            return client.generate(&self.route.key, self.route.mode, body).await;
+        }
+        let wait = self.live.config.stream_idle_timeout;
+        let mut call = Box::pin({
+            let (client, key, mode, body) = (client.clone(), self.route.key.clone(), self.route.mode, body.clone());
+            async move { client.generate(&key, mode, &body).await }
+        });
+        match tokio::time::timeout(wait, &mut call).await {
+            Ok(result) => result,
+            Err(_) => {
+                let mut guard = StopGuard::new(self.stop_target());
+                let chase_for = self.live.config.request_timeout;
+                let late = async move {
+                    // Dify answers in the end: read its first event for the task id, stop it.
+                    if let Ok(Ok(upstream)) = tokio::time::timeout(chase_for, call).await
+                        && let Some(task) = chase_task(upstream, chase_for).await
+                    {
+                        guard.set_task(Some(&task));
+                    }
+                    guard.stop(StopReason::HeaderTimeout, None);
+                };
+                tokio::spawn(tracing::Instrument::in_current_span(late));
+                Err(DifyError::Idle(wait))
+            }
+        }
+    }
+
+    fn translator(&self) -> Translator {
+        let config = &self.live.config;
+        Translator::new(TranslatorOptions {
+            mode: self.route.mode,
+            model: self.turn.model.clone(),
+            reasoning: config.reasoning_mode,
+            progress: if config.reasoning_progress { ProgressMode::Reasoning } else { ProgressMode::Off },
+            output: self.route.output.clone(),
+        })
+    }
+
+    fn stop_target(&self) -> StopTarget {
+        StopTarget {
+            client: self.live.client.clone(),
+            key: self.route.key.clone(),
+            mode: self.route.mode,
+            user: self.identity.user.clone(),
+            model: self.turn.model.clone(),
+            metrics: self.state.metrics.clone(),
+            chase_for: self.live.config.request_timeout,
+        }
+    }
+
+    fn finisher(&mut self) -> Finisher {
+        Finisher {
+            state: self.state.clone(),
+            recorder: self.decision.recorder.take(),
+            model: self.turn.model.clone(),
+            user: self.identity.user.clone(),
+            continuity: self.decision.continuity,
+            started: self.started,
+            stream: self.turn.stream,
+        }
+    }
+
+    /// The headers every answer carries: who the user was, and the labels for the metrics.
+    fn reply(&self, mut response: Response) -> Response {
+        if let Ok(value) = HeaderValue::from_str(&echo_encoded(&self.identity.user)) {
+            response.headers_mut().insert(USER_HEADER, value);
+        }
+        response
+            .extensions_mut()
+            .insert(GenerationLabels { model: Some(self.route.name.clone()), stream: self.turn.stream });
+        response
+    }
+}
+
+/// The user as a header value: percent-encoded beyond printable ASCII (and `%` itself), the
+/// way Open WebUI sends it, so `josé` is echoed as `jos%C3%A9`.
+fn echo_encoded(user: &str) -> std::borrow::Cow<'_, str> {
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    percent_encoding::utf8_percent_encode(user, ENCODED).into()
+}
+
+/// The conversation decision: chat-family apps keep conversations, the others none.
+async fn decide(
+    state: &SharedState,
+    live: &Live,
+    headers: &HeaderMap,
+    turn: &Turn,
+    route: &AppRoute,
+    identity: &Identity,
+) -> Result<Decision, ApiError> {
+    if !route.mode.is_chat_family() {
+        return Ok(Decision {
+            plan: ConversationPlan::default(),
+            continuity: Continuity::New,
+            from_store: false,
+            recorder: None,
+        });
+    }
+    let explicit = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER)?
+        .or_else(|| turn.conversation_id.clone());
+    let chat_id = first_header(headers, &live.config.chat_id_headers)?;
+    let lookup = Instant::now();
+    let decision = state
+        .conversations
+        .decide(&RequestView {
+            key: route.key.expose(),
+            model: &turn.model,
+            user: &identity.user,
+            chat_id: chat_id.as_deref(),
+            explicit: explicit.as_deref(),
+            turn,
+        })
+        .await;
+    state.metrics.observe_store(lookup.elapsed());
+    Ok(decision)
+}
+
+/// A collected answer as the client saw it: its text, then its tool calls as blocks.
+fn transcript_of(collected: &Collected) -> String {
+    let mut text = collected.answer().into_owned();
+    for call in &collected.tool_calls {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&crate::bridge::tools::call_block(call));
+    }
+    text
+}
+
+/// What happens once an answer is complete, streamed or not: the turn is recorded (before
+/// the client sees the end, so its next turn finds it) and the completion is logged.
+pub struct Finisher {
+    pub state: SharedState,
+    pub recorder: Option<Recorder>,
+    pub model: String,
+    pub user: String,
+    pub continuity: Continuity,
+    pub started: Instant,
+    pub stream: bool,
+}
+
+impl Finisher {
+    pub fn records(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    pub async fn finish(self, end: &End, answer: &str) {
+        if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
+            (&end.outcome, self.recorder, end.conversation_id.as_deref())
+        {
+            let recording = Instant::now();
+            self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
+            self.state.metrics.observe_store(recording.elapsed());
+        }
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (model, user) = (Shown(&self.model), Shown(&self.user));
+        let (stream, continuity) = (self.stream, self.continuity.as_str());
+        let conversation = end.conversation_id.as_deref().unwrap_or("-");
+        let message_id = end.message_id.as_deref().unwrap_or("-");
+        match &end.outcome {
+            Outcome::Failed { error, .. } => tracing::warn!(
+                %model,
+                %user,
+                conversation,
+                message_id,
+                continuity,
+                stream,
+                latency_ms,
+                events = end.events,
+                "❌ request failed: {}",
+                error.message
+            ),
+            _ => tracing::info!(
+                %model,
+                %user,
+                conversation,
+                message_id,
+                continuity,
+                stream,
+                latency_ms,
+                events = end.events,
+                "👤 {user} ✅ completed"
+            ),
+        }
+    }
+}
