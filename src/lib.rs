@@ -13,6 +13,5 @@ pub mod doctor;
 pub mod finding;
 pub mod json_text;
 pub mod logging;
-pub mod mock_dify;
 pub mod secret;
 pub mod server;

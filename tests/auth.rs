@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use opendify::mock_dify::{MockApp, MockDify};
+use mock_dify::{MockApp, MockDify};
 use serde_json::Value;
 
 const KEYS: &str = "sk-alpha-0123456789,sk-beta-9876543210";

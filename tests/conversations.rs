@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use opendify::mock_dify::MockDify;
+use mock_dify::MockDify;
 use serde_json::{Value, json};
 
 fn messages(turns: &[(&str, &str)]) -> Value {
@@ -46,7 +46,7 @@ async fn three_turns(gw: &Gateway, model: &str, headers: &[(&str, &str)], tag: &
     vec![a1, a2, a3]
 }
 
-fn conversations_with(mock: &MockDify, needle: &str) -> Vec<opendify::mock_dify::Conversation> {
+fn conversations_with(mock: &MockDify, needle: &str) -> Vec<mock_dify::Conversation> {
     mock.conversations().into_values().filter(|c| c.queries.iter().any(|q| q.contains(needle))).collect()
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use opendify::mock_dify::{MockApp, MockDify};
+use mock_dify::{MockApp, MockDify};
 use serde_json::{Value, json};
 
 const CHAT_KEY: &str = "app-doctor-chat-0001";
@@ -906,6 +906,9 @@ async fn mappings_are_counted_filtered_verified_and_pruned() {
         .await;
         assert!(result.done, "{}", result.raw);
     }
+    // The store commits in the background: wait until the turns are in the file the doctor
+    // reads, rather than hoping the writer was quick enough.
+    gateway.state.conversations.store().flush().await;
     drop(gateway);
 
     let run = setup.doctor(&["inspect-mappings", "--json"]).await;

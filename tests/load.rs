@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use opendify::mock_dify::MockDify;
+use mock_dify::MockDify;
 use serde_json::Value;
 
 /// Waits until no stream, upstream slot or mock stream is left.

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use opendify::mock_dify::{MockApp, MockDify};
+use mock_dify::{MockApp, MockDify};
 use serde_json::json;
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use opendify::bridge::AppRoute;
 use opendify::bridge::request::{self, BuildOptions, ConversationPlan};
 use opendify::dify::AppMode;
 use opendify::dify::sse::{SseError, SseEvent, SseParser};
-use opendify::mock_dify::{MockApp, MockDify, MockSettings};
+use mock_dify::{MockApp, MockDify, MockSettings};
 use opendify::secret::Secret;
 use serde_json::{Value, json};
 

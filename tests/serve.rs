@@ -101,8 +101,8 @@ async fn non_streaming_returns_the_whole_answer_with_usage() {
 
 #[tokio::test]
 async fn multibyte_characters_split_across_network_chunks_arrive_intact() {
-    let mock = opendify::mock_dify::MockDify::start(vec![
-        opendify::mock_dify::MockApp::new("app-chat-key-0001", "Chat", "chat").answer("你好世界，こんにちは 👋 мир"),
+    let mock = mock_dify::MockDify::start(vec![
+        mock_dify::MockApp::new("app-chat-key-0001", "Chat", "chat").answer("你好世界，こんにちは 👋 мир"),
     ])
     .await
     .unwrap();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use opendify::mock_dify::{MockApp, MockDify};
+use mock_dify::{MockApp, MockDify};
 use serde_json::json;
 use tower::ServiceExt as _;
 

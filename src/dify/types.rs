@@ -1,4 +1,4 @@
-//! The JSON shapes of Dify's service API (see `shared/docs/dify-api.md`), typed on what
+//! The JSON shapes of Dify's service API (see `docs/dify-api.md`), typed on what
 //! opendify reads, and tolerant of what it does not: unknown fields and events are ignored,
 //! because Dify adds new ones between releases.
 

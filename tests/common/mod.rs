@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use opendify::config::{self, LoadOptions};
-use opendify::mock_dify::{MockApp, MockDify};
+use mock_dify::{MockApp, MockDify};
 use opendify::server::{self, AppState, Live};
 use serde_json::{Value, json};
 

@@ -1,6 +1,6 @@
 //! A mock Dify service API for tests, benchmarks and trying opendify without a Dify.
 //!
-//! It behaves like the real one where opendify depends on it (see `shared/docs/dify-api.md`):
+//! It behaves like the real one where opendify depends on it (see `docs/dify-api.md` in the repository):
 //! per-mode event sequences, `event: ping` keep-alives, error frames after the stream began,
 //! HTTP errors before it, conversation rules (UUIDs, per-user scoping, 404 "Conversation Not
 //! Exists."), agent apps refusing blocking mode, uploads scoped to a user, stop endpoints.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use opendify::mock_dify::{MockApp, MockDify, MockSettings};
+use mock_dify::{MockApp, MockDify, MockSettings};
 
 #[derive(Parser)]
 #[command(about = "A mock Dify service API (for tests, benchmarks and demos)")]
