@@ -1,6 +1,8 @@
-//! Secrets (Dify app keys, proxy keys, JWT secrets) must never reach a log line, an error
-//! message or doctor output in full. `Secret` makes the safe thing the default: its `Debug`
-//! and `Display` print the masked form, and the real value needs an explicit `expose()`.
+//! Secrets (Dify app keys, proxy keys, JWT secrets, URL credentials) must never reach a log
+//! line, an error message or doctor output in full. `Secret` makes the safe thing the
+//! default: its `Debug` and `Display` print the masked form, and the real value needs an
+//! explicit `expose()`. Every other kind of masking lives here too: keys inside free text,
+//! credentials inside URLs, and the [`Redactor`] for text that may hold any of them.
 
 use std::fmt;
 
@@ -92,6 +94,59 @@ pub fn mask_url_credentials(url: &str) -> String {
     }
 }
 
+/// Replaces every known secret, and anything that looks like one (`app-…` keys, `Bearer`
+/// tokens), in text bound for somewhere public (`opendify doctor report`).
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(mut secrets: Vec<String>) -> Redactor {
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.retain(|s| s.trim().len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), &mask(secret));
+            }
+        }
+        mask_bearer(&mask_keys_in(&mask_url_credentials_in(&text)))
+    }
+}
+
+/// `Bearer abc…` tokens become `Bearer ***`.
+fn mask_bearer(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("Bearer ") {
+        out.push_str(&rest[..pos + 7]);
+        let after = &rest[pos + 7..];
+        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(after.len());
+        let token = &after[..end];
+        if token.is_empty() || token == "***" || token.contains('…') {
+            out.push_str(token);
+        } else {
+            out.push_str("***");
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// [`mask_url_credentials`] for every URL inside free text.
+fn mask_url_credentials_in(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    text.split_inclusive(char::is_whitespace).map(mask_url_credentials).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +180,17 @@ mod tests {
         assert_eq!(mask_url_credentials("http://u:p@proxy:3128"), "http://***@proxy:3128");
         assert_eq!(mask_url_credentials("http://proxy:3128/a@b"), "http://proxy:3128/a@b");
         assert_eq!(mask_url_credentials("data/conversations.db"), "data/conversations.db");
+    }
+
+    #[test]
+    fn redaction_masks_known_secrets_bearer_tokens_app_keys_and_url_credentials() {
+        let text = "auth=Bearer sk-live-123456 key app-abcdefghijklmnop done \"Bearer xyz\" http://u:pw@proxy:3128 x";
+        let masked = Redactor::new(vec!["sk-live-123456".into()]).redact(text);
+        assert!(!masked.contains("123456"), "{masked}");
+        assert!(!masked.contains("abcdefghijklmnop"), "{masked}");
+        assert!(!masked.contains("xyz"), "{masked}");
+        assert!(!masked.contains("u:pw"), "{masked}");
+        assert!(masked.contains("app-ab…op"), "{masked}");
+        assert_eq!(mask_keys_in("{\"m\": \"app-ab…op\"}"), "{\"m\": \"app-ab…op\"}", "masked once only");
     }
 }

@@ -8,11 +8,11 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mock_dify::{MockApp, MockDify, MockSettings};
 use opendify::bridge::AppRoute;
 use opendify::bridge::request::{self, BuildOptions, ConversationPlan};
 use opendify::dify::AppMode;
 use opendify::dify::sse::{SseError, SseEvent, SseParser};
-use mock_dify::{MockApp, MockDify, MockSettings};
 use opendify::secret::Secret;
 use serde_json::{Value, json};
 

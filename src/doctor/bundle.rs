@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Context, Options, Progress, RenderOptions, Report, report};
 use crate::config::{EnvFileStatus, Loaded};
-use crate::secret::mask;
-use crate::secret::mask_url_credentials;
+use crate::secret::{Redactor, mask_url_credentials};
 
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
@@ -22,7 +21,7 @@ pub struct BundleOptions {
 /// Runs the checks, writes the Markdown, returns the exit code: 0 once written (the
 /// checks' verdicts are in the report), 2 when it cannot be written.
 pub async fn main(loaded: Loaded, options: &Options, bundle: &BundleOptions) -> u8 {
-    let redactor = Redactor::from_loaded(&loaded);
+    let redactor = redactor(&loaded);
     let log = LogTail::read(&loaded, bundle.log_lines);
     let system = System::detect();
     let progress = Progress::new(true);
@@ -146,76 +145,17 @@ fn tail(path: &Path, count: usize) -> std::io::Result<Vec<String>> {
     Ok(lines[from..].iter().map(|l| l.to_string()).collect())
 }
 
-/// Replaces every secret opendify knows of, and anything that looks like one.
-pub struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    pub fn from_loaded(loaded: &Loaded) -> Redactor {
-        let mut secrets = Vec::new();
-        if let Some(config) = &loaded.config {
-            secrets.extend(config.models.iter().map(|m| m.key.expose().to_string()));
-            secrets.extend(config.unnamed_keys.iter().map(|k| k.expose().to_string()));
-            secrets.extend(config.proxy_api_keys.iter().map(|k| k.expose().to_string()));
-            secrets.extend(config.jwt_secret.iter().map(|k| k.expose().to_string()));
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        secrets.retain(|s| s.trim().len() >= 4);
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Redactor { secrets }
+/// Every secret the configuration names, for the [`Redactor`].
+fn redactor(loaded: &Loaded) -> Redactor {
+    let mut secrets = Vec::new();
+    if let Some(config) = &loaded.config {
+        secrets.extend(config.models.iter().map(|m| m.key.expose().to_string()));
+        secrets.extend(config.unnamed_keys.iter().map(|k| k.expose().to_string()));
+        secrets.extend(config.proxy_api_keys.iter().map(|k| k.expose().to_string()));
+        secrets.extend(config.jwt_secret.iter().map(|k| k.expose().to_string()));
+        secrets.extend(config.admin_api_key.iter().map(|k| k.expose().to_string()));
     }
-
-    pub fn redact(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), &mask(secret));
-            }
-        }
-        mask_bearer(&mask_app_keys(&text))
-    }
-}
-
-/// Masks `app-…` tokens like [`crate::secret::mask_keys_in`], leaving already masked ones
-/// (`app-ab…yz`) as they are.
-fn mask_app_keys(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("app-") {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos..];
-        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(after.len());
-        let token = &after[..len];
-        if after[len..].starts_with('…') {
-            out.push_str(token);
-        } else {
-            out.push_str(&mask(token));
-        }
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `Bearer abc…` tokens in log lines become `Bearer ***`.
-fn mask_bearer(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("Bearer ") {
-        out.push_str(&rest[..pos + 7]);
-        let after = &rest[pos + 7..];
-        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(after.len());
-        let token = &after[..end];
-        if token.is_empty() || token == "***" || token.contains('…') {
-            out.push_str(token);
-        } else {
-            out.push_str("***");
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+    Redactor::new(secrets)
 }
 
 fn cell(text: &str) -> String {
@@ -291,17 +231,6 @@ pub fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_tokens_and_app_keys_are_masked() {
-        let text = "auth=Bearer sk-live-123456 key app-abcdefghijklmnop done \"Bearer xyz\"";
-        let masked = Redactor { secrets: vec!["sk-live-123456".into()] }.redact(text);
-        assert!(!masked.contains("123456"), "{masked}");
-        assert!(!masked.contains("abcdefghijklmnop"), "{masked}");
-        assert!(!masked.contains("xyz"), "{masked}");
-        assert!(masked.contains("app-ab…op"), "{masked}");
-        assert_eq!(mask_app_keys("{\"m\": \"app-ab…op\"}"), "{\"m\": \"app-ab…op\"}", "masked once only");
-    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

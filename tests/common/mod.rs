@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use opendify::config::{self, LoadOptions};
 use mock_dify::{MockApp, MockDify};
+use opendify::config::{self, LoadOptions};
 use opendify::server::{self, AppState, Live};
 use serde_json::{Value, json};
 
