@@ -37,7 +37,7 @@ pub struct SqliteStore {
     path: PathBuf,
     ttl: Duration,
     /// Lookups, the doctor's reads. The writer thread has its own connection.
-    reader: Mutex<Connection>,
+    reader: Arc<Mutex<Connection>>,
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -88,14 +88,18 @@ fn backend(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend { location: path.display().to_string(), reason: e.to_string() }
 }
 
+/// What a SQLite failure means for a person, by SQLite's own error code.
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
-    let text = e.to_string();
-    if text.contains("not a database") || text.contains("malformed") || text.contains("no such table") {
-        StoreError::Corrupt { location: path.display().to_string(), reason: text }
-    } else if text.contains("readonly") || text.contains("unable to open") || text.contains("permission") {
-        StoreError::Open { location: path.display().to_string(), reason: text, fix: writable_fix(path) }
-    } else {
-        backend(path, text)
+    use rusqlite::ErrorCode;
+    let location = path.display().to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { location, reason: e.to_string() }
+        }
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            StoreError::Open { location, reason: e.to_string(), fix: writable_fix(path) }
+        }
+        _ => backend(path, e),
     }
 }
 
@@ -163,6 +167,14 @@ impl SqliteStore {
             )
             .map_err(|e| classify(path, e))?;
         }
+        let has_meta: bool = conn
+            .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| classify(path, e))?;
+        if !has_meta {
+            return Err(StoreError::Corrupt { location, reason: "not an opendify store (no meta table)".into() });
+        }
         let version: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .optional()
@@ -187,7 +199,13 @@ impl SqliteStore {
                 .spawn(move || write_loop(conn, &owned, ttl, &shared))
                 .map_err(|e| backend(path, format!("cannot start the store's writer thread: {e}")))?
         };
-        Ok(SqliteStore { path: path.to_path_buf(), ttl, reader: Mutex::new(reader), shared, writer: Some(writer) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            ttl,
+            reader: Arc::new(Mutex::new(reader)),
+            shared,
+            writer: Some(writer),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -340,62 +358,48 @@ impl SqliteStore {
         self.queue(pending, Op::Forget { seq, conversation_id: conversation_id.to_string() });
     }
 
-    pub fn health(&self) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.query_row("SELECT count(*) FROM conversations WHERE rowid < 0", [], |r| r.get::<_, i64>(0))
-            .map(drop)
-            .map_err(|e| classify(&self.path, e))
+    /// Runs `read` on the reader connection on a blocking thread: the scans of the doctor,
+    /// `/metrics` and `/ready` may take a while on a large file, and must not hold a tokio
+    /// worker (nor make the timeouts around them unable to fire).
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection, &Path, i64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reader, path, cutoff) = (self.reader.clone(), self.path.clone(), self.cutoff());
+        tokio::task::spawn_blocking(move || read(&lock(&reader), &path, cutoff))
+            .await
+            .unwrap_or_else(|e| Err(backend(&self.path, format!("the read was interrupted: {e}"))))
     }
 
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let conn = self.conn();
-        let count = |sql: &str| -> Result<u64, StoreError> {
-            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n.max(0) as u64)
-                .map_err(|e| classify(&self.path, e))
-        };
-        let cutoff = self.cutoff();
-        let mut stats = StoreStats {
-            conversations: count("SELECT count(*) FROM conversations")?,
-            turns: count("SELECT count(*) FROM turns")?,
-            chats: count("SELECT count(*) FROM chats")?,
-            expired: count(&format!("SELECT count(*) FROM conversations WHERE updated_at < {cutoff}"))?,
-            ..StoreStats::default()
-        };
-        let (oldest, newest): (Option<i64>, Option<i64>) = conn
-            .query_row("SELECT min(updated_at), max(updated_at) FROM conversations", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| classify(&self.path, e))?;
-        stats.oldest_updated_at = oldest.map(|v| v.max(0) as u64);
-        stats.newest_updated_at = newest.map(|v| v.max(0) as u64);
-        let group = |column: &str| -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn health(&self) -> Result<(), StoreError> {
+        self.read_blocking(|conn, path, _| {
+            conn.query_row("SELECT count(*) FROM conversations WHERE rowid < 0", [], |r| r.get::<_, i64>(0))
+                .map(drop)
+                .map_err(|e| classify(path, e))
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read_blocking(stats).await
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
+        let filter = filter.clone();
+        self.read_blocking(move |conn, path, _| {
+            let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
             let mut stmt = conn
                 .prepare(&format!(
-                    "SELECT {column}, count(*) FROM conversations GROUP BY {column} ORDER BY count(*) DESC LIMIT 50"
+                    "{SELECT_CONVERSATION} WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR chat_id = ?2)
+                     ORDER BY updated_at DESC LIMIT ?3"
                 ))
-                .map_err(|e| classify(&self.path, e))?;
+                .map_err(|e| classify(path, e))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))
-                .map_err(|e| classify(&self.path, e))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(|e| classify(&self.path, e))
-        };
-        stats.per_user = group("user")?;
-        stats.per_model = group("model")?;
-        Ok(stats)
-    }
-
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
-        let conn = self.conn();
-        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-        let mut stmt = conn
-            .prepare(&format!(
-                "{SELECT_CONVERSATION} WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR chat_id = ?2)
-                 ORDER BY updated_at DESC LIMIT ?3"
-            ))
-            .map_err(|e| classify(&self.path, e))?;
-        let rows = stmt
-            .query_map(params![filter.user, filter.chat_id, limit], row_to_conversation)
-            .map_err(|e| classify(&self.path, e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| classify(&self.path, e))
+                .query_map(params![filter.user, filter.chat_id, limit], row_to_conversation)
+                .map_err(|e| classify(path, e))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| classify(path, e))
+        })
+        .await
     }
 
     /// Removes expired records (on the writer thread, between commits).
@@ -415,6 +419,39 @@ impl Drop for SqliteStore {
             let _ = writer.join();
         }
     }
+}
+
+/// Counts and ages of what the file holds (the doctor, `/metrics`).
+fn stats(conn: &Connection, path: &Path, cutoff: i64) -> Result<StoreStats, StoreError> {
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64).map_err(|e| classify(path, e))
+    };
+    let mut stats = StoreStats {
+        conversations: count("SELECT count(*) FROM conversations")?,
+        turns: count("SELECT count(*) FROM turns")?,
+        chats: count("SELECT count(*) FROM chats")?,
+        expired: count(&format!("SELECT count(*) FROM conversations WHERE updated_at < {cutoff}"))?,
+        ..StoreStats::default()
+    };
+    let (oldest, newest): (Option<i64>, Option<i64>) = conn
+        .query_row("SELECT min(updated_at), max(updated_at) FROM conversations", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| classify(path, e))?;
+    stats.oldest_updated_at = oldest.map(|v| v.max(0) as u64);
+    stats.newest_updated_at = newest.map(|v| v.max(0) as u64);
+    let group = |column: &str| -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {column}, count(*) FROM conversations GROUP BY {column} ORDER BY count(*) DESC LIMIT 50"
+            ))
+            .map_err(|e| classify(path, e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))
+            .map_err(|e| classify(path, e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| classify(path, e))
+    };
+    stats.per_user = group("user")?;
+    stats.per_model = group("model")?;
+    Ok(stats)
 }
 
 fn prune(conn: &mut Connection, path: &Path, cutoff: i64) -> Result<u64, StoreError> {
@@ -697,7 +734,7 @@ mod tests {
         }
         assert_eq!(store.chat("app", "u", "chat-4").expect("chat"), Some("conversation-4".into()));
         store.flush().await;
-        assert_eq!(store.stats().expect("stats").conversations, 64);
+        assert_eq!(store.stats().await.expect("stats").conversations, 64);
     }
 
     #[tokio::test]
@@ -724,12 +761,12 @@ mod tests {
         store.flush().await;
         assert_eq!(store.turn(&old_fp).expect("turn"), None);
         assert_eq!(store.chat("app", "u", "chat-2").expect("chat"), None);
-        let stats = store.stats().expect("stats");
+        let stats = store.stats().await.expect("stats");
         assert_eq!((stats.conversations, stats.chats), (0, 0));
     }
 
-    #[test]
-    fn turns_still_in_memory_are_committed_when_the_store_closes() {
+    #[tokio::test]
+    async fn turns_still_in_memory_are_committed_when_the_store_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.db");
         let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
@@ -739,7 +776,7 @@ mod tests {
         }
         drop(store);
         let reopened = SqliteStore::open(&path, Duration::from_secs(3600), false).expect("reopen");
-        assert_eq!(reopened.stats().expect("stats").conversations, 10);
+        assert_eq!(reopened.stats().await.expect("stats").conversations, 10);
         assert_eq!(reopened.turn(&[7; 32]).expect("turn").map(|t| t.conversation_id), Some("conversation-7".into()));
     }
 
@@ -766,6 +803,6 @@ mod tests {
         assert!(wal < (2 * CHECKPOINT_EVERY * 40 * 1024) as u64, "WAL grew to {wal} bytes");
         drop(store);
         let reopened = SqliteStore::open(&path, Duration::from_secs(3600), false).expect("reopen");
-        assert_eq!(reopened.stats().expect("stats").turns, (4 * CHECKPOINT_EVERY) as u64);
+        assert_eq!(reopened.stats().await.expect("stats").turns, (4 * CHECKPOINT_EVERY) as u64);
     }
 }

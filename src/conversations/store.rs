@@ -112,21 +112,21 @@ impl Store {
 
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.health(),
+            Store::Sqlite(s) => s.health().await,
             Store::Redis(r) => r.health().await,
         }
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         match self {
-            Store::Sqlite(s) => s.stats(),
+            Store::Sqlite(s) => s.stats().await,
             Store::Redis(r) => r.stats().await,
         }
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.list(filter),
+            Store::Sqlite(s) => s.list(filter).await,
             Store::Redis(r) => r.list(filter).await,
         }
     }
