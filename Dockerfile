@@ -8,11 +8,12 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 # The cargo registry and target dir are cached between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin opendify \
-    && cp target/release/opendify /usr/local/bin/opendify
+    cargo build --profile dist --locked --bin opendify \
+    && cp target/dist/opendify /usr/local/bin/opendify
 
 # ---- runtime -------------------------------------------------------------------------
 FROM debian:bookworm-slim
