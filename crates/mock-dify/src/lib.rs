@@ -422,6 +422,8 @@ pub enum Directive {
     Trickle,
     /// After the first event, one event larger than the gateway's 16 MiB limit.
     Huge,
+    /// The response head comes only after 2 s (a hung Dify, or a proxy queueing).
+    SlowHead,
 }
 
 impl Directive {
@@ -447,6 +449,7 @@ impl Directive {
             "http-401" => Directive::Http401,
             "trickle" => Directive::Trickle,
             "huge" => Directive::Huge,
+            "slow-head" => Directive::SlowHead,
             _ => Directive::Normal,
         }
     }
@@ -618,6 +621,9 @@ async fn generate(
         Script { app, settings: state.settings, directive, answer, conversation_id, message_id, task_id: uuid() };
     if !streaming {
         return blocking(&script);
+    }
+    if directive == Directive::SlowHead {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let playing = Playing::new(state.clone());
