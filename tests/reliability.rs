@@ -641,3 +641,68 @@ async fn sample_count(gw: &Gateway) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// What hyper refuses before any handler runs (a malformed request line or header, an
+/// over-long URL, oversized headers, an HTTP version it does not speak) still gets a JSON
+/// error a person can read, in the API's shape, with the status hyper chose.
+#[tokio::test]
+async fn http_layer_errors_are_in_the_api_shape_too() {
+    let mock = terse_mock().await;
+    let gw = gateway_with(&mock.base_url(), r#"{"chat":"app-chat-key-0001"}"#, &[]).await;
+    let addr = gw.addr;
+    let long_url = format!("GET /v1/models?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let big_header = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(500_000));
+    let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), 400, "malformed_request", "invalid_request_error"),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+            "invalid_request_error",
+        ),
+        (long_url.into_bytes(), 414, "uri_too_long", "invalid_request_error"),
+        (big_header.into_bytes(), 431, "headers_too_large", "invalid_request_error"),
+        (
+            b"GET /v1/models HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(),
+            505,
+            "http_version_not_supported",
+            "invalid_request_error",
+        ),
+    ];
+    for (request, status, code, kind) in cases {
+        let response = tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+            tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let _ = tcp.write_all(&request);
+            let mut text = String::new();
+            let _ = tcp.read_to_string(&mut text);
+            text
+        })
+        .await
+        .expect("join");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response: {response:?}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+        let error = assert_openai_error(&json);
+        assert_eq!((error["code"].as_str(), error["type"].as_str()), (Some(code), Some(kind)), "{json}");
+    }
+    // Anthropic's path gets Anthropic's shape.
+    let response = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let _ =
+            tcp.write_all(format!("POST /v1/messages?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).as_bytes());
+        let mut text = String::new();
+        let _ = tcp.read_to_string(&mut text);
+        text
+    })
+    .await
+    .expect("join");
+    let body: Value = serde_json::from_str(response.split_once("\r\n\r\n").map_or("", |(_, b)| b)).expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    // The server still serves everyone else.
+    let (status, _, _) = post_chat(&gw, &chat_body("chat", "still here", false), &[]).await;
+    assert_eq!(status, 200);
+}

@@ -3,6 +3,7 @@
 //! chunks or events, a collected answer its response body, and an
 //! [`crate::bridge::ApiError`] its error shape. No codec talks to Dify or to the store.
 
+pub mod anthropic;
 pub mod chat;
 pub mod models;
 pub mod openai;
@@ -24,14 +25,22 @@ pub enum Dialect {
 impl Dialect {
     /// Anthropic's SDKs call `/v1/messages`; everything else is OpenAI's.
     pub fn of_path(path: &str) -> Dialect {
-        let path = path.trim_end_matches('/');
+        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
         if path == "/v1/messages" || path.starts_with("/v1/messages/") { Dialect::Anthropic } else { Dialect::OpenAi }
+    }
+
+    /// The error as JSON text (a body, or a stream's error frame).
+    pub fn error_json(self, error: &ApiError) -> String {
+        match self {
+            Dialect::OpenAi => openai::error_json(error),
+            Dialect::Anthropic => anthropic::error_json(error),
+        }
     }
 
     pub fn error_response(self, error: &ApiError) -> Response {
         match self {
             Dialect::OpenAi => openai::error_response(error),
-            Dialect::Anthropic => openai::error_response(error),
+            Dialect::Anthropic => anthropic::error_response(error),
         }
     }
 }

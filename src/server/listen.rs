@@ -4,7 +4,8 @@
 //! timeout (an idle keep-alive connection is closed after the same time). On shutdown it
 //! stops accepting, lets each connection finish its in-flight request, and once the drain
 //! deadline has passed (streams ended with an error chunk) gives connections a short grace
-//! before closing whatever is left, so the process always exits.
+//! before closing whatever is left, so the process always exits. Each socket is wrapped in
+//! [`super::raw_errors::RawErrors`], so even requests hyper cannot parse get a JSON error.
 
 use std::future::Future;
 use std::time::Duration;
@@ -78,7 +79,7 @@ async fn connection(tcp: TcpStream, app: Router, mut close: watch::Receiver<()>,
     let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    let conn = builder.serve_connection(TokioIo::new(super::raw_errors::RawErrors::new(tcp)), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,

@@ -15,6 +15,7 @@ pub mod limits;
 mod listen;
 pub mod metrics;
 mod ops;
+mod raw_errors;
 mod relay;
 pub mod reload;
 mod smoothing;
