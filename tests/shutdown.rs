@@ -381,3 +381,44 @@ async fn turns_answered_just_before_sigterm_survive_the_restart() {
         assert_eq!(continued.queries, [first, format!("after restart {i}")], "turn {i} was not remembered");
     }
 }
+
+/// Log forging: a `user` or `model` with a newline must not write a line of its own (one
+/// without the request id), and a huge value must not become a huge line.
+#[tokio::test]
+async fn client_values_cannot_forge_or_flood_log_lines() {
+    let mock = MockDify::start(vec![MockApp::new("app-chat-key-secret-0001", "Chat Bot", "chat")]).await.expect("mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut binary = Binary::start(
+        dir.path(),
+        &[
+            ("DIFY_API_BASE", &mock.base_url()),
+            ("MODEL_CONFIG", r#"{"chat":"app-chat-key-secret-0001"}"#),
+            ("LOG_FORMAT", "text"),
+            ("LOG_LEVEL", "debug"),
+        ],
+    );
+    binary.wait_healthy().await;
+    let forged_user = json!({"model": "chat", "user": "mallory\nINFO forged line from the user",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let forged_model = json!({"model": "gpt\r\nINFO forged line from the model",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let huge_model = json!({"model": "m".repeat(1_048_576), "messages": [{"role": "user", "content": "hi"}]});
+    for (body, status) in [(forged_user, 200), (forged_model, 404), (huge_model, 404)] {
+        let response = client().post(binary.url("/v1/chat/completions")).json(&body).send().await.expect("send");
+        assert_eq!(response.status().as_u16(), status);
+        let text = response.text().await.expect("text");
+        assert!(text.len() < 4096, "the error echoes the whole value: {} bytes", text.len());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    binary.signal("TERM");
+    assert!(binary.wait_exit(Duration::from_secs(30)).await.success());
+    let log = binary.stderr();
+    assert!(log.contains("mallory\\nINFO forged line"), "the user is logged, escaped:\n{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("INFO forged"), "a forged line:\n{log}");
+        if line.contains("forged") || line.contains("mmmmmmmm") {
+            assert!(line.contains("request{id="), "a client value outside its request's span: {line}");
+        }
+        assert!(line.len() < 4096, "a {}-byte log line", line.len());
+    }
+}
