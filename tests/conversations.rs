@@ -458,3 +458,43 @@ async fn the_same_turn_sent_twice_at_once_is_appended_once() {
     assert_eq!(original[0].queries.len(), 2, "the turn was appended twice: {:?}", original[0].queries);
     assert_eq!(conversations_with(&mock, "twice second").len(), 2, "the duplicate starts its own conversation");
 }
+
+/// Several instances on one Redis answer one conversation one turn at a time: a lease in
+/// Redis, held while the answer streams, serialises them (the in-process lock alone let two
+/// instances append at the same moment). Every turn lands, none overlaps another.
+#[tokio::test]
+async fn two_instances_on_one_redis_answer_a_conversation_one_turn_at_a_time() {
+    let Some(redis) = start_redis() else { return };
+    let mock = mock().await;
+    let a = gateway(&mock, &[("CONVERSATION_STORE", &redis.url())]).await;
+    let b = gateway(&mock, &[("CONVERSATION_STORE", &redis.url())]).await;
+    let user = [("x-openwebui-user-id", "lease-user")];
+    ask(&a, "chat", &[("user", "lease start")], &user, false).await;
+    let id = conversations_with(&mock, "lease start")[0].clone();
+    let conversation_id = mock
+        .conversations()
+        .into_iter()
+        .find(|(_, c)| c.queries == id.queries)
+        .map(|(id, _)| id)
+        .expect("conversation id");
+    // Eight turns at once, half on each instance; each answer takes a few hundred ms.
+    let turns = (0..8).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let conversation_id = conversation_id.clone();
+        async move {
+            let body = chat_body("chat", &format!("[[mock:slow]] lease turn {i}"), i % 4 == 0);
+            let headers = [("x-openwebui-user-id", "lease-user"), ("x-dify-conversation-id", conversation_id.as_str())];
+            if i % 4 == 0 {
+                let result = stream_chat(gw, &body, &headers).await;
+                assert!(result.done && result.error().is_none(), "{}", result.raw);
+            } else {
+                let (status, _, json) = post_chat(gw, &body, &headers).await;
+                assert_eq!(status, 200, "{json}");
+            }
+        }
+    });
+    futures_util::future::join_all(turns).await;
+    let conversation = mock.conversations().remove(&conversation_id).expect("conversation");
+    assert_eq!(conversation.queries.len(), 9, "every turn lands: {:?}", conversation.queries);
+    assert_eq!(conversation.overlaps, 0, "two turns of one conversation were answered at once");
+}

@@ -5,7 +5,8 @@
 //!
 //! Keys (`{fp}` a fingerprint in hex, `{chat}` a hash of app, user and chat id):
 //! `opendify:turn:{fp}` hash, `opendify:conv:{id}` hash, `opendify:convturns:{id}` set of
-//! the conversation's fingerprints, `opendify:chat:{chat}` string.
+//! the conversation's fingerprints, `opendify:chat:{chat}` string, `opendify:lease:{lock}`
+//! string (which instance is answering in a conversation, see [`Lease`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +26,49 @@ pub struct RedisStore {
 }
 
 const PREFIX: &str = "opendify";
+
+/// How long a lease lives without renewal: a crashed holder blocks its conversation at
+/// most this long.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a holder renews its lease while the answer streams.
+const LEASE_RENEW: Duration = Duration::from_secs(5);
+
+/// One conversation, one writer across instances: held by the request answering in a
+/// conversation, renewed while its answer streams, released when it is recorded (or
+/// dropped). Another instance's request on the same conversation waits until then.
+pub struct Lease {
+    conn: ConnectionManager,
+    key: String,
+    token: String,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+/// A lease just taken, and what the conversation's latest turn was when it was taken.
+pub struct Acquired {
+    pub lease: Lease,
+    /// Another request held it first: what was read before may be stale.
+    pub waited: bool,
+    pub latest_turn: Option<u32>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewing.abort();
+        const RELEASE: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+        let (mut conn, key, token) =
+            (self.conn.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let released: Result<i64, _> =
+                    redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&key).arg(&token).query_async(&mut conn).await;
+                if let Err(e) = released {
+                    tracing::warn!("⚠️ could not release a conversation lease (it expires by itself): {e}");
+                }
+            });
+        }
+    }
+}
 
 fn chat_key(app: &str, user: &str, chat_id: &str) -> String {
     let mut h = Sha256::new();
@@ -177,6 +221,44 @@ impl RedisStore {
         conn.del::<_, ()>(keys).await.map_err(|e| self.err(e))
     }
 
+    /// Takes the lease on `lock` (a conversation or chat), waiting while another request,
+    /// on this instance or another, holds it. `conversation`: whose latest turn to report.
+    pub async fn lease(&self, lock: &str, conversation: Option<&str>) -> Result<Acquired, StoreError> {
+        // Set if free; then, in the same round trip, the conversation's latest turn.
+        const ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+              if KEYS[2] ~= '' then return {1, redis.call('HGET', KEYS[2], 'turn') or ''} end
+              return {1, ''}
+            end
+            return {0, ''}";
+        let key = format!("{PREFIX}:lease:{}", hex(&Sha256::digest(lock.as_bytes()).into()));
+        let conv_key = conversation.map(|id| format!("{PREFIX}:conv:{id}")).unwrap_or_default();
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut conn = self.conn.clone();
+        let mut waited = false;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let (taken, turn): (i64, String) = redis::cmd("EVAL")
+                .arg(ACQUIRE)
+                .arg(2)
+                .arg(&key)
+                .arg(if conv_key.is_empty() { "" } else { conv_key.as_str() })
+                .arg(&token)
+                .arg(LEASE_TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            if taken == 1 {
+                let renewing = tokio::spawn(renew(conn.clone(), key.clone(), token.clone()));
+                let lease = Lease { conn, key, token, renewing };
+                return Ok(Acquired { lease, waited, latest_turn: turn.parse().ok() });
+            }
+            // Held elsewhere: poll, backing off to 100 ms (answers take seconds).
+            waited = true;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
     pub async fn health(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| self.err(e))?;
@@ -261,6 +343,31 @@ impl RedisStore {
         all.sort_by_key(|c| std::cmp::Reverse(c.updated_at));
         all.truncate(if filter.limit == 0 { 100 } else { filter.limit });
         Ok(all)
+    }
+}
+
+/// Keeps a lease alive while its answer streams (aborted when the lease is dropped).
+async fn renew(mut conn: ConnectionManager, key: String, token: String) {
+    const RENEW: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let renewed: Result<i64, _> = redis::cmd("EVAL")
+            .arg(RENEW)
+            .arg(1)
+            .arg(&key)
+            .arg(&token)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!("⚠️ a conversation lease expired while its answer was still streaming");
+                return;
+            }
+            Err(e) => tracing::warn!("⚠️ could not renew a conversation lease: {e}"),
+        }
     }
 }
 

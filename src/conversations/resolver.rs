@@ -20,6 +20,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::fingerprint::{Fingerprinter, app_id};
 use super::record::{ConversationRecord, StoreError, TurnRecord};
+use super::redis_store::Lease;
 use super::store::Store;
 use crate::bridge::ConversationPlan;
 use crate::bridge::{Role, Turn};
@@ -79,9 +80,23 @@ pub struct Recorder {
     lock: Option<Guard>,
 }
 
-/// A held conversation (or chat) lock. It remembers when a turn was last recorded under it,
-/// so a request that read the store before taking the lock knows whether it read too early.
-type Guard = OwnedMutexGuard<Option<Instant>>;
+/// A held conversation (or chat) lock: this process's own, which remembers when a turn was
+/// last recorded under it (so a request that read the store before taking it knows whether
+/// it read too early), and, with Redis, the lease that holds the conversation across every
+/// instance sharing the store.
+pub struct Guard {
+    local: OwnedMutexGuard<Option<Instant>>,
+    _lease: Option<Lease>,
+}
+
+/// A lock just taken.
+struct Locked {
+    guard: Guard,
+    /// Another request held it first: what was read before may be stale.
+    waited: bool,
+    /// The conversation's latest turn as the store said when the lock was taken (Redis).
+    latest_turn: Option<u32>,
+}
 
 pub struct RequestView<'a> {
     pub key: &'a str,
@@ -112,12 +127,23 @@ impl Conversations {
         &self.store
     }
 
-    async fn lock(&self, key: String) -> Guard {
-        self.lock_noting_wait(key).await.0
+    /// Takes the lock on `key`: first this process's, then the store's lease (Redis), so
+    /// requests on one conversation are answered one at a time on every instance.
+    async fn lock(&self, key: String, conversation: Option<&str>) -> Result<Locked, StoreError> {
+        let (local, waited_here) = self.local_lock(&key).await;
+        let acquired = self.store.lease(&key, conversation).await?;
+        Ok(match acquired {
+            Some(acquired) => Locked {
+                guard: Guard { local, _lease: Some(acquired.lease) },
+                waited: waited_here || acquired.waited,
+                latest_turn: acquired.latest_turn,
+            },
+            None => Locked { guard: Guard { local, _lease: None }, waited: waited_here, latest_turn: None },
+        })
     }
 
-    /// The lock, and whether another request held it (so what was read before may be stale).
-    async fn lock_noting_wait(&self, key: String) -> (Guard, bool) {
+    /// This process's lock, and whether another request held it.
+    async fn local_lock(&self, key: &str) -> (OwnedMutexGuard<Option<Instant>>, bool) {
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             if locks.len() > 4096 {
@@ -128,7 +154,7 @@ impl Conversations {
                         || m.try_lock().map_or(true, |at| at.is_some_and(|at| at.elapsed() < Duration::from_secs(5)))
                 });
             }
-            locks.entry(key).or_default().clone()
+            locks.entry(key.to_string()).or_default().clone()
         };
         match mutex.clone().try_lock_owned() {
             Ok(guard) => (guard, false),
@@ -172,19 +198,18 @@ impl Conversations {
         if is_background_task(req.turn) {
             return fresh(Continuity::Task, None);
         }
-        if let Some(id) = req.explicit {
-            let lock = self.lock(format!("conv:{id}")).await;
-            return Decision {
-                plan: ConversationPlan { conversation_id: Some(id.to_string()), ..Default::default() },
-                continuity: Continuity::Explicit,
-                from_store: false,
-                recorder: Some(recorder(Some(lock))),
-            };
-        }
-
         let outcome: Result<Decision, StoreError> = async {
+            if let Some(id) = req.explicit {
+                let locked = self.lock(format!("conv:{id}"), None).await?;
+                return Ok(Decision {
+                    plan: ConversationPlan { conversation_id: Some(id.to_string()), ..Default::default() },
+                    continuity: Continuity::Explicit,
+                    from_store: false,
+                    recorder: Some(recorder(Some(locked.guard))),
+                });
+            }
             if let Some(chat_id) = req.chat_id {
-                let lock = self.lock(format!("chat:{app}:{}:{chat_id}", req.user)).await;
+                let lock = self.lock(format!("chat:{app}:{}:{chat_id}", req.user), None).await?.guard;
                 let mapped = self.store.chat(&app, req.user, chat_id).await?;
                 let matched = if has_history { self.store.turn_with_conversation(&prefix_fp).await? } else { None };
                 if let Some((found, conversation)) = matched {
@@ -210,18 +235,22 @@ impl Conversations {
             }
             let read_at = Instant::now();
             if has_history && let Some((found, conversation)) = self.store.turn_with_conversation(&prefix_fp).await? {
-                let (lock, waited) = self.lock_noting_wait(format!("conv:{}", found.conversation_id)).await;
-                // Read again when another request on this conversation held the lock or
-                // recorded a turn since the read: the conversation may have moved on.
-                let (found, latest) = if waited || (*lock).is_some_and(|at| at >= read_at) {
-                    match self.store.turn_with_conversation(&prefix_fp).await? {
-                        Some((found, conversation)) => (found, conversation.map(|c| c.latest_turn)),
-                        None => (found, None),
-                    }
-                } else {
-                    (found, conversation.map(|c| c.latest_turn))
-                };
-                return Ok(self.place(found, latest, &recorder, Some(lock), has_history));
+                let id = found.conversation_id.clone();
+                let latest_read = conversation.as_ref().map(|c| c.latest_turn);
+                let locked = self.lock(format!("conv:{id}"), Some(&id)).await?;
+                // Read again when another request on this conversation held the lock, recorded
+                // a turn since the read, or (another instance) moved it on: it may have changed.
+                let moved_on = locked.latest_turn.is_some_and(|latest| Some(latest) != latest_read);
+                let (found, latest) =
+                    if locked.waited || moved_on || (*locked.guard.local).is_some_and(|at| at >= read_at) {
+                        match self.store.turn_with_conversation(&prefix_fp).await? {
+                            Some((found, conversation)) => (found, conversation.map(|c| c.latest_turn)),
+                            None => (found, None),
+                        }
+                    } else {
+                        (found, latest_read)
+                    };
+                return Ok(self.place(found, latest, &recorder, Some(locked.guard), has_history));
             }
             Ok(fresh(Continuity::New, Some(recorder(None))))
         }
@@ -301,7 +330,8 @@ impl Conversations {
         let result = self.store.record(&fingerprint, turn, conversation).await;
         if let Some(mut lock) = recorder.lock {
             // After the record is visible: a request that read before this instant reads again.
-            *lock = Some(Instant::now());
+            *lock.local = Some(Instant::now());
+            // Dropping the guard now releases the lease: the next turn may start.
         }
         if let Err(e) = result {
             tracing::warn!(

@@ -110,6 +110,19 @@ impl Store {
         }
     }
 
+    /// The lease on a conversation across instances: Redis only (a SQLite store is one
+    /// process's, and the in-process lock is enough).
+    pub async fn lease(
+        &self,
+        lock: &str,
+        conversation: Option<&str>,
+    ) -> Result<Option<super::redis_store::Acquired>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Redis(r) => r.lease(lock, conversation).await.map(Some),
+        }
+    }
+
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.health().await,

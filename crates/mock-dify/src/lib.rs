@@ -110,6 +110,37 @@ pub struct Conversation {
     pub message_ids: Vec<String>,
     /// When its latest turn arrived.
     pub last_turn: std::time::Instant,
+    /// Answers being generated in it right now (Dify answers one turn of a conversation
+    /// at a time; a client sending the next turn early is a bug this makes visible).
+    pub answering: usize,
+    /// How often a turn started while another turn of the conversation was still answering.
+    pub overlaps: usize,
+}
+
+/// One answer being generated in a conversation, until its closing event is sent.
+struct Answering {
+    state: Arc<MockState>,
+    conversation_id: String,
+}
+
+impl Answering {
+    fn start(state: &Arc<MockState>, conversation_id: &str) -> Option<Answering> {
+        let mut shared = state.lock();
+        let c = shared.conversations.get_mut(conversation_id)?;
+        if c.answering > 0 {
+            c.overlaps += 1;
+        }
+        c.answering += 1;
+        Some(Answering { state: state.clone(), conversation_id: conversation_id.to_string() })
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if let Some(c) = self.state.lock().conversations.get_mut(&self.conversation_id) {
+            c.answering = c.answering.saturating_sub(1);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -599,6 +630,8 @@ async fn generate(
                     queries: Vec::new(),
                     message_ids: Vec::new(),
                     last_turn: std::time::Instant::now(),
+                    answering: 0,
+                    overlaps: 0,
                 },
             );
         } else if !is_uuid(requested) {
@@ -627,9 +660,10 @@ async fn generate(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let playing = Playing::new(state.clone());
+    let answering = if chat_family { Answering::start(&state, &script.conversation_id) } else { None };
     tokio::spawn(async move {
         let _playing = playing;
-        script.play(tx).await;
+        script.play(tx, answering).await;
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
@@ -713,7 +747,9 @@ impl Script {
         }
     }
 
-    async fn play(self, tx: mpsc::Sender<Bytes>) {
+    /// Sends the answer; `answering` ends just before the closing event, as in Dify, where
+    /// the next turn may start once the client has that event.
+    async fn play(self, tx: mpsc::Sender<Bytes>, answering: Option<Answering>) {
         let delay = if self.directive == Directive::Slow { Duration::from_millis(50) } else { self.settings.delay };
         let trickle = self.directive == Directive::Trickle;
         let send = |b: Bytes| {
@@ -857,6 +893,7 @@ impl Script {
                 return;
             }
         }
+        drop(answering);
         let end = json!({"id": self.message_id, "metadata": {"usage": usage(10, tokens), "retriever_resources": []}, "files": null});
         let _ = send(self.frame("message_end", end)).await;
     }
