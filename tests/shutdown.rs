@@ -422,3 +422,113 @@ async fn client_values_cannot_forge_or_flood_log_lines() {
         assert!(line.len() < 4096, "a {}-byte log line", line.len());
     }
 }
+
+async fn post(binary: &Binary, model: &str, text: &str) -> (u16, String) {
+    post_chat_owned(binary.url("/v1/chat/completions"), chat_body(model, text, false)).await
+}
+
+/// Reload without restart: SIGHUP (and `POST /admin/reload` with ADMIN_API_KEY) picks up a
+/// changed `.env` for new requests while requests keep being answered; a stream that began
+/// before finishes on what it started with; a broken configuration is refused with the
+/// startup report and the running one stays; a setting only a restart can change is named.
+#[tokio::test]
+async fn reload_applies_a_valid_change_under_load_and_refuses_an_invalid_one() {
+    let mock = MockDify::start(vec![
+        MockApp::new("app-alpha-key-0000001", "Alpha", "chat"),
+        MockApp::new("app-beta-key-00000002", "Beta", "chat"),
+    ])
+    .await
+    .expect("mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_file = dir.path().join(".env");
+    let write_env = |models: &str, extra: &str| {
+        let text = format!(
+            "DIFY_API_BASE={}\nMODEL_CONFIG='{models}'\nADMIN_API_KEY=admin-key-0123456789\n{extra}",
+            mock.base_url()
+        );
+        std::fs::write(&env_file, text).expect("write .env");
+    };
+    write_env(r#"{"alpha":"app-alpha-key-0000001"}"#, "LOG_LEVEL=info\n");
+    let mut binary = Binary::start(dir.path(), &[]);
+    binary.wait_healthy().await;
+
+    // Load for the whole test: one request after another, every one must succeed.
+    let url = binary.url("/v1/chat/completions");
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (url, running) = (url.clone(), running.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = chat_body("alpha", "under load", ok % 2 == 0);
+                match client().post(&url).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        match r.text().await {
+                            Ok(text) if status == 200 && !text.contains("\"error\"") => ok += 1,
+                            _ => failed.push(status),
+                        }
+                    }
+                    Err(e) => failed.push(e.status().map_or(0, |s| s.as_u16())),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // A slow stream that begins before the reload.
+    let mut early = client().post(&url).json(&chat_body("alpha", "[[mock:slow]] begun before", true)).send().await.expect("send");
+    assert_eq!(early.status(), 200);
+    let _ = read_until(&mut early, "Echo").await;
+
+    // A valid change: a second model, and the log level.
+    write_env(r#"{"alpha":"app-alpha-key-0000001","beta":"app-beta-key-00000002"}"#, "LOG_LEVEL=debug\n");
+    binary.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let models: serde_json::Value =
+            client().get(binary.url("/v1/models")).send().await.expect("models").json().await.expect("json");
+        if models["data"].as_array().is_some_and(|d| d.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload did not add beta: {}", binary.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = post(&binary, "beta", "new model").await;
+    assert_eq!(status, 200);
+    let rest = read_until(&mut early, "[DONE]").await;
+    assert!(!rest.contains("\"error\""), "the stream begun before the reload was cut: {rest}");
+
+    // A broken configuration is refused, with the startup report; beta is still served.
+    write_env(r#"{"alpha": "#, "");
+    let refused = client()
+        .post(binary.url("/admin/reload"))
+        .bearer_auth("admin-key-0123456789")
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(body["reloaded"], false);
+    assert!(body["error"].as_str().unwrap_or("").contains("Configuration validation failed"), "{body}");
+    assert!(body["problems"][0]["fix"].as_str().unwrap_or("").contains("single quotes"), "{body}");
+    let (status, _) = post(&binary, "beta", "still served").await;
+    assert_eq!(status, 200, "the running configuration stays");
+
+    // A setting only a restart can change is named; a wrong key is a 401.
+    write_env(r#"{"alpha":"app-alpha-key-0000001","beta":"app-beta-key-00000002"}"#, "LOG_LEVEL=debug\nLOG_FORMAT=json\n");
+    let restart = client().post(binary.url("/admin/reload")).bearer_auth("admin-key-0123456789").send().await.expect("reload");
+    assert_eq!(restart.status(), 409);
+    let body: serde_json::Value = restart.json().await.expect("json");
+    assert_eq!(body["restart_required"], json!(["LOG_FORMAT"]), "{body}");
+    let wrong = client().post(binary.url("/admin/reload")).bearer_auth("not-the-key").send().await.expect("reload");
+    assert_eq!(wrong.status(), 401);
+
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.expect("load");
+    assert!(ok > 0 && failed.is_empty(), "{ok} answered, failed: {failed:?}");
+    let log = binary.stderr();
+    assert!(log.contains("configuration reloaded (SIGHUP): MODEL_CONFIG"), "{log}");
+    assert!(log.contains("LOG_LEVEL: info → debug"), "{log}");
+    assert!(log.contains("reload (POST /admin/reload) refused"), "{log}");
+    assert!(!log.contains("app-beta-key-00000002") && !log.contains("admin-key-0123456789"), "a secret in the log: {log}");
+}
