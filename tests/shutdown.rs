@@ -476,7 +476,8 @@ async fn reload_applies_a_valid_change_under_load_and_refuses_an_invalid_one() {
         })
     };
     // A slow stream that begins before the reload.
-    let mut early = client().post(&url).json(&chat_body("alpha", "[[mock:slow]] begun before", true)).send().await.expect("send");
+    let mut early =
+        client().post(&url).json(&chat_body("alpha", "[[mock:slow]] begun before", true)).send().await.expect("send");
     assert_eq!(early.status(), 200);
     let _ = read_until(&mut early, "Echo").await;
 
@@ -500,12 +501,8 @@ async fn reload_applies_a_valid_change_under_load_and_refuses_an_invalid_one() {
 
     // A broken configuration is refused, with the startup report; beta is still served.
     write_env(r#"{"alpha": "#, "");
-    let refused = client()
-        .post(binary.url("/admin/reload"))
-        .bearer_auth("admin-key-0123456789")
-        .send()
-        .await
-        .expect("reload");
+    let refused =
+        client().post(binary.url("/admin/reload")).bearer_auth("admin-key-0123456789").send().await.expect("reload");
     assert_eq!(refused.status(), 400);
     let body: serde_json::Value = refused.json().await.expect("json");
     assert_eq!(body["reloaded"], false);
@@ -515,8 +512,12 @@ async fn reload_applies_a_valid_change_under_load_and_refuses_an_invalid_one() {
     assert_eq!(status, 200, "the running configuration stays");
 
     // A setting only a restart can change is named; a wrong key is a 401.
-    write_env(r#"{"alpha":"app-alpha-key-0000001","beta":"app-beta-key-00000002"}"#, "LOG_LEVEL=debug\nLOG_FORMAT=json\n");
-    let restart = client().post(binary.url("/admin/reload")).bearer_auth("admin-key-0123456789").send().await.expect("reload");
+    write_env(
+        r#"{"alpha":"app-alpha-key-0000001","beta":"app-beta-key-00000002"}"#,
+        "LOG_LEVEL=debug\nLOG_FORMAT=json\n",
+    );
+    let restart =
+        client().post(binary.url("/admin/reload")).bearer_auth("admin-key-0123456789").send().await.expect("reload");
     assert_eq!(restart.status(), 409);
     let body: serde_json::Value = restart.json().await.expect("json");
     assert_eq!(body["restart_required"], json!(["LOG_FORMAT"]), "{body}");
@@ -530,5 +531,8 @@ async fn reload_applies_a_valid_change_under_load_and_refuses_an_invalid_one() {
     assert!(log.contains("configuration reloaded (SIGHUP): MODEL_CONFIG"), "{log}");
     assert!(log.contains("LOG_LEVEL: info → debug"), "{log}");
     assert!(log.contains("reload (POST /admin/reload) refused"), "{log}");
-    assert!(!log.contains("app-beta-key-00000002") && !log.contains("admin-key-0123456789"), "a secret in the log: {log}");
+    assert!(
+        !log.contains("app-beta-key-00000002") && !log.contains("admin-key-0123456789"),
+        "a secret in the log: {log}"
+    );
 }

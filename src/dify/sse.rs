@@ -169,25 +169,10 @@ impl SseParser {
     }
 }
 
-/// The first `\n` or `\r`, eight bytes at a time: frames are long JSON lines, and this scan
-/// is most of the parser's work.
+/// The first `\n` or `\r` (memchr, vectorised: frames are long JSON lines, and this scan
+/// is most of the parser's work).
 fn find_line_end(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut words = bytes.chunks_exact(8);
-    for (i, chunk) in words.by_ref().enumerate() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        let (lf, cr) = (word ^ (ONES * u64::from(b'\n')), word ^ (ONES * u64::from(b'\r')));
-        // A zero byte in `lf` or `cr` is a match; the lowest flagged byte is always a true one.
-        let found = (lf.wrapping_sub(ONES) & !lf | cr.wrapping_sub(ONES) & !cr) & HIGH;
-        if found != 0 {
-            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
-        }
-    }
-    let tail = words.remainder();
-    tail.iter().position(|&b| b == b'\n' || b == b'\r').map(|p| bytes.len() - tail.len() + p)
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::gate::{GenerationLabels, UpstreamTime};
+use super::finish::{End, Finisher};
+use super::gate::{GenerationLabels, USER_HEADER, UpstreamTime};
 use super::relay::{Relay, StopGuard, StopTarget, chase_task, drain};
 use super::trim::Busy;
 use super::{Live, SharedState, unknown_model};
@@ -23,12 +24,11 @@ use crate::bridge::{
     ApiError, AppRoute, Collected, FinishReason, Outcome, ProgressMode, StopReason, StreamEncoder, Translator,
     TranslatorOptions, Turn, Usage,
 };
-use crate::conversations::{Continuity, Decision, Identity, Recorder, RequestView, first_header};
+use crate::conversations::{Continuity, Decision, Identity, RequestView, first_header};
 use crate::dify::{DifyError, EventStream};
 use crate::logging::Shown;
 use crate::secret::Secret;
 
-pub const USER_HEADER: &str = "x-opendify-user";
 pub const CONVERSATION_HEADER: &str = "x-dify-conversation-id";
 
 /// A turn whose app, user and conversation are known.
@@ -54,25 +54,6 @@ pub struct Answer {
     pub usage: Option<Usage>,
     pub conversation_id: Option<String>,
     pub message_id: Option<String>,
-}
-
-/// What the log line and the recorder need once an answer is over.
-pub struct End {
-    pub outcome: Outcome,
-    pub conversation_id: Option<String>,
-    pub message_id: Option<String>,
-    pub events: u64,
-}
-
-impl End {
-    pub fn of(translator: &Translator) -> Self {
-        End {
-            outcome: translator.outcome().clone(),
-            conversation_id: translator.conversation_id.clone(),
-            message_id: translator.message_id.clone(),
-            events: translator.events,
-        }
-    }
 }
 
 impl Exchange {
@@ -408,62 +389,4 @@ fn transcript_of(collected: &Collected) -> String {
         text.push_str(&crate::bridge::tools::call_block(call));
     }
     text
-}
-
-/// What happens once an answer is complete, streamed or not: the turn is recorded (before
-/// the client sees the end, so its next turn finds it) and the completion is logged.
-pub struct Finisher {
-    pub state: SharedState,
-    pub recorder: Option<Recorder>,
-    pub model: String,
-    pub user: String,
-    pub continuity: Continuity,
-    pub started: Instant,
-    pub stream: bool,
-}
-
-impl Finisher {
-    pub fn records(&self) -> bool {
-        self.recorder.is_some()
-    }
-
-    pub async fn finish(self, end: &End, answer: &str) {
-        if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
-            (&end.outcome, self.recorder, end.conversation_id.as_deref())
-        {
-            let recording = Instant::now();
-            self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
-            self.state.metrics.observe_store(recording.elapsed());
-        }
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (model, user) = (Shown(&self.model), Shown(&self.user));
-        let (stream, continuity) = (self.stream, self.continuity.as_str());
-        let conversation = end.conversation_id.as_deref().unwrap_or("-");
-        let message_id = end.message_id.as_deref().unwrap_or("-");
-        match &end.outcome {
-            Outcome::Failed { error, .. } => tracing::warn!(
-                %model,
-                %user,
-                conversation,
-                message_id,
-                continuity,
-                stream,
-                latency_ms,
-                events = end.events,
-                "❌ request failed: {}",
-                error.message
-            ),
-            _ => tracing::info!(
-                %model,
-                %user,
-                conversation,
-                message_id,
-                continuity,
-                stream,
-                latency_ms,
-                events = end.events,
-                "👤 {user} ✅ completed"
-            ),
-        }
-    }
 }

@@ -26,6 +26,8 @@ use crate::config::Config;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const OVERHEAD_HEADER: &str = "x-opendify-overhead-ms";
+/// The user opendify resolved, on every generation's response.
+pub const USER_HEADER: &str = "x-opendify-user";
 
 /// Set on a generation's response: what the metrics label the request with.
 #[derive(Clone)]
@@ -157,7 +159,7 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
             .expose_headers([
                 HeaderName::from_static(REQUEST_ID_HEADER),
                 HeaderName::from_static(OVERHEAD_HEADER),
-                HeaderName::from_static(super::exchange::USER_HEADER),
+                HeaderName::from_static(USER_HEADER),
             ])
             .max_age(Duration::from_secs(600)),
     )

@@ -10,6 +10,7 @@
 pub mod auth;
 mod chat;
 pub mod exchange;
+mod finish;
 pub mod gate;
 pub mod limits;
 mod listen;

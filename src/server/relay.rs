@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::DRAIN_GRACE;
-use super::exchange::Finisher;
+use super::finish::{End, Finisher};
 use super::metrics::{Cut, Metrics};
 use super::trim::Busy;
 use crate::bridge::pipeline::Pipeline;
@@ -227,7 +227,7 @@ impl<E: StreamEncoder> Relay<E> {
 
     async fn complete(&mut self) -> Bytes {
         self.done = true;
-        let end = super::exchange::End::of(&self.translator);
+        let end = End::of(&self.translator);
         match self.translator.outcome() {
             Outcome::Finished { .. } => {
                 self.guard.disarm();
