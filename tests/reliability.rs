@@ -539,6 +539,7 @@ fn route(mode: AppMode) -> AppRoute {
         mode_source: opendify::bridge::ModeSource::Configured,
         input: None,
         output: None,
+        tools: None,
         app_name: None,
         parameters: None,
         discovery_error: None,
@@ -560,8 +561,12 @@ fn valid_random_requests_parse_and_translate_for_every_app_mode() {
         let body = valid_request(&mut rng).to_string();
         let (request, _) = opendify::api::chat::parse(body.as_bytes())
             .unwrap_or_else(|e| panic!("seed {seed}: valid request refused: {} ({body})", e.message));
-        let options =
-            BuildOptions { user: "u", system_input: if rng.bool() { Some("sys") } else { None }, sections: &[] };
+        let options = BuildOptions {
+            user: "u",
+            system_input: if rng.bool() { Some("sys") } else { None },
+            sections: &[],
+            instead: None,
+        };
         let plan = ConversationPlan { seed_from: rng.bool().then_some(0), ..Default::default() };
         for mode in modes {
             let built = request::build(&request, &route(mode), &plan, Vec::new(), &options);

@@ -4,13 +4,15 @@
 //! (clients send many); every rejection names the field.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::openai::error_json;
 use super::parse_json;
 use crate::bridge::{
-    ApiError, Collected, FinishReason, Message, Part, Role, Sink, StreamEncoder, ToolCall, Turn, Usage,
+    ApiError, Collected, FinishReason, Message, OutputFormat, Part, Role, Sink, StreamEncoder, ToolCall, ToolChoice,
+    ToolSpec, Tools, Turn, Usage,
 };
 use crate::json_text::kind_of;
 
@@ -30,6 +32,99 @@ pub struct ChatRequest {
     /// Not OpenAI: values for the Dify app's input form, passed through.
     #[serde(default)]
     pub inputs: Option<Map<String, Value>>,
+    /// A stable end-user id: the Dify user when neither a header nor `user` names one.
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// The deprecated forms of `tools` and `tool_choice`, still sent by older clients.
+    #[serde(default)]
+    pub functions: Option<Vec<Value>>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Refused when they ask for what a Dify app cannot give (see [`refuse_unavailable`]).
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    #[serde(default)]
+    pub audio: Option<IgnoredAny>,
+    #[serde(default)]
+    pub modalities: Option<Vec<String>>,
+    // Accepted and ignored: the Dify app's own model settings decide these ([`ChatRequest::app_owned`]).
+    #[serde(default)]
+    temperature: Option<IgnoredAny>,
+    #[serde(default)]
+    top_p: Option<IgnoredAny>,
+    #[serde(default)]
+    max_tokens: Option<IgnoredAny>,
+    #[serde(default)]
+    max_completion_tokens: Option<IgnoredAny>,
+    #[serde(default)]
+    frequency_penalty: Option<IgnoredAny>,
+    #[serde(default)]
+    presence_penalty: Option<IgnoredAny>,
+    #[serde(default)]
+    logit_bias: Option<IgnoredAny>,
+    #[serde(default)]
+    seed: Option<IgnoredAny>,
+    #[serde(default)]
+    stop: Option<IgnoredAny>,
+    #[serde(default)]
+    reasoning_effort: Option<IgnoredAny>,
+    #[serde(default)]
+    verbosity: Option<IgnoredAny>,
+    #[serde(default)]
+    service_tier: Option<IgnoredAny>,
+    #[serde(default)]
+    store: Option<IgnoredAny>,
+    #[serde(default)]
+    metadata: Option<IgnoredAny>,
+    #[serde(default)]
+    prediction: Option<IgnoredAny>,
+    #[serde(default)]
+    prompt_cache_key: Option<IgnoredAny>,
+    #[serde(default)]
+    web_search_options: Option<IgnoredAny>,
+    #[serde(default)]
+    moderation: Option<IgnoredAny>,
+}
+
+impl ChatRequest {
+    /// Chat Completions fields a Dify app decides for itself that the request set: accepted,
+    /// so that clients that set them work, and logged at debug level, so that nobody wonders
+    /// why they made no difference.
+    fn app_owned(&self) -> Vec<&'static str> {
+        let fields: [(&'static str, bool); 18] = [
+            ("temperature", self.temperature.is_some()),
+            ("top_p", self.top_p.is_some()),
+            ("max_tokens", self.max_tokens.is_some()),
+            ("max_completion_tokens", self.max_completion_tokens.is_some()),
+            ("frequency_penalty", self.frequency_penalty.is_some()),
+            ("presence_penalty", self.presence_penalty.is_some()),
+            ("logit_bias", self.logit_bias.is_some()),
+            ("seed", self.seed.is_some()),
+            ("stop", self.stop.is_some()),
+            ("reasoning_effort", self.reasoning_effort.is_some()),
+            ("verbosity", self.verbosity.is_some()),
+            ("service_tier", self.service_tier.is_some()),
+            ("store", self.store.is_some()),
+            ("metadata", self.metadata.is_some()),
+            ("prediction", self.prediction.is_some()),
+            ("prompt_cache_key", self.prompt_cache_key.is_some()),
+            ("web_search_options", self.web_search_options.is_some()),
+            ("moderation", self.moderation.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,6 +193,13 @@ pub fn parse(body: &[u8]) -> Result<(Turn, ChatOptions), ApiError> {
     if !messages.iter().any(|m| m.role == Role::User) {
         return Err(ApiError::invalid_request("`messages` must contain at least one user message").param("messages"));
     }
+    refuse_unavailable(&request)?;
+    let ignored = request.app_owned();
+    if !ignored.is_empty() {
+        tracing::debug!("ignored (the Dify app's own settings decide): {}", ignored.join(", "));
+    }
+    let tools = tools_of(&request)?;
+    let output = output_format(request.response_format.as_ref(), "response_format")?;
     let options = ChatOptions {
         model: request.model.clone(),
         include_usage: request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
@@ -106,12 +208,172 @@ pub fn parse(body: &[u8]) -> Result<(Turn, ChatOptions), ApiError> {
         model: request.model,
         messages,
         stream: request.stream.unwrap_or(false),
-        user: request.user,
+        user: request.user.or(request.safety_identifier),
         conversation_id: request.conversation_id.filter(|c| !c.trim().is_empty()),
         inputs: request.inputs,
-        ..Turn::default()
+        tools,
+        output,
     };
     Ok((turn, options))
+}
+
+/// What a client may ask for that no Dify app can give: a 400 naming the field, since
+/// answering without it would break the client quietly.
+fn refuse_unavailable(request: &ChatRequest) -> Result<(), ApiError> {
+    if request.n.is_some_and(|n| n > 1) {
+        return Err(ApiError::invalid_request(
+            "`n` must be 1: a Dify app generates one answer per request (send several requests for several answers)",
+        )
+        .param("n")
+        .code("unsupported_parameter"));
+    }
+    if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n > 0) {
+        let param = if request.logprobs == Some(true) { "logprobs" } else { "top_logprobs" };
+        return Err(ApiError::invalid_request(format!(
+            "`{param}` is not available: Dify does not report token log probabilities"
+        ))
+        .param(param)
+        .code("unsupported_parameter"));
+    }
+    let audio_out = request.modalities.as_ref().is_some_and(|m| m.iter().any(|m| m == "audio"));
+    if request.audio.is_some() || audio_out {
+        return Err(ApiError::invalid_request(
+            "Audio output is not available in chat completions; ask /v1/audio/speech to read an answer aloud",
+        )
+        .param(if audio_out { "modalities" } else { "audio" })
+        .code("unsupported_parameter"));
+    }
+    Ok(())
+}
+
+/// `tools` (or the deprecated `functions`), `tool_choice` and `parallel_tool_calls`.
+fn tools_of(request: &ChatRequest) -> Result<Tools, ApiError> {
+    let mut specs = Vec::new();
+    if let Some(tools) = &request.tools {
+        for (i, tool) in tools.iter().enumerate() {
+            let param = format!("tools[{i}]");
+            match tool.get("type").and_then(Value::as_str) {
+                Some("function") => {}
+                other => {
+                    return Err(ApiError::invalid_request(format!(
+                        "`{param}.type` must be \"function\" (got {}): only function tools can be emulated",
+                        other.map_or("nothing".to_string(), |t| format!("{t:?}"))
+                    ))
+                    .param(format!("{param}.type")));
+                }
+            }
+            specs.push(function_spec(tool.get("function"), &format!("{param}.function"))?);
+        }
+    }
+    if let Some(functions) = &request.functions {
+        for (i, function) in functions.iter().enumerate() {
+            specs.push(function_spec(Some(function), &format!("functions[{i}]"))?);
+        }
+    }
+    let choice_value = request.tool_choice.as_ref().or(request.function_call.as_ref());
+    let (choice, allowed) =
+        tool_choice(choice_value, if request.tool_choice.is_some() { "tool_choice" } else { "function_call" })?;
+    if let Some(allowed) = allowed {
+        specs.retain(|s| allowed.contains(&s.name));
+    }
+    if let ToolChoice::Named(name) = &choice
+        && !specs.iter().any(|s| &s.name == name)
+    {
+        return Err(ApiError::invalid_request(format!(
+            "`tool_choice` names `{name}`, which is not one of the `tools`"
+        ))
+        .param("tool_choice"));
+    }
+    Ok(Tools { specs, choice, parallel: request.parallel_tool_calls.unwrap_or(true) })
+}
+
+fn function_spec(function: Option<&Value>, param: &str) -> Result<ToolSpec, ApiError> {
+    let bad = |why: &str| ApiError::invalid_request(format!("`{param}` {why}")).param(param.to_string());
+    let Some(function) = function.and_then(Value::as_object) else { return Err(bad("must be an object")) };
+    let name = function.get("name").and_then(Value::as_str).filter(|n| !n.trim().is_empty());
+    let Some(name) = name else { return Err(bad("needs a `name`")) };
+    Ok(ToolSpec {
+        name: name.to_string(),
+        description: function.get("description").and_then(Value::as_str).map(str::to_string),
+        parameters: function.get("parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"})),
+    })
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, a named function, or `allowed_tools` (which
+/// also narrows the tools).
+fn tool_choice(value: Option<&Value>, param: &str) -> Result<(ToolChoice, Option<Vec<String>>), ApiError> {
+    let bad = || {
+        ApiError::invalid_request(format!(
+            "`{param}` must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+        ))
+        .param(param.to_string())
+    };
+    fn named(v: &Value) -> Option<&str> {
+        v.get("function").and_then(|f| f.get("name")).or(v.get("name")).and_then(Value::as_str)
+    }
+    Ok(match value {
+        None | Some(Value::Null) => (ToolChoice::Auto, None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => (ToolChoice::Auto, None),
+            "none" => (ToolChoice::None, None),
+            "required" | "any" => (ToolChoice::Required, None),
+            _ => return Err(bad()),
+        },
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
+            let allowed = v.get("allowed_tools").ok_or_else(bad)?;
+            let names: Vec<String> = allowed
+                .get("tools")
+                .and_then(Value::as_array)
+                .map(|tools| tools.iter().filter_map(|t| named(t).map(str::to_string)).collect())
+                .unwrap_or_default();
+            let choice = match allowed.get("mode").and_then(Value::as_str) {
+                Some("required") => ToolChoice::Required,
+                _ => ToolChoice::Auto,
+            };
+            (choice, Some(names))
+        }
+        Some(v) => match named(v) {
+            Some(name) => (ToolChoice::Named(name.to_string()), None),
+            None => return Err(bad()),
+        },
+    })
+}
+
+/// `response_format` (Chat Completions) or `text.format` (Responses): text, `json_object`, or
+/// `json_schema` (nested under `json_schema` here, flat in the Responses API).
+pub fn output_format(value: Option<&Value>, param: &str) -> Result<OutputFormat, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(OutputFormat::Text) };
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    match kind {
+        "text" => Ok(OutputFormat::Text),
+        "json_object" => Ok(OutputFormat::JsonObject),
+        "json_schema" => {
+            let spec = value.get("json_schema").unwrap_or(value);
+            let name = spec.get("name").and_then(Value::as_str).unwrap_or("response").to_string();
+            match spec.get("schema") {
+                Some(schema) if schema.is_object() || schema.is_boolean() => {
+                    jsonschema::validator_for(schema).map_err(|e| {
+                        ApiError::invalid_request(format!("`{param}` has a schema that cannot be used: {e}"))
+                            .param(format!("{param}.json_schema.schema"))
+                    })?;
+                    Ok(OutputFormat::JsonSchema {
+                        name,
+                        schema: schema.clone(),
+                        strict: spec.get("strict").and_then(Value::as_bool).unwrap_or(false),
+                    })
+                }
+                None => Ok(OutputFormat::JsonObject),
+                Some(_) => {
+                    Err(ApiError::invalid_request(format!("`{param}.json_schema.schema` must be a JSON Schema object"))
+                        .param(format!("{param}.json_schema.schema")))
+                }
+            }
+        }
+        other => Err(ApiError::invalid_request(format!(
+            "`{param}.type` must be text, json_object or json_schema, got {other:?}"
+        ))
+        .param(format!("{param}.type"))),
+    }
 }
 
 fn message_of(message: &ChatMessage, index: usize) -> Result<Message, ApiError> {

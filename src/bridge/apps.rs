@@ -23,6 +23,8 @@ pub struct AppRoute {
     /// Input variable that receives the user's message (workflow and completion apps).
     pub input: Option<String>,
     pub output: Option<String>,
+    /// This model's TOOL_CALLS, when MODEL_CONFIG sets one.
+    pub tools: Option<crate::config::ToolCalls>,
     pub app_name: Option<String>,
     pub parameters: Option<AppParameters>,
     /// Why the last attempt to read `/info` failed.
@@ -157,6 +159,7 @@ impl Registry {
                 mode: (old.mode_source == ModeSource::Configured).then_some(old.mode),
                 input: old.input.clone(),
                 output: old.output.clone(),
+                tools: old.tools,
             };
             let fresh = describe(&self.client, &spec).await;
             if fresh.discovery_error.is_none() {
@@ -191,7 +194,7 @@ fn add_unique(routes: &mut Vec<Arc<AppRoute>>, mut route: AppRoute) {
 }
 
 async fn named(client: &DifyClient, key: &Secret) -> Result<AppRoute, DifyError> {
-    let spec = ModelSpec { name: String::new(), key: key.clone(), mode: None, input: None, output: None };
+    let spec = ModelSpec::new(String::new(), key.clone());
     let route = describe(client, &spec).await;
     match (&route.discovery_error, &route.app_name) {
         (None, Some(name)) if !name.trim().is_empty() => Ok(AppRoute { name: name.trim().to_string(), ..route }),
@@ -211,6 +214,7 @@ pub async fn describe(client: &DifyClient, spec: &ModelSpec) -> AppRoute {
         mode_source: if spec.mode.is_some() { ModeSource::Configured } else { ModeSource::Default },
         input: spec.input.clone(),
         output: spec.output.clone(),
+        tools: spec.tools,
         app_name: None,
         parameters: parameters.ok(),
         discovery_error: None,

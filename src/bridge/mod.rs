@@ -11,6 +11,7 @@ pub mod events;
 pub mod pipeline;
 pub mod reasoning;
 pub mod request;
+pub mod structured;
 pub mod tools;
 pub mod turn;
 pub mod uploads;

@@ -42,6 +42,9 @@ pub struct BuildOptions<'a> {
     /// Sections opendify adds before the current message (tools, answer format), each with
     /// its own `[Heading]`.
     pub sections: &'a [String],
+    /// What opendify says instead of the client's message (asking again for a structured
+    /// answer, in the conversation that has the first one).
+    pub instead: Option<&'a str>,
 }
 
 /// Builds the body for the app's generate endpoint. Files must have been resolved before.
@@ -53,7 +56,10 @@ pub fn build(
     options: &BuildOptions<'_>,
 ) -> GenerateRequest {
     let input_start = turn.input_start();
-    let current = input_text(turn);
+    let current = match options.instead {
+        Some(text) => text.to_string(),
+        None => input_text(turn),
+    };
     let mut inputs: Map<String, Value> = turn.inputs.clone().unwrap_or_default();
 
     let system: Vec<String> = turn
@@ -187,6 +193,7 @@ mod tests {
             mode_source: ModeSource::Configured,
             input: None,
             output: None,
+            tools: None,
             app_name: None,
             parameters: None,
             discovery_error: None,
@@ -202,7 +209,7 @@ mod tests {
         Turn { model: "m".into(), messages, ..Turn::default() }
     }
 
-    const OPTS: BuildOptions<'static> = BuildOptions { user: "u1", system_input: None, sections: &[] };
+    const OPTS: BuildOptions<'static> = BuildOptions { user: "u1", system_input: None, sections: &[], instead: None };
 
     #[test]
     fn plain_message_is_the_query_as_is() {
@@ -234,7 +241,7 @@ mod tests {
     #[test]
     fn system_input_variable_and_workflow_input() {
         let t = turn(&[(Role::System, "S"), (Role::User, "go")]);
-        let opts = BuildOptions { user: "u", system_input: Some("persona"), sections: &[] };
+        let opts = BuildOptions { user: "u", system_input: Some("persona"), sections: &[], instead: None };
         let body = build(&t, &route(AppMode::Workflow), &ConversationPlan::default(), vec![], &opts);
         assert_eq!(body.inputs.get("persona"), Some(&Value::String("S".into())));
         assert_eq!(body.inputs.get("query"), Some(&Value::String("go".into())));

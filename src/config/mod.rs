@@ -106,6 +106,15 @@ pub struct ModelSpec {
     pub mode: Option<AppMode>,
     pub input: Option<String>,
     pub output: Option<String>,
+    /// `tools` in MODEL_CONFIG: this model's TOOL_CALLS.
+    pub tools: Option<ToolCalls>,
+}
+
+impl ModelSpec {
+    /// A model with only a key: what `/info` says decides the rest.
+    pub fn new(name: impl Into<String>, key: Secret) -> Self {
+        ModelSpec { name: name.into(), key, mode: None, input: None, output: None, tools: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -115,6 +124,31 @@ pub enum ReasoningMode {
     Reasoning,
     Think,
     Strip,
+}
+
+/// Whether client tools (`tools` in a request) are emulated for an app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolCalls {
+    /// Emulated for every client but Open WebUI (whose built-in tools the app has its own of).
+    #[default]
+    Auto,
+    /// Emulated for every client.
+    Emulate,
+    /// Never: `tools` are ignored, a forced call is refused.
+    Off,
+}
+
+impl std::str::FromStr for ToolCalls {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ToolCalls::Auto),
+            "emulate" => Ok(ToolCalls::Emulate),
+            "off" => Ok(ToolCalls::Off),
+            _ => Err(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,6 +195,10 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub cors_origins: Vec<String>,
     pub stream_smoothing: bool,
+    pub tool_calls: ToolCalls,
+    /// OPENWEBUI_TOOLS=emulate: Open WebUI's requests get tool emulation too.
+    pub openwebui_tools: bool,
+    pub structured_output_retries: u32,
 }
 
 impl Config {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::ModelSpec;
+use super::{ModelSpec, ToolCalls};
 use crate::dify::AppMode;
 use crate::finding::Finding;
 use crate::secret::Secret;
@@ -81,9 +81,14 @@ pub(super) fn parse_model_config(
             continue;
         }
         let spec = match value {
-            Value::String(key) => {
-                ModelSpec { name: name.clone(), key: Secret::new(key.trim()), mode: None, input: None, output: None }
-            }
+            Value::String(key) => ModelSpec {
+                name: name.clone(),
+                key: Secret::new(key.trim()),
+                mode: None,
+                input: None,
+                output: None,
+                tools: None,
+            },
             Value::Object(obj) => match model_from_object(&name, &obj) {
                 Ok(spec) => spec,
                 Err(finding) => {
@@ -134,10 +139,10 @@ fn model_from_object(name: &str, obj: &serde_json::Map<String, Value>) -> Result
         }
     };
     for field in obj.keys() {
-        if !["key", "mode", "input", "output"].contains(&field.as_str()) {
+        if !["key", "mode", "input", "output", "tools"].contains(&field.as_str()) {
             return Err(Finding::with_fix(
                 format!("MODEL_CONFIG model {name:?} has an unknown field {field:?}"),
-                "allowed fields: key, mode, input, output",
+                "allowed fields: key, mode, input, output, tools",
             ));
         }
     }
@@ -151,12 +156,22 @@ fn model_from_object(name: &str, obj: &serde_json::Map<String, Value>) -> Result
             )
         })?),
     };
+    let tools = match text("tools")? {
+        None => None,
+        Some(t) => Some(t.parse::<ToolCalls>().map_err(|_| {
+            Finding::with_fix(
+                format!("MODEL_CONFIG model {name:?} has an unknown tools setting {t:?}"),
+                "tools is one of auto, emulate, off",
+            )
+        })?),
+    };
     Ok(ModelSpec {
         name: name.to_string(),
         key: Secret::new(key),
         mode,
         input: text("input")?,
         output: text("output")?,
+        tools,
     })
 }
 

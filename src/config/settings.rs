@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::models::{is_placeholder, parse_model_config, warn_key_prefix};
-use super::{Config, LogFormat, ReasoningMode};
+use super::{Config, LogFormat, ReasoningMode, ToolCalls};
 use crate::finding::Finding;
 use crate::secret::{Secret, mask_url_credentials};
 
@@ -304,6 +304,44 @@ pub const SETTINGS: &[Setting] = &[
         c.stream_smoothing = one_of("STREAM_SMOOTHING", v, &[("off", false), ("adaptive", true)])?;
         Ok(())
     }),
+    setting(
+        "TOOL_CALLS",
+        Some("auto"),
+        "Client tools: auto (emulated, except for Open WebUI), emulate (always) or off",
+        |v, c, _| {
+            c.tool_calls = one_of(
+                "TOOL_CALLS",
+                v,
+                &[("auto", ToolCalls::Auto), ("emulate", ToolCalls::Emulate), ("off", ToolCalls::Off)],
+            )?;
+            Ok(())
+        },
+    ),
+    setting(
+        "OPENWEBUI_TOOLS",
+        Some("ignore"),
+        "Open WebUI's tools with TOOL_CALLS=auto: ignore (the Dify app has its own tools) or emulate",
+        |v, c, _| {
+            c.openwebui_tools = one_of("OPENWEBUI_TOOLS", v, &[("ignore", false), ("emulate", true)])?;
+            Ok(())
+        },
+    ),
+    setting(
+        "STRUCTURED_OUTPUT_RETRIES",
+        Some("1"),
+        "Times a non-streaming answer that misses its response_format is asked for again",
+        |v, c, _| {
+            c.structured_output_retries = match v.parse::<u32>() {
+                Ok(n @ 0..=5) => n,
+                _ => {
+                    return Err(Finding::new(format!(
+                        "STRUCTURED_OUTPUT_RETRIES must be a number from 0 to 5, got {v:?}"
+                    )));
+                }
+            };
+            Ok(())
+        },
+    ),
 ];
 
 /// The checks that span settings, after each was read.

@@ -44,6 +44,9 @@ pub struct TurnRecord {
     /// Number of user messages in the client's history up to this answer.
     pub turn: u32,
     pub message_id: Option<String>,
+    /// The tool definitions the conversation was told about by then (a hash), so they are
+    /// sent again only when they change.
+    pub tools: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,6 +59,8 @@ pub struct ConversationRecord {
     pub chat_id: Option<String>,
     pub latest_turn: u32,
     pub latest_message_id: Option<String>,
+    /// As [`TurnRecord::tools`], for the conversation's latest turn.
+    pub tools: Option<u64>,
     pub created_at: u64,
     pub updated_at: u64,
 }

@@ -173,6 +173,7 @@ impl RedisStore {
                     ("c", turn.conversation_id.as_str()),
                     ("t", &turn.turn.to_string()),
                     ("m", turn.message_id.as_deref().unwrap_or("")),
+                    ("x", &turn.tools.map(|t| t.to_string()).unwrap_or_default()),
                 ],
             )
             .ignore()
@@ -188,6 +189,7 @@ impl RedisStore {
                     ("user", c.user.as_str()),
                     ("turn", &c.latest_turn.to_string()),
                     ("msg", c.latest_message_id.as_deref().unwrap_or("")),
+                    ("tools", &c.tools.map(|t| t.to_string()).unwrap_or_default()),
                     ("updated", &now),
                 ],
             )
@@ -376,6 +378,7 @@ fn turn_from(mut fields: HashMap<String, String>) -> Option<TurnRecord> {
         conversation_id: fields.remove("c")?,
         turn: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
         message_id: fields.remove("m").filter(|m| !m.is_empty()),
+        tools: fields.get("x").and_then(|x| x.parse().ok()),
     })
 }
 
@@ -389,6 +392,7 @@ fn conversation_from(id: &str, f: &HashMap<String, String>) -> Option<Conversati
         chat_id: f.get("chat").cloned().filter(|c| !c.is_empty()),
         latest_turn: num("turn") as u32,
         latest_message_id: f.get("msg").cloned().filter(|m| !m.is_empty()),
+        tools: f.get("tools").and_then(|x| x.parse().ok()),
         created_at: num("created"),
         updated_at: num("updated"),
     })

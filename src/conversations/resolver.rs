@@ -65,6 +65,8 @@ pub struct Decision {
     pub continuity: Continuity,
     /// The conversation id came from the store (so Dify's 404 means the mapping is stale).
     pub from_store: bool,
+    /// The tool definitions the continued conversation already has (a hash).
+    pub tools_sent: Option<u64>,
     /// What to record once the answer is complete; `None` for stateless answers.
     pub recorder: Option<Recorder>,
 }
@@ -78,6 +80,8 @@ pub struct Recorder {
     user: String,
     chat_id: Option<String>,
     lock: Option<Guard>,
+    /// The tool definitions the conversation has after this turn (a hash).
+    pub tools: Option<u64>,
 }
 
 /// A held conversation (or chat) lock: this process's own, which remembers when a turn was
@@ -187,11 +191,13 @@ impl Conversations {
             user: req.user.to_string(),
             chat_id: req.chat_id.map(str::to_string),
             lock,
+            tools: None,
         };
         let fresh = |continuity: Continuity, recorder: Option<Recorder>| Decision {
             plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
             continuity: if continuity == Continuity::New && has_history { Continuity::Seeded } else { continuity },
             from_store: false,
+            tools_sent: None,
             recorder,
         };
 
@@ -205,6 +211,7 @@ impl Conversations {
                     plan: ConversationPlan { conversation_id: Some(id.to_string()), ..Default::default() },
                     continuity: Continuity::Explicit,
                     from_store: false,
+                    tools_sent: None,
                     recorder: Some(recorder(Some(locked.guard))),
                 });
             }
@@ -221,12 +228,13 @@ impl Conversations {
                     // trusted when the turn count shows this is the next turn. A mapping
                     // imported from the original proxy has no conversation row: trusted too.
                     let record = self.store.conversation(&conversation_id).await?;
-                    if record.is_none_or(|r| r.latest_turn + 1 == turn) {
+                    if record.as_ref().is_none_or(|r| r.latest_turn + 1 == turn) {
                         tracing::debug!(conversation = %conversation_id, "🔍 continuing by chat id");
                         return Ok(Decision {
                             plan: ConversationPlan { conversation_id: Some(conversation_id), ..Default::default() },
                             continuity: Continuity::Chat,
                             from_store: true,
+                            tools_sent: record.and_then(|r| r.tools),
                             recorder: Some(recorder(Some(lock))),
                         });
                     }
@@ -282,6 +290,7 @@ impl Conversations {
                 plan: ConversationPlan { conversation_id: Some(found.conversation_id), ..Default::default() },
                 continuity: Continuity::Fingerprint,
                 from_store: true,
+                tools_sent: found.tools,
                 recorder: Some(recorder(lock)),
             },
             Some(_) if self.branch_with_parent && found.message_id.is_some() => Decision {
@@ -292,6 +301,7 @@ impl Conversations {
                 },
                 continuity: Continuity::Branch,
                 from_store: true,
+                tools_sent: found.tools,
                 recorder: Some(recorder(lock)),
             },
             _ => Decision {
@@ -300,6 +310,7 @@ impl Conversations {
                 plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
                 continuity: if latest.is_some() { Continuity::Branch } else { Continuity::Seeded },
                 from_store: false,
+                tools_sent: None,
                 recorder: Some(recorder(lock)),
             },
         }
@@ -315,6 +326,7 @@ impl Conversations {
             conversation_id: conversation_id.to_string(),
             turn: recorder.turn,
             message_id: message_id.map(str::to_string),
+            tools: recorder.tools,
         };
         let conversation = ConversationRecord {
             conversation_id: conversation_id.to_string(),
@@ -324,6 +336,7 @@ impl Conversations {
             chat_id: recorder.chat_id,
             latest_turn: recorder.turn,
             latest_message_id: message_id.map(str::to_string),
+            tools: recorder.tools,
             created_at: 0,
             updated_at: 0,
         };

@@ -147,12 +147,12 @@ impl SqliteStore {
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                  CREATE TABLE IF NOT EXISTS turns (
                      fingerprint BLOB PRIMARY KEY, conversation_id TEXT NOT NULL, turn INTEGER NOT NULL,
-                     message_id TEXT, updated_at INTEGER NOT NULL) WITHOUT ROWID;
+                     message_id TEXT, updated_at INTEGER NOT NULL, tools INTEGER) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS turns_updated ON turns(updated_at);
                  CREATE TABLE IF NOT EXISTS conversations (
                      conversation_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, user TEXT NOT NULL,
                      chat_id TEXT, latest_turn INTEGER NOT NULL, latest_message_id TEXT,
-                     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+                     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, tools INTEGER);
                  CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated_at);
                  CREATE TABLE IF NOT EXISTS chats (
                      app TEXT NOT NULL, user TEXT NOT NULL, chat_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
@@ -166,6 +166,10 @@ impl SqliteStore {
                  DROP INDEX IF EXISTS chats_conversation;",
             )
             .map_err(|e| classify(path, e))?;
+            // Files from before tool emulation get the column for its definitions hash.
+            for table in ["turns", "conversations"] {
+                add_column_if_missing(&conn, path, table, "tools", "INTEGER")?;
+            }
         }
         let has_meta: bool = conn
             .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| {
@@ -236,14 +240,19 @@ impl SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT t.conversation_id, t.turn, t.message_id FROM turns t
+                "SELECT t.conversation_id, t.turn, t.message_id, t.tools FROM turns t
                    JOIN conversations c ON c.conversation_id = t.conversation_id
                  WHERE t.fingerprint = ?1 AND t.updated_at >= ?2",
             )
             .map_err(|e| classify(&self.path, e))?;
         let found = stmt
             .query_row(params![&fp[..], self.cutoff()], |r| {
-                Ok(TurnRecord { conversation_id: r.get(0)?, turn: r.get(1)?, message_id: r.get(2)? })
+                Ok(TurnRecord {
+                    conversation_id: r.get(0)?,
+                    turn: r.get(1)?,
+                    message_id: r.get(2)?,
+                    tools: hash_of(r.get(3)?),
+                })
             })
             .optional()
             .map_err(|e| classify(&self.path, e))?;
@@ -262,7 +271,7 @@ impl SqliteStore {
         }
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!("{SELECT_CONVERSATION} WHERE conversation_id = ?1 AND updated_at >= ?2"))
+            .prepare_cached(&format!("{SELECT_CONVERSATION_TOOLS} WHERE conversation_id = ?1 AND updated_at >= ?2"))
             .map_err(|e| classify(&self.path, e))?;
         stmt.query_row(params![id, self.cutoff()], row_to_conversation).optional().map_err(|e| classify(&self.path, e))
     }
@@ -571,17 +580,20 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
         match op {
             Op::Record { fp, turn, conversation: c, .. } => {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
-                .and_then(|mut s| s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now]))
+                .and_then(|mut s| {
+                    let tools = turn.tools.map(|t| t as i64);
+                    s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now, tools])
+                })
                 .map_err(|e| classify(path, e))?;
                 tx.prepare_cached(
                     "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn,
-                         latest_message_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                         latest_message_id, created_at, updated_at, tools) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
                      ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
                          latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
-                         model = excluded.model, updated_at = excluded.updated_at",
+                         model = excluded.model, updated_at = excluded.updated_at, tools = excluded.tools",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -592,7 +604,8 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
                         c.chat_id,
                         c.latest_turn,
                         c.latest_message_id,
-                        now
+                        now,
+                        c.tools.map(|t| t as i64)
                     ])
                 })
                 .map_err(|e| classify(path, e))?;
@@ -675,7 +688,33 @@ fn import_legacy(conn: &Connection, path: &Path) {
     );
 }
 
+/// What the doctor lists (no column a file from an earlier version may lack).
 const SELECT_CONVERSATION: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at FROM conversations";
+/// What serving reads (the file was brought up to date when the server opened it).
+const SELECT_CONVERSATION_TOOLS: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at, tools FROM conversations";
+
+fn add_column_if_missing(
+    conn: &Connection,
+    path: &Path,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> Result<(), StoreError> {
+    let present: bool = conn
+        .query_row(&format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
+            r.get(0)
+        })
+        .map_err(|e| classify(path, e))?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+            .map_err(|e| classify(path, e))?;
+    }
+    Ok(())
+}
+
+fn hash_of(value: Option<i64>) -> Option<u64> {
+    value.map(|v| v as u64)
+}
 
 fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRecord> {
     Ok(ConversationRecord {
@@ -688,6 +727,7 @@ fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRe
         latest_message_id: r.get(6)?,
         created_at: r.get::<_, i64>(7)?.max(0) as u64,
         updated_at: r.get::<_, i64>(8)?.max(0) as u64,
+        tools: if r.as_ref().column_count() > 9 { hash_of(r.get(9)?) } else { None },
     })
 }
 
@@ -697,7 +737,7 @@ mod tests {
 
     fn turn(i: u8) -> (Fingerprint, TurnRecord, ConversationRecord) {
         let conversation_id = format!("conversation-{i}");
-        let turn = TurnRecord { conversation_id: conversation_id.clone(), turn: 1, message_id: None };
+        let turn = TurnRecord { conversation_id: conversation_id.clone(), turn: 1, message_id: None, tools: Some(7) };
         let conversation = ConversationRecord {
             conversation_id,
             app: "app".into(),
@@ -706,6 +746,7 @@ mod tests {
             chat_id: i.is_multiple_of(2).then(|| format!("chat-{i}")),
             latest_turn: 1,
             latest_message_id: None,
+            tools: Some(7),
             created_at: 0,
             updated_at: 0,
         };

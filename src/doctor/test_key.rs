@@ -314,13 +314,7 @@ fn model_line(report: &ModelReport) -> String {
 /// DIFY_API_KEYS are named after their `/info` name, like the server names them.
 async fn describe_all(client: &DifyClient, config: &Config) -> Vec<Tested> {
     let mut specs: Vec<ModelSpec> = config.models.clone();
-    specs.extend(config.unnamed_keys.iter().map(|key| ModelSpec {
-        name: String::new(),
-        key: key.clone(),
-        mode: None,
-        input: None,
-        output: None,
-    }));
+    specs.extend(config.unnamed_keys.iter().map(|key| ModelSpec::new(String::new(), key.clone())));
     join_all(specs.iter().map(|spec| test_one(client, spec))).await
 }
 

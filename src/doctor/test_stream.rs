@@ -280,7 +280,7 @@ async fn pick_model(config: &Config, wanted: Option<&str>, client: &DifyClient) 
         let info = client.info(key).await.ok()?;
         let name = info.name.trim().to_string();
         if wanted.is_none_or(|w| w == name) {
-            return Some(ModelSpec { name, key: key.clone(), mode: None, input: None, output: None });
+            return Some(ModelSpec::new(name, key.clone()));
         }
     }
     None
@@ -301,7 +301,7 @@ pub async fn measure_direct(
         stream: true,
         ..Turn::default()
     };
-    let options = BuildOptions { user, system_input: config.system_input.as_deref(), sections: &[] };
+    let options = BuildOptions { user, system_input: config.system_input.as_deref(), sections: &[], instead: None };
     let plan = ConversationPlan { seed_from: Some(0), ..ConversationPlan::default() };
     let generate = request::build(&turn, route, &plan, Vec::new(), &options);
 

@@ -19,11 +19,14 @@ use super::{Live, SharedState, unknown_model};
 use crate::api::Dialect;
 use crate::bridge::pipeline::Pipeline;
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
+use crate::bridge::structured::{self, JsonAnswer};
+use crate::bridge::tools::{self, ToolCallParser};
 use crate::bridge::uploads::resolve_files;
 use crate::bridge::{
-    ApiError, AppRoute, Collected, FinishReason, Outcome, ProgressMode, StopReason, StreamEncoder, Translator,
-    TranslatorOptions, Turn, Usage,
+    ApiError, AppRoute, Collected, FinishReason, Outcome, OutputFormat, ProgressMode, Sink, StopReason, StreamEncoder,
+    ToolChoice, Tools, Translator, TranslatorOptions, Turn, Usage,
 };
+use crate::config::ToolCalls;
 use crate::conversations::{Continuity, Decision, Identity, RequestView, first_header};
 use crate::dify::{DifyError, EventStream};
 use crate::logging::Shown;
@@ -43,8 +46,18 @@ pub struct Exchange {
     dialect: Dialect,
     /// The app key is the client's own (DIFY_KEY_PASSTHROUGH): Dify refusing it is a 401.
     passthrough: bool,
-    /// What opendify adds to the query (the client's tools, the answer's format).
-    pub sections: Vec<String>,
+    /// The client's tools, when they are emulated for this request.
+    emulated: Option<Tools>,
+}
+
+/// One collected answer and how it ended.
+struct Attempt {
+    collected: Collected,
+    end: End,
+    reason: FinishReason,
+    upstream_time: std::time::Duration,
+    /// Why the answer missed its response_format, when it did.
+    refused: Option<String>,
 }
 
 /// How a collected answer ended, for the dialect to render.
@@ -98,14 +111,80 @@ impl Exchange {
             started,
             dialect,
             passthrough,
-            sections: Vec::new(),
+            emulated: None,
         })
+        .and_then(|mut exchange| {
+            exchange.plan_emulation(headers)?;
+            Ok(exchange)
+        })
+    }
+
+    /// Decides whether the client's tools are emulated for this request (TOOL_CALLS, the
+    /// model's `tools`, Open WebUI's own tools), and refuses a forced call that cannot be.
+    fn plan_emulation(&mut self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let tools = &self.turn.tools;
+        let forced = matches!(tools.choice, ToolChoice::Required | ToolChoice::Named(_));
+        if !tools.offered() && !forced {
+            self.carry_tools(self.decision.tools_sent);
+            return Ok(());
+        }
+        let config = &self.live.config;
+        let mode = self.route.tools.unwrap_or(config.tool_calls);
+        let from_open_webui =
+            headers.keys().any(|k| k.as_str().starts_with("x-openwebui-")) || tools::is_open_webui_tool_list(tools);
+        let refusal = match mode {
+            ToolCalls::Off if self.route.tools == Some(ToolCalls::Off) => {
+                Some("tool emulation is off for this model (`\"tools\": \"off\"` in MODEL_CONFIG)")
+            }
+            ToolCalls::Off => Some("tool emulation is off (TOOL_CALLS=off; set TOOL_CALLS=auto to emulate tools)"),
+            ToolCalls::Auto if from_open_webui && !config.openwebui_tools => Some(
+                "requests from Open WebUI use the Dify app's own tools (set OPENWEBUI_TOOLS=emulate to emulate Open WebUI's)",
+            ),
+            ToolCalls::Auto | ToolCalls::Emulate => None,
+        };
+        if let Some(why) = refusal {
+            tools::refuse_forced_call(tools, &self.turn.model, why)?;
+            tracing::debug!(count = tools.specs.len(), "client tools not emulated: {why}");
+            self.carry_tools(self.decision.tools_sent);
+            return Ok(());
+        }
+        let (hash, tools) = (tools::definitions_hash(tools), tools.clone());
+        self.carry_tools(Some(hash));
+        self.emulated = Some(tools);
+        Ok(())
+    }
+
+    /// Which tool definitions the conversation has after this turn.
+    fn carry_tools(&mut self, hash: Option<u64>) {
+        if let Some(recorder) = &mut self.decision.recorder {
+            recorder.tools = hash;
+        }
+    }
+
+    /// What the query adds for this request: the tools (their definitions when the
+    /// conversation does not have them yet) and the answer's format.
+    fn sections(&self) -> Vec<String> {
+        let mut sections = Vec::new();
+        if let Some(tools) = &self.emulated {
+            let known = self.decision.plan.conversation_id.is_some()
+                && self.decision.tools_sent == Some(tools::definitions_hash(tools));
+            sections.extend(tools::sections(tools, !known));
+        }
+        sections.extend(structured::section(&self.turn.output));
+        sections
+    }
+
+    /// The stages an answer passes: the tool-call parser, the structured-output check.
+    fn pipeline<S: Sink>(&self, sink: S, record: bool) -> Pipeline<S> {
+        let format = (self.turn.output != OutputFormat::Text)
+            .then(|| JsonAnswer::new(self.turn.output.clone(), &self.turn.model));
+        Pipeline::new(sink, record).with_tools(self.emulated.as_ref().map(ToolCallParser::new)).with_format(format)
     }
 
     /// Relays the answer as it is produced, written by `encoder`.
     pub async fn stream<E: StreamEncoder>(mut self, encoder: E) -> Response {
         let busy = Busy::begin();
-        let upstream = match self.start_upstream(true).await {
+        let upstream = match self.start_upstream(true, None).await {
             Ok(upstream) => upstream,
             Err(error) => return self.reply(self.dialect.error_response(&error)),
         };
@@ -114,7 +193,7 @@ impl Exchange {
         let relay = Relay::new(
             upstream,
             self.translator(),
-            Pipeline::new(encoder, recording),
+            self.pipeline(encoder, recording),
             StopGuard::new(self.stop_target()),
             self.state.drain_deadline.clone(),
             self.state.metrics.clone(),
@@ -131,14 +210,59 @@ impl Exchange {
     }
 
     /// Collects the whole answer (bounded by REQUEST_TIMEOUT) and renders it with `render`.
+    /// A structured answer that misses its format is asked for again (in the same Dify
+    /// conversation) up to STRUCTURED_OUTPUT_RETRIES times, then refused with a 502.
     pub async fn complete(mut self, render: impl FnOnce(&Answer) -> Response) -> Response {
         let _busy = Busy::begin();
-        let mut upstream = match self.start_upstream(false).await {
-            Ok(upstream) => upstream,
-            Err(error) => return self.reply(self.dialect.error_response(&error)),
-        };
+        let mut retries_left =
+            if self.turn.output == OutputFormat::Text { 0 } else { self.live.config.structured_output_retries };
+        let mut retry: Option<String> = None;
+        loop {
+            let attempt = match self.collect(retry.as_deref()).await {
+                Ok(attempt) => attempt,
+                Err(error) => return self.reply(self.dialect.error_response(&error)),
+            };
+            if let (Some(problem), true) = (&attempt.refused, retries_left > 0) {
+                retries_left -= 1;
+                tracing::info!(model = %Shown(&self.turn.model), "answer missed its response_format ({problem}); asking again");
+                if let (Some(conversation), true) = (&attempt.end.conversation_id, self.route.mode.is_chat_family()) {
+                    // Asked again in the conversation that has the first answer.
+                    self.decision.plan =
+                        ConversationPlan { conversation_id: Some(conversation.clone()), ..Default::default() };
+                    self.decision.tools_sent = self.decision.recorder.as_ref().and_then(|r| r.tools);
+                }
+                retry = Some(problem.clone());
+                continue;
+            }
+            let transcript = transcript_of(&attempt.collected);
+            self.finisher().finish(&attempt.end, &transcript).await;
+            let mut response = match attempt.end.outcome {
+                Outcome::Finished { usage, .. } => {
+                    let answer = Answer {
+                        collected: attempt.collected,
+                        reason: attempt.reason,
+                        usage,
+                        conversation_id: attempt.end.conversation_id,
+                        message_id: attempt.end.message_id,
+                    };
+                    render(&answer)
+                }
+                Outcome::Failed { error, .. } => self.dialect.error_response(&error),
+                Outcome::Running => self.dialect.error_response(
+                    &ApiError::server(StatusCode::BAD_GATEWAY, "Dify's answer ended unexpectedly").not_retryable(),
+                ),
+            };
+            response.extensions_mut().insert(UpstreamTime(attempt.upstream_time));
+            return self.reply(response);
+        }
+    }
+
+    /// One answer, collected: Dify is stopped if it is cut short, its connection reused if
+    /// it ended well.
+    async fn collect(&mut self, retry: Option<&str>) -> Result<Attempt, ApiError> {
+        let mut upstream = self.start_upstream(false, retry).await?;
         let mut translator = self.translator();
-        let mut pipeline = Pipeline::new(Collected::default(), false);
+        let mut pipeline = self.pipeline(Collected::default(), false);
         // Dropped with this future if the client disconnects: then Dify is told to stop.
         let mut guard = StopGuard::new(self.stop_target());
         let timeout = self.live.config.request_timeout;
@@ -174,53 +298,47 @@ impl Exchange {
                 translator.abort(&shutting, StopReason::Shutdown, &mut pipeline);
             }
         }
-        let end = End::of(&translator);
-        let upstream_time = UpstreamTime(upstream.upstream_time());
-        let collected = pipeline.out.sink;
-        let transcript = transcript_of(&collected);
-        self.finisher().finish(&end, &transcript).await;
-        let mut response = match end.outcome {
-            Outcome::Finished { reason, usage } => {
+        let mut end = End::of(&translator);
+        let upstream_time = upstream.upstream_time();
+        match &end.outcome {
+            Outcome::Finished { .. } => {
                 guard.disarm();
                 drain(upstream);
-                let answer = Answer {
-                    collected,
-                    reason,
-                    usage,
-                    conversation_id: end.conversation_id,
-                    message_id: end.message_id,
-                };
-                render(&answer)
             }
-            Outcome::Failed { error, stop } => {
-                match stop {
-                    Some(reason) => guard.stop(reason, Some(upstream)),
-                    None => guard.disarm(),
-                }
-                self.dialect.error_response(&error)
-            }
-            Outcome::Running => self.dialect.error_response(
-                &ApiError::server(StatusCode::BAD_GATEWAY, "Dify's answer ended unexpectedly").not_retryable(),
-            ),
-        };
-        response.extensions_mut().insert(upstream_time);
-        self.reply(response)
+            Outcome::Failed { stop: Some(reason), .. } => guard.stop(*reason, Some(upstream)),
+            Outcome::Failed { stop: None, .. } | Outcome::Running => guard.disarm(),
+        }
+        let refused = pipeline.refused().map(str::to_string);
+        if let (Some(problem), Outcome::Finished { .. }) = (&refused, &end.outcome) {
+            end.outcome = Outcome::Failed { error: structured::invalid_answer(problem, &self.turn.model), stop: None };
+        }
+        let reason = pipeline.finish_reason().unwrap_or(FinishReason::Stop);
+        Ok(Attempt { collected: pipeline.out.sink, end, reason, upstream_time, refused })
     }
 
     /// Uploads files, builds the Dify body and starts the answer. A stored conversation
     /// Dify no longer knows (404) is dropped and the request retried once as a new
     /// conversation seeded with the history: the client never sees that error. For a
     /// stream, Dify's response head must come within STREAM_IDLE_TIMEOUT.
-    async fn start_upstream(&mut self, stream: bool) -> Result<EventStream, ApiError> {
+    async fn start_upstream(&mut self, stream: bool, retry: Option<&str>) -> Result<EventStream, ApiError> {
         let live = self.live.clone();
         let files =
             resolve_files(&self.turn, &self.route, &self.identity.user, &live.client, &self.state.uploads).await?;
         let mut healed = false;
         loop {
+            // Asking again: in the conversation that has the first answer, only what was wrong;
+            // without one (completion and workflow apps), the whole request with the note.
+            let again = retry.map(structured::retry_section);
+            let continued = self.decision.plan.conversation_id.is_some();
+            let mut sections = if again.is_some() && continued { Vec::new() } else { self.sections() };
+            if let (Some(again), false) = (&again, continued) {
+                sections.push(again.clone());
+            }
             let options = BuildOptions {
                 user: &self.identity.user,
                 system_input: live.config.system_input.as_deref(),
-                sections: &self.sections,
+                sections: &sections,
+                instead: again.as_deref().filter(|_| continued),
             };
             let body = request::build(&self.turn, &self.route, &self.decision.plan, files.clone(), &options);
             let started = match self.generate(&body, stream).await {
@@ -357,6 +475,7 @@ async fn decide(
             plan: ConversationPlan::default(),
             continuity: Continuity::New,
             from_store: false,
+            tools_sent: None,
             recorder: None,
         });
     }

@@ -141,6 +141,7 @@ pub struct Relay<E: StreamEncoder> {
     first_token: bool,
     done: bool,
     finisher: Option<Finisher>,
+    model: String,
     _busy: Busy,
 }
 
@@ -164,6 +165,7 @@ impl<E: StreamEncoder> Relay<E> {
             deadline,
             metrics,
             started: finisher.started,
+            model: finisher.model.clone(),
             began: false,
             first_token: false,
             done: false,
@@ -227,8 +229,13 @@ impl<E: StreamEncoder> Relay<E> {
 
     async fn complete(&mut self) -> Bytes {
         self.done = true;
-        let end = End::of(&self.translator);
-        match self.translator.outcome() {
+        let mut end = End::of(&self.translator);
+        if let (Some(problem), Outcome::Finished { .. }) = (self.pipeline.refused(), &end.outcome) {
+            // The encoder already told the client; the turn is not recorded as answered.
+            let error = crate::bridge::structured::invalid_answer(problem, &self.model);
+            end.outcome = Outcome::Failed { error, stop: None };
+        }
+        match &end.outcome {
             Outcome::Finished { .. } => {
                 self.guard.disarm();
                 if let Some(upstream) = self.upstream.take() {
