@@ -8,47 +8,55 @@ use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{Context, Options, Progress, RenderOptions, Report, report};
+use super::context::stdout;
+use super::report::{self, RenderOptions, Report};
 use crate::config::{EnvFileStatus, Loaded};
 use crate::secret::{Redactor, mask_url_credentials};
 
 #[derive(Debug, Clone)]
-pub struct BundleOptions {
+pub(crate) struct BundleOptions {
     pub output: Option<PathBuf>,
     pub log_lines: usize,
 }
 
-/// Runs the checks, writes the Markdown, returns the exit code: 0 once written (the
-/// checks' verdicts are in the report), 2 when it cannot be written.
-pub async fn main(loaded: Loaded, options: &Options, bundle: &BundleOptions) -> u8 {
-    let redactor = redactor(&loaded);
-    let log = LogTail::read(&loaded, bundle.log_lines);
-    let system = System::detect();
-    let progress = Progress::new(true);
-    let ctx = Context::new(loaded, options, progress.clone());
-    let report = super::run(&ctx, options, |_| {}).await;
-    progress.finish();
-    let markdown = redactor.redact(&render(&ctx.loaded, &report, &system, &log));
-    match &bundle.output {
-        None => {
-            super::stdout(&markdown);
-            0
-        }
-        Some(path) => match std::fs::write(path, &markdown) {
-            Ok(()) => {
-                eprintln!("report written to {} (review it before posting)", path.display());
+/// What the bundle adds to the checks, gathered before they run (the log tail as it was
+/// when the doctor started), and the redactor every line goes through.
+pub(crate) struct Gathered {
+    redactor: Redactor,
+    log: LogTail,
+    system: System,
+}
+
+impl Gathered {
+    pub fn new(loaded: &Loaded, log_lines: usize) -> Gathered {
+        Gathered { redactor: redactor(loaded), log: LogTail::read(loaded, log_lines), system: System::detect() }
+    }
+
+    /// Writes the Markdown to `output` (stdout when none); returns the exit code: 0 once
+    /// written (the checks' verdicts are in the report), 2 when it cannot be written.
+    pub fn write(&self, loaded: &Loaded, report: &Report, output: Option<&Path>) -> u8 {
+        let markdown = self.redactor.redact(&render(loaded, report, &self.system, &self.log));
+        match output {
+            None => {
+                stdout(&markdown);
                 0
             }
-            Err(e) => {
-                eprintln!("error: cannot write {}: {e}", path.display());
-                2
-            }
-        },
+            Some(path) => match std::fs::write(path, &markdown) {
+                Ok(()) => {
+                    eprintln!("report written to {} (review it before posting)", path.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    2
+                }
+            },
+        }
     }
 }
 
 /// The machine, as the guide asked for it (`uname -a`, versions).
-pub struct System {
+pub(crate) struct System {
     pub os: String,
     pub kernel: Option<String>,
     pub arch: &'static str,
@@ -81,7 +89,7 @@ impl System {
 }
 
 /// The end of the log file, or why there is none.
-pub enum LogTail {
+pub(crate) enum LogTail {
     Lines { path: PathBuf, lines: Vec<String> },
     Missing { reason: String },
 }
@@ -163,7 +171,7 @@ fn cell(text: &str) -> String {
 }
 
 /// The whole Markdown document.
-pub fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) -> String {
+pub(crate) fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## opendify doctor report\n");
     let now = std::time::SystemTime::now()

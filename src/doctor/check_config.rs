@@ -9,19 +9,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{CheckResult, Context};
+use super::context::Context;
+use super::report::CheckResult;
 use crate::config::{EnvFileStatus, Finding, SettingView};
 use crate::conversations::record::StoreLocation;
 use crate::secret::mask_url_credentials;
 
-pub const ID: &str = "check-config";
+pub(crate) const ID: &str = "check-config";
 
 #[derive(Debug, Serialize)]
-struct Details<'a> {
+struct Details {
     env_file: EnvFile,
-    settings: &'a [SettingView],
-    problems: &'a [Finding],
-    warnings: &'a [Finding],
+    settings: Vec<SettingView>,
+    problems: Vec<Finding>,
+    warnings: Vec<Finding>,
     models: Vec<Model>,
     conversation_store: Option<String>,
     data_dir: Option<DirState>,
@@ -47,7 +48,7 @@ struct Model {
 
 /// Whether a directory opendify writes to is usable.
 #[derive(Debug, Clone, Serialize)]
-pub struct DirState {
+pub(crate) struct DirState {
     pub path: PathBuf,
     pub exists: bool,
     pub writable: bool,
@@ -58,7 +59,7 @@ pub struct DirState {
     pub error: Option<String>,
 }
 
-pub fn run(ctx: &Context) -> CheckResult {
+pub(crate) fn run(ctx: &Context) -> CheckResult {
     let loaded = &ctx.loaded;
     let mut result = CheckResult::new(ID);
 
@@ -77,10 +78,10 @@ pub fn run(ctx: &Context) -> CheckResult {
     result.line(format!("env file: {env_text}"));
 
     for problem in &loaded.problems {
-        result.fail(problem.message.clone(), problem.fix.clone());
+        result.fail(problem.clone());
     }
     for warning in &loaded.warnings {
-        result.warn(warning.message.clone(), warning.fix.clone());
+        result.warn(warning.clone());
     }
 
     // URLs may carry credentials (a Redis password, a user in DIFY_API_BASE): mask them too.
@@ -125,17 +126,17 @@ pub fn run(ctx: &Context) -> CheckResult {
             let state = dir_state(&dir);
             result.line(format!("data directory: {}", describe_dir(&state)));
             if !state.writable {
-                result.fail(
+                result.fail(Finding::with_fix(
                     format!(
                         "the data directory {} is not writable ({}): conversation mappings cannot be saved",
                         dir.display(),
                         state.error.as_deref().unwrap_or("permission denied")
                     ),
-                    Some(format!(
+                    format!(
                         "make it writable for the user running opendify (e.g. `chown -R $(id -u) {0}` or `chmod u+w {0}`), or set CONVERSATION_STORE to a writable path",
                         dir.display()
-                    )),
-                );
+                    ),
+                ));
             }
             data_dir = Some(state);
         }
@@ -145,10 +146,10 @@ pub fn run(ctx: &Context) -> CheckResult {
             let state = dir_state(&dir);
             result.line(format!("log directory: {}", describe_dir(&state)));
             if !state.writable {
-                result.warn(
+                result.warn(Finding::with_fix(
                     format!("the log directory {} is not writable: LOG_FILE cannot be written", dir.display()),
-                    Some(format!("create it and make it writable (`mkdir -p {0}`), or unset LOG_FILE", dir.display())),
-                );
+                    format!("create it and make it writable (`mkdir -p {0}`), or unset LOG_FILE", dir.display()),
+                ));
             }
             log_dir = Some(state);
         }
@@ -170,9 +171,9 @@ pub fn run(ctx: &Context) -> CheckResult {
     });
     result.details(Details {
         env_file,
-        settings: &settings,
-        problems: &loaded.problems,
-        warnings: &loaded.warnings,
+        settings,
+        problems: loaded.problems.clone(),
+        warnings: loaded.warnings.clone(),
         models,
         conversation_store: store,
         data_dir,
@@ -186,7 +187,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The directory a file lives in (`.` for a bare file name).
-pub fn parent_dir(file: &Path) -> PathBuf {
+pub(crate) fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -196,7 +197,7 @@ pub fn parent_dir(file: &Path) -> PathBuf {
 /// Whether opendify could write in `dir`. A missing directory is fine when it can be
 /// created (the nearest existing ancestor is writable). Writability is tested by creating
 /// and removing an empty probe file, the only reliable test (ACLs, read-only mounts, root).
-pub fn dir_state(dir: &Path) -> DirState {
+pub(crate) fn dir_state(dir: &Path) -> DirState {
     let mut state =
         DirState { path: dir.to_path_buf(), exists: false, writable: false, mode: None, owner_uid: None, error: None };
     match std::fs::metadata(dir) {
@@ -246,7 +247,7 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-pub fn describe_dir(state: &DirState) -> String {
+pub(crate) fn describe_dir(state: &DirState) -> String {
     let mut text = state.path.display().to_string();
     match (state.exists, state.writable) {
         (true, true) => text.push_str(" (writable"),

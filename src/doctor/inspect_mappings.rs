@@ -13,17 +13,19 @@ use serde::Serialize;
 
 use super::cert::iso;
 use super::check_config::{dir_state, parent_dir};
-use super::{CheckResult, Context};
+use super::context::Context;
+use super::report::CheckResult;
 use crate::config::Config;
 use crate::conversations::fingerprint::app_id;
 use crate::conversations::record::{ConversationRecord, ListFilter, StoreLocation, StoreStats, now_secs};
 use crate::conversations::{Store, StoreError};
+use crate::finding::Finding;
 use crate::secret::Secret;
 
-pub const ID: &str = "inspect-mappings";
+pub(crate) const ID: &str = "inspect-mappings";
 
 #[derive(Debug, Clone)]
-pub struct MappingOptions {
+pub(crate) struct MappingOptions {
     pub user: Option<String>,
     pub chat: Option<String>,
     pub prune: bool,
@@ -105,7 +107,7 @@ struct Verified {
     errors: usize,
 }
 
-pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
+pub(crate) async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
@@ -143,12 +145,10 @@ pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
             Ok(_) => {
                 details.exists = true;
                 result.summary(format!("{} is not a file", path.display()));
-                result.fail(
+                result.fail(Finding::with_fix(
                     format!("the conversation store {} exists but is not a file", path.display()),
-                    Some(
-                        "move it aside, or point CONVERSATION_STORE at a file path, e.g. data/conversations.db".into(),
-                    ),
-                );
+                    "move it aside, or point CONVERSATION_STORE at a file path, e.g. data/conversations.db",
+                ));
                 details.error = Some("not a file".into());
                 result.details(details);
                 return result;
@@ -163,17 +163,14 @@ pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
                     result.line("the file is created with the first conversation");
                 } else {
                     result.summary(format!("no store yet, and {} is not writable", dir.display()));
-                    result.fail(
-                        format!(
+                    result.fail(Finding::with_fix(format!(
                             "the store {} cannot be created: {}",
                             path.display(),
                             state.error.as_deref().unwrap_or("directory not writable")
-                        ),
-                        Some(format!(
+                        ), format!(
                             "make {} writable for the user running opendify, or set CONVERSATION_STORE to a writable path",
                             dir.display()
-                        )),
-                    );
+                        )));
                 }
                 result.details(details);
                 return result;
@@ -202,14 +199,14 @@ pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
         }
         Err(_) => {
             result.summary(format!("{} does not answer", details.store));
-            result.network_fail(
+            result.network_fail(Finding::with_fix(
                 format!(
                     "opening {} took longer than {}",
                     details.store,
                     super::report::format_duration(ctx.step_timeout)
                 ),
-                Some("check that the store is reachable (`redis-cli -u URL ping`), or raise --timeout".into()),
-            );
+                "check that the store is reachable (`redis-cli -u URL ping`), or raise --timeout",
+            ));
             result.details(details);
             return result;
         }
@@ -236,16 +233,16 @@ pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
         let writable = sqlite_writable(path);
         details.writable = Some(writable.is_ok());
         if let Err(reason) = writable {
-            result.fail(
+            result.fail(Finding::with_fix(
                 format!(
                     "the store {} is readable but not writable: {reason}; new conversations cannot be saved",
                     path.display()
                 ),
-                Some(format!(
+                format!(
                     "make {} and its directory writable for the user running opendify (chown/chmod)",
                     path.display()
-                )),
-            );
+                ),
+            ));
         }
     }
 
@@ -380,16 +377,16 @@ fn mapping(record: &ConversationRecord, cutoff: u64) -> Mapping {
 /// Explains a store error: corrupt, unreadable, or unreachable (Redis).
 fn store_failure(result: &mut CheckResult, details: &Details, error: &StoreError, what: &str) {
     result.summary(format!("{} {what}", details.store));
-    let fix = error.fix().map(str::to_string);
+    let mut finding = error.finding();
     match error {
-        StoreError::Corrupt { .. } => result.fail(error.to_string(), fix),
+        StoreError::Corrupt { .. } => result.fail(finding),
         StoreError::Open { .. } | StoreError::Backend { .. } if details.backend == "redis" => {
-            result.network_fail(error.to_string(), fix)
+            result.network_fail(finding)
         }
-        _ => result.fail(
-            error.to_string(),
-            fix.or_else(|| Some("check the file's permissions and the disk (`df -h`, `ls -l`)".into())),
-        ),
+        _ => {
+            finding.fix.get_or_insert_with(|| "check the file's permissions and the disk (`df -h`, `ls -l`)".into());
+            result.fail(finding)
+        }
     };
 }
 
@@ -451,7 +448,7 @@ async fn verify(
     let client = match ctx.client(config) {
         Ok(client) => client,
         Err(e) => {
-            result.fail(format!("cannot build the Dify client: {e}"), None);
+            result.fail(Finding::new(format!("cannot build the Dify client: {e}")));
             return verified;
         }
     };
@@ -480,10 +477,7 @@ async fn verify(
         verified.checked, verified.missing, verified.unknown_app, verified.errors
     ));
     if verified.missing > 0 {
-        result.warn(
-            format!("{} mapped conversation{} no longer exist in Dify (deleted there)", verified.missing, plural(verified.missing as u64)),
-            Some("nothing to do: opendify starts a new conversation with the earlier turns as context and updates the mapping; `--prune` only removes expired ones".into()),
-        );
+        result.warn(Finding::with_fix(format!("{} mapped conversation{} no longer exist in Dify (deleted there)", verified.missing, plural(verified.missing as u64)), "nothing to do: opendify starts a new conversation with the earlier turns as context and updates the mapping; `--prune` only removes expired ones"));
     }
     if verified.unknown_app > 0 {
         result.line(format!(
@@ -492,10 +486,10 @@ async fn verify(
         ));
     }
     if let Some(error) = first_error {
-        result.network_fail(
+        result.network_fail(Finding::with_fix(
             format!("{} of the Dify checks failed: {error}", verified.errors),
-            Some("run `opendify doctor ping-dify` and `opendify doctor test-key`".into()),
-        );
+            "run `opendify doctor ping-dify` and `opendify doctor test-key`",
+        ));
     }
     verified
 }

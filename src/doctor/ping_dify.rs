@@ -16,18 +16,20 @@ use reqwest::Url;
 use serde::Serialize;
 
 use super::cert::{self, CertSummary};
+use super::context::{Context, Facts};
+use super::report::CheckResult;
 use super::report::{format_duration, millis};
-use super::{CheckResult, Context};
 use crate::dify::DifyError;
 use crate::dify::client::BaseAnswer;
+use crate::finding::Finding;
 use crate::secret::mask_url_credentials;
 
-pub const ID: &str = "ping-dify";
+pub(crate) const ID: &str = "ping-dify";
 
 #[derive(Debug, Clone)]
 pub struct PingOptions {
     /// Another DNS server to compare the system's answer with.
-    pub dns: Option<SocketAddr>,
+    pub(crate) dns: Option<SocketAddr>,
     /// Rounds of TCP connect and HTTP request.
     pub count: u32,
 }
@@ -152,7 +154,7 @@ struct HttpStats {
     error: Option<String>,
 }
 
-pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
+pub(crate) async fn run(ctx: &Context, options: &PingOptions, facts: &mut Facts) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
@@ -163,7 +165,7 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
         Ok(url) => url,
         Err(e) => {
             result.summary("DIFY_API_BASE is not a URL");
-            result.fail(format!("DIFY_API_BASE {base:?} cannot be parsed: {e}"), None);
+            result.fail(Finding::new(format!("DIFY_API_BASE {base:?} cannot be parsed: {e}")));
             return result;
         }
     };
@@ -218,21 +220,24 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
         let compare = details.dns.get(1);
         let (reason, fix) = dns_failure(&host, system, compare);
         if proxied {
-            result.warn(format!("{reason} (requests go through the proxy, which resolves on its side)"), Some(fix));
+            result.warn(Finding::with_fix(
+                format!("{reason} (requests go through the proxy, which resolves on its side)"),
+                fix,
+            ));
         } else {
             details.failed_layer = Some("dns");
-            result.network_fail(reason, Some(fix));
+            result.network_fail(Finding::with_fix(reason, fix));
         }
     } else if let (Some(system), Some(other)) = (details.dns.first(), details.dns.get(1)) {
         if other.error.is_some() {
-            result.warn(
+            result.warn(Finding::with_fix(
                 format!(
                     "the DNS server {} cannot resolve {host} ({}), the system resolver can",
                     other.servers.join(", "),
                     other.error.as_deref().unwrap_or("")
                 ),
-                Some("nothing to fix for opendify; do not use that server in Docker's `dns:` setting".into()),
-            );
+                "nothing to fix for opendify; do not use that server in Docker's `dns:` setting",
+            ));
         } else if sorted(&system.addresses) != sorted(&other.addresses) {
             result.line(format!(
                 "note: the resolvers disagree ({} vs {}); normal for CDNs, suspicious for a private Dify",
@@ -256,7 +261,7 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
         match ctx.client(config) {
             Ok(client) => Some(client),
             Err(e) => {
-                result.fail(format!("cannot build the Dify client: {e}"), None);
+                result.fail(Finding::new(format!("cannot build the Dify client: {e}")));
                 None
             }
         }
@@ -303,26 +308,23 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
             let error = details.tcp[0].error.clone().unwrap_or_default();
             let (reason, fix) = tcp_failure(&host, port, &url, &error);
             if proxied {
-                result.warn(format!("{reason} (requests go through the proxy)"), Some(fix));
+                result.warn(Finding::with_fix(format!("{reason} (requests go through the proxy)"), fix));
             } else {
                 details.failed_layer.get_or_insert("tcp");
-                result.network_fail(reason, Some(fix));
+                result.network_fail(Finding::with_fix(reason, fix));
             }
         } else if tcp_ok < details.tcp.len() {
             let bad: Vec<&str> =
                 details.tcp.iter().filter(|t| t.stats.received == 0).map(|t| t.address.as_str()).collect();
-            result.warn(
+            result.warn(Finding::with_fix(
                 format!("{} of {} addresses cannot be reached: {}", bad.len(), details.tcp.len(), bad.join(", ")),
-                Some(
-                    "usually IPv6 without a route: harmless while another address works; otherwise check the firewall"
-                        .into(),
-                ),
-            );
+                "usually IPv6 without a route: harmless while another address works; otherwise check the firewall",
+            ));
         } else if details.tcp.iter().any(|t| t.stats.loss_pct > 0.0) {
-            result.warn(
+            result.warn(Finding::with_fix(
                 "some TCP connections failed (packet loss)",
-                Some("check the network path to Dify (Wi-Fi, VPN, firewall)".into()),
-            );
+                "check the network path to Dify (Wi-Fi, VPN, firewall)",
+            ));
         }
     }
 
@@ -342,29 +344,26 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
             if let Some(tls) = &details.tls {
                 result.line(tls_line(tls));
                 if let Some(days) = tls.days_left.filter(|d| *d < 14) {
-                    result.warn(
+                    result.warn(Finding::with_fix(
                         format!("the certificate of {host} expires in {days} days"),
-                        Some("renew the certificate of the Dify server (certbot renew, or your CA)".into()),
-                    );
+                        "renew the certificate of the Dify server (certbot renew, or your CA)",
+                    ));
                 }
             } else {
                 result.line("tls: not used (http://)");
             }
             result.line(format!("http: GET {base} answered {} ({})", answer.status, details.http.stats.text()));
             if !https && answer.status == 400 {
-                result.warn(
+                result.warn(Finding::with_fix(
                     format!("{base} answered 400 to plain HTTP"),
-                    Some(format!(
-                        "if this port speaks HTTPS, use DIFY_API_BASE={}",
-                        base.replacen("http://", "https://", 1)
-                    )),
-                );
+                    format!("if this port speaks HTTPS, use DIFY_API_BASE={}", base.replacen("http://", "https://", 1)),
+                ));
             }
             if details.http.stats.received < details.http.stats.sent {
-                result.warn(
+                result.warn(Finding::with_fix(
                     format!("{}% of the HTTP requests to Dify failed", details.http.stats.loss_pct),
-                    Some("an unstable network path or an overloaded Dify: compare with `--count 20`".into()),
-                );
+                    "an unstable network path or an overloaded Dify: compare with `--count 20`",
+                ));
             }
         }
         (None, Some(error)) if !tcp_blocked => {
@@ -380,12 +379,13 @@ pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
                 result.line(format!("http: {error}"));
             }
             details.failed_layer.get_or_insert(layer);
-            result.network_fail(reason, Some(fix));
+            result.network_fail(Finding::with_fix(reason, fix));
         }
         _ => {}
     }
 
     result.summary(summary(&details, &host));
+    facts.dify_unreachable = !details.reachable;
     result.details(details);
     result
 }

@@ -8,21 +8,23 @@
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::context::{Context, Facts};
+use super::report::{CheckResult, Issue};
 use super::test_stream::{self, Ended};
-use super::{CheckResult, Context, Status};
 use crate::bridge::AppRoute;
 use crate::bridge::ModeSource;
 use crate::bridge::apps::describe;
 use crate::config::{Config, ModelSpec};
 use crate::dify::{AppMode, DifyClient, DifyError, InputField};
+use crate::finding::Finding;
 
-pub const ID: &str = "test-key";
+pub(crate) const ID: &str = "test-key";
 
 /// The Dify `user` of `--live` messages.
-pub const LIVE_USER: &str = "opendify-doctor";
+pub(crate) const LIVE_USER: &str = "opendify-doctor";
 
 #[derive(Debug, Clone, Default)]
-pub struct KeyOptions {
+pub(crate) struct KeyOptions {
     /// Only these models (empty: all).
     pub models: Vec<String>,
     pub live: bool,
@@ -36,7 +38,7 @@ struct Details {
 
 /// What Dify said about one model's app.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelReport {
+pub(crate) struct ModelReport {
     pub model: String,
     pub key: String,
     pub ok: bool,
@@ -58,7 +60,7 @@ pub struct ModelReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct LiveResult {
+pub(crate) struct LiveResult {
     pub ok: bool,
     pub user: &'static str,
     pub ms: f64,
@@ -66,23 +68,11 @@ pub struct LiveResult {
     pub error: Option<String>,
 }
 
-/// How to explain a failed Dify call to a person.
-pub struct Explained {
-    pub reason: String,
-    pub fix: String,
-    /// A network problem (`--network-errors=warn` softens it).
-    pub network: bool,
-    /// Not worth failing for (rate limits).
-    pub level: Status,
-}
-
 /// Why a call for `model` failed and what to do, by the error's kind.
-pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
-    let make = |reason: String, fix: &str, network: bool| Explained {
-        reason,
-        fix: fix.to_string(),
-        network,
-        level: Status::Fail,
+pub(crate) fn explain(error: &DifyError, model: &str, base: &str) -> Issue {
+    let make = |reason: String, fix: &str, network: bool| {
+        let finding = Finding::with_fix(reason, fix);
+        if network { Issue::network_fail(finding) } else { Issue::fail(finding) }
     };
     match error {
         DifyError::Unauthorized { message, .. } => make(
@@ -100,12 +90,11 @@ pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
             "DIFY_API_BASE must end in /v1, e.g. https://api.dify.ai/v1 or http://your-dify-host/v1",
             false,
         ),
-        DifyError::Api { status: 429, message, .. } => Explained {
-            reason: format!("Dify rate-limited the test of model `{model}`: {message}"),
-            fix: "wait a minute and retry; check the app's rate limits in Dify".into(),
-            network: false,
-            level: Status::Warn,
-        },
+        // Not worth failing for.
+        DifyError::Api { status: 429, message, .. } => Issue::warn(Finding::with_fix(
+            format!("Dify rate-limited the test of model `{model}`: {message}"),
+            "wait a minute and retry; check the app's rate limits in Dify",
+        )),
         DifyError::Api { status, code, message } if *status >= 500 => make(
             format!("Dify failed answering for model `{model}` (HTTP {status}, {code}): {message}"),
             "Dify itself has a problem: check its api container logs (`docker compose logs api`)",
@@ -151,8 +140,8 @@ struct Tested {
     error: Option<DifyError>,
 }
 
-pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) -> CheckResult {
-    let (config, client) = match ctx.dify(ID, before) {
+pub(crate) async fn run(ctx: &Context, options: &KeyOptions, facts: &mut Facts) -> CheckResult {
+    let (config, client) = match ctx.dify(ID, facts) {
         Ok(found) => found,
         Err(result) => return *result,
     };
@@ -163,10 +152,10 @@ pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) ->
         let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
         for wanted in &options.models {
             if !known.contains(wanted) {
-                result.fail(
+                result.fail(Finding::with_fix(
                     format!("no model named `{wanted}` is configured (configured: {})", known.join(", ")),
-                    Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
-                );
+                    "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
+                ));
             }
         }
         tested.retain(|t| options.models.contains(&t.report.model));
@@ -188,19 +177,22 @@ pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) ->
         result.line(model_line(&t.report));
         match &t.error {
             Some(_) if all_unreachable => {}
-            Some(error) => push(&mut result, explain(error, &t.report.model, base)),
+            Some(error) => {
+                result.push(explain(error, &t.report.model, base));
+            }
             None => advise(&mut result, &t.report),
         }
     }
     if let Some(error) = tested.iter().find_map(|t| t.error.as_ref()).filter(|_| all_unreachable) {
-        let mut explained = explain(error, "", base);
-        explained.reason = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
-        push(&mut result, explained);
+        let mut issue = explain(error, "", base);
+        issue.finding.message = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
+        result.push(issue);
     }
     if options.live {
         result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));
     }
 
+    facts.failed_models.extend(tested.iter().filter(|t| !t.report.ok).map(|t| t.report.model.clone()));
     let valid = tested.iter().filter(|t| t.report.ok).count();
     let total = tested.len();
     let note = if options.live { ", one live message each" } else { "" };
@@ -218,29 +210,26 @@ fn advise(result: &mut CheckResult, report: &ModelReport) {
     if let (Some(dify), Some("configured")) = (&report.dify_mode, report.mode_source)
         && Some(dify) != report.mode.as_ref()
     {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!(
                 "MODEL_CONFIG sets mode {} for `{}`, but Dify says the app is {dify}",
                 report.mode.as_deref().unwrap_or("?"),
                 report.model
             ),
-            Some(format!("remove \"mode\" for `{}` from MODEL_CONFIG (Dify's answer is used then)", report.model)),
-        );
+            format!("remove \"mode\" for `{}` from MODEL_CONFIG (Dify's answer is used then)", report.model),
+        ));
     }
     if report.mode_source == Some("default") {
-        result.warn(
-            format!("Dify's /info does not say which mode the app of `{}` is (older Dify); assuming chat", report.model),
-            Some(format!(
+        result.warn(Finding::with_fix(format!("Dify's /info does not say which mode the app of `{}` is (older Dify); assuming chat", report.model), format!(
                 "set it in MODEL_CONFIG: \"{}\":{{\"key\":\"app-…\",\"mode\":\"workflow\"}} (chat, agent-chat, advanced-chat, completion or workflow)",
                 report.model
-            )),
-        );
+            )));
     }
     if report.parameters_missing {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!("Dify's /parameters for `{}` could not be read; input fields are unknown", report.model),
-            Some("check the app in Dify; opendify will send the message as `query`".into()),
-        );
+            "check the app in Dify; opendify will send the message as `query`",
+        ));
     }
     let unfillable: Vec<&str> = report
         .inputs
@@ -249,33 +238,22 @@ fn advise(result: &mut CheckResult, report: &ModelReport) {
         .map(|f| f.variable.as_str())
         .collect();
     if !unfillable.is_empty() {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!(
                 "the app of `{}` requires input{} {} that chat clients do not send; Dify will reject their requests",
                 report.model,
                 if unfillable.len() == 1 { "" } else { "s" },
                 unfillable.join(", ")
             ),
-            Some(
-                "make these inputs optional in the app's start form, or send them in the request's `inputs` object"
-                    .into(),
-            ),
-        );
+            "make these inputs optional in the app's start form, or send them in the request's `inputs` object",
+        ));
     }
     if let Some(live) = report.live.as_ref().filter(|l| !l.ok) {
-        result.fail(
+        result.fail(Finding::with_fix(
             format!("`{}`: the live message failed: {}", report.model, live.error.as_deref().unwrap_or("?")),
-            Some(format!("run `opendify doctor test-stream {}` for details", report.model)),
-        );
+            format!("run `opendify doctor test-stream {}` for details", report.model),
+        ));
     }
-}
-
-fn push(result: &mut CheckResult, explained: Explained) {
-    match (explained.level, explained.network) {
-        (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
-        (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
-        _ => result.fail(explained.reason, Some(explained.fix)),
-    };
 }
 
 fn model_line(report: &ModelReport) -> String {

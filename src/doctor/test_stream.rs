@@ -11,19 +11,21 @@ use reqwest::Url;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::context::{Context, Facts};
+use super::report::CheckResult;
 use super::report::{format_duration, millis};
 use super::test_key::explain;
-use super::{CheckResult, Context, Status};
 use crate::bridge::request::{self, BuildOptions, ConversationPlan};
 use crate::bridge::{AppRoute, Collected, Message, Outcome, ProgressMode, Role, Translator, TranslatorOptions, Turn};
 use crate::config::{Config, ModelSpec};
 use crate::dify::sse::SseParser;
 use crate::dify::{DifyClient, DifyError};
+use crate::finding::Finding;
 
-pub const ID: &str = "test-stream";
+pub(crate) const ID: &str = "test-stream";
 
 /// The header Open WebUI forwards the user in; `--via` sends it.
-pub const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
+pub(crate) const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
 /// How `--via` told opendify who the user is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UserSent {
@@ -43,10 +45,10 @@ impl UserSent {
 }
 
 /// The header opendify answers with the user it resolved.
-pub const RESOLVED_USER_HEADER: &str = "x-opendify-user";
+pub(crate) const RESOLVED_USER_HEADER: &str = "x-opendify-user";
 
 #[derive(Debug, Clone)]
-pub struct StreamOptions {
+pub(crate) struct StreamOptions {
     pub model: Option<String>,
     pub via: Option<Url>,
     pub message: String,
@@ -67,7 +69,7 @@ impl Default for StreamOptions {
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Ended {
+pub(crate) enum Ended {
     /// With Dify's closing event (or `[DONE]` after a finish reason).
     Finished,
     /// The connection closed or went silent before the end.
@@ -78,7 +80,7 @@ pub enum Ended {
 
 /// What one streaming request looked like.
 #[derive(Debug, Clone)]
-pub struct StreamRun {
+pub(crate) struct StreamRun {
     /// Until the response headers.
     pub headers: Duration,
     pub first_event: Option<Duration>,
@@ -134,7 +136,7 @@ impl Clock {
 
 /// Token counts as the check reports them (`details.usage`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     #[serde(default)]
     pub prompt_tokens: u64,
     #[serde(default)]
@@ -213,20 +215,20 @@ fn gaps(list: &[Duration]) -> Gaps {
     Gaps { p50: rank(0.50), p95: rank(0.95), max: sorted.last().map(|d| millis(*d)) }
 }
 
-pub async fn run(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
+pub(crate) async fn run(ctx: &Context, options: &StreamOptions, facts: &Facts) -> CheckResult {
     let mut result = match &options.via {
         Some(via) => run_via(ctx, options, via).await,
-        None => run_direct(ctx, options, before).await,
+        None => run_direct(ctx, options, facts).await,
     };
     // Every outcome carries the same detail keys, even when the request never started.
-    if !result.is_skipped() && result.details.as_object().is_some_and(|o| o.is_empty()) {
+    if !result.is_skipped() && !result.has_details() {
         result.details(Details::empty(options));
     }
     result
 }
 
-async fn run_direct(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
-    let (config, client) = match ctx.dify(ID, before) {
+async fn run_direct(ctx: &Context, options: &StreamOptions, facts: &Facts) -> CheckResult {
+    let (config, client) = match ctx.dify(ID, facts) {
         Ok(found) => found,
         Err(result) => return *result,
     };
@@ -234,25 +236,18 @@ async fn run_direct(ctx: &Context, options: &StreamOptions, before: &[CheckResul
     let Some(spec) = pick_model(config, options.model.as_deref(), &client).await else {
         let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
         result.summary("no such model");
-        result.fail(
+        result.fail(Finding::with_fix(
             format!(
                 "no model named `{}` is configured (configured: {})",
                 options.model.as_deref().unwrap_or(""),
                 names.join(", ")
             ),
-            Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
-        );
+            "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
+        ));
         return result;
     };
-    if let Some(keys) = before.iter().find(|c| c.id == super::test_key::ID) {
-        let failed = keys
-            .details
-            .get("models")
-            .and_then(Value::as_array)
-            .is_some_and(|models| models.iter().any(|m| m["model"] == spec.name.as_str() && m["ok"] == false));
-        if failed {
-            return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
-        }
+    if facts.failed_models.contains(&spec.name) {
+        return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
     }
     let route = crate::bridge::apps::describe(&client, &spec).await;
     let run = measure_direct(ctx, config, &client, &route, &options.message, &options.user).await;
@@ -287,7 +282,7 @@ async fn pick_model(config: &Config, wanted: Option<&str>, client: &DifyClient) 
 }
 
 /// One streaming generation straight to Dify, built and judged by serve's own code.
-pub async fn measure_direct(
+pub(crate) async fn measure_direct(
     ctx: &Context,
     config: &Config,
     client: &DifyClient,
@@ -384,7 +379,7 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
         Ok(http) => http,
         Err(e) => {
             result.summary("cannot build an HTTP client");
-            result.fail(e.to_string(), None);
+            result.fail(Finding::new(e.to_string()));
             return result;
         }
     };
@@ -395,10 +390,7 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
     };
     let Some(model) = model else {
         result.summary(format!("no model to test at {base}"));
-        result.network_fail(
-            format!("{base}/v1/models did not name a model"),
-            Some(format!("is `opendify serve` running at {base}? name the model: `opendify doctor test-stream MODEL --via {base}`")),
-        );
+        result.network_fail(Finding::with_fix(format!("{base}/v1/models did not name a model"), format!("is `opendify serve` running at {base}? name the model: `opendify doctor test-stream MODEL --via {base}`")));
         return result;
     };
     let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(Duration::from_secs(60));
@@ -407,10 +399,10 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
         Ok(run) => run,
         Err(ViaError::Connect(reason)) => {
             result.summary(format!("cannot reach opendify at {base}"));
-            result.network_fail(
+            result.network_fail(Finding::with_fix(
                 format!("cannot connect to {base}: {reason}"),
-                Some("is `opendify serve` running there? `opendify doctor check-port` on that machine tells".into()),
-            );
+                "is `opendify serve` running there? `opendify doctor check-port` on that machine tells",
+            ));
             return result;
         }
         Err(ViaError::Status { status, message, code }) => {
@@ -433,7 +425,10 @@ async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResu
                 (404, _) => format!("{base} does not look like opendify: check the --via URL"),
                 _ => "see the message; `opendify doctor test-key` on the server machine tests the keys".to_string(),
             };
-            result.fail(format!("opendify at {base} refused the request (HTTP {status}): {message}"), Some(fix));
+            result.fail(Finding::with_fix(
+                format!("opendify at {base} refused the request (HTTP {status}): {message}"),
+                fix,
+            ));
             return result;
         }
     };
@@ -592,14 +587,9 @@ fn judge(
     let run = match run {
         Ok(run) => run,
         Err(error) => {
-            let explained = explain(&error, model, dify_base);
             result.summary(format!("`{model}`: the stream did not start"));
             details.error = Some(error.to_string());
-            match (explained.level, explained.network) {
-                (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
-                (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
-                _ => result.fail(explained.reason, Some(explained.fix)),
-            };
+            result.push(explain(&error, model, dify_base));
             result.details(details);
             return;
         }
@@ -642,57 +632,45 @@ fn judge(
         }
         Ended::Cut => {
             result.summary(format!("`{model}` {target}: the stream was cut after {} events", run.events));
-            result.network_fail(
-                format!(
+            result.network_fail(Finding::with_fix(format!(
                     "the stream was cut after {} events and {}: {}",
                     run.events,
                     format_duration(run.total),
                     run.error.as_deref().unwrap_or("no closing event")
-                ),
-                Some("something between opendify and Dify ends long responses: check reverse-proxy read timeouts (nginx proxy_read_timeout, Cloudflare's 100 s) and STREAM_IDLE_TIMEOUT; compare with `opendify doctor ping-dify --count 20`".into()),
-            );
+                ), "something between opendify and Dify ends long responses: check reverse-proxy read timeouts (nginx proxy_read_timeout, Cloudflare's 100 s) and STREAM_IDLE_TIMEOUT; compare with `opendify doctor ping-dify --count 20`"));
         }
         Ended::Error => {
             result.summary(format!("`{model}` {target}: Dify reported an error mid-stream"));
-            result.fail(
+            result.fail(Finding::with_fix(
                 format!("the stream ended with an error: {}", run.error.as_deref().unwrap_or("(no message)")),
-                Some("check the app's model provider, quota and logs in Dify".into()),
-            );
+                "check the app's model provider, quota and logs in Dify",
+            ));
         }
     }
     if run.ended == Ended::Finished {
         if let Some(first) = run.first_event.filter(|f| *f > Duration::from_secs(10)) {
-            result.warn(
+            result.warn(Finding::with_fix(
                 format!("the first event took {} (problem 12: slow responses)", format_duration(first)),
-                Some("the app's model is slow to start: check its provider in Dify, or knowledge-base retrieval settings".into()),
-            );
+                "the app's model is slow to start: check its provider in Dify, or knowledge-base retrieval settings",
+            ));
         }
         if let Some(max) = run.gaps.iter().max().filter(|m| **m > idle / 2) {
-            result.warn(
+            result.warn(Finding::with_fix(
                 format!(
                     "a gap of {} between events is close to STREAM_IDLE_TIMEOUT ({})",
                     format_duration(*max),
                     format_duration(idle)
                 ),
-                Some("raise STREAM_IDLE_TIMEOUT (e.g. STREAM_IDLE_TIMEOUT=120) so slow steps are not cut".into()),
-            );
+                "raise STREAM_IDLE_TIMEOUT (e.g. STREAM_IDLE_TIMEOUT=120) so slow steps are not cut",
+            ));
         }
     }
     if let Some(sent) = sent {
         match run.resolved_user.as_deref() {
             Some(resolved) if resolved == user => result.line(format!("user: opendify resolved `{resolved}` from {}", sent.header())),
-            Some(resolved) if sent == UserSent::Jwt => result.fail(
-                format!("opendify resolved the user as `{resolved}`, not `{user}` signed into {}", sent.header()),
-                Some("check that the server runs with the same OPENWEBUI_JWT_SECRET as this configuration".into()),
-            ),
-            Some(resolved) => result.fail(
-                format!("opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"),
-                Some("on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header".into()),
-            ),
-            None => result.warn(
-                "the server did not say which user it resolved (no X-Opendify-User header)",
-                Some("is it opendify, and a current version? check the --via URL".into()),
-            ),
+            Some(resolved) if sent == UserSent::Jwt => result.fail(Finding::with_fix(format!("opendify resolved the user as `{resolved}`, not `{user}` signed into {}", sent.header()), "check that the server runs with the same OPENWEBUI_JWT_SECRET as this configuration")),
+            Some(resolved) => result.fail(Finding::with_fix(format!("opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"), "on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header")),
+            None => result.warn(Finding::with_fix("the server did not say which user it resolved (no X-Opendify-User header)", "is it opendify, and a current version? check the --via URL")),
         };
     }
     details.user_resolved = run.resolved_user.clone();
