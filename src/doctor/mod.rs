@@ -14,6 +14,7 @@ mod check_port;
 mod context;
 mod inspect_mappings;
 mod ping_dify;
+mod probe;
 mod report;
 mod test_key;
 mod test_stream;

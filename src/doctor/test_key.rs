@@ -9,8 +9,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::context::{Context, Facts};
-use super::report::{CheckResult, Issue};
-use super::test_stream::{self, Ended};
+use super::probe::{self, Ended, explain};
+use super::report::{self, CheckResult};
 use crate::bridge::AppRoute;
 use crate::bridge::ModeSource;
 use crate::bridge::apps::describe;
@@ -66,71 +66,6 @@ pub(crate) struct LiveResult {
     pub ms: f64,
     pub answer_chars: usize,
     pub error: Option<String>,
-}
-
-/// Why a call for `model` failed and what to do, by the error's kind.
-pub(crate) fn explain(error: &DifyError, model: &str, base: &str) -> Issue {
-    let make = |reason: String, fix: &str, network: bool| {
-        let finding = Finding::with_fix(reason, fix);
-        if network { Issue::network_fail(finding) } else { Issue::fail(finding) }
-    };
-    match error {
-        DifyError::Unauthorized { message, .. } => make(
-            format!("Dify rejected the key of model `{model}` (401: {message})"),
-            "get a valid key in Dify: open the app > API Access > API Key (create one if needed), and put it in MODEL_CONFIG",
-            false,
-        ),
-        DifyError::Api { code, message, .. } if code == "app_unavailable" || code == "not_chat_app" => make(
-            format!("the app of model `{model}` is unavailable ({code}: {message})"),
-            "open the app in Dify, check its model settings and click Publish; a draft app cannot answer the API",
-            false,
-        ),
-        DifyError::Api { status: 404, .. } | DifyError::Http { status: 404, .. } => make(
-            format!("Dify answered 404 for model `{model}`: {base} is not Dify's service API ({error})"),
-            "DIFY_API_BASE must end in /v1, e.g. https://api.dify.ai/v1 or http://your-dify-host/v1",
-            false,
-        ),
-        // Not worth failing for.
-        DifyError::Api { status: 429, message, .. } => Issue::warn(Finding::with_fix(
-            format!("Dify rate-limited the test of model `{model}`: {message}"),
-            "wait a minute and retry; check the app's rate limits in Dify",
-        )),
-        DifyError::Api { status, code, message } if *status >= 500 => make(
-            format!("Dify failed answering for model `{model}` (HTTP {status}, {code}): {message}"),
-            "Dify itself has a problem: check its api container logs (`docker compose logs api`)",
-            true,
-        ),
-        DifyError::Api { status, code, message } => make(
-            format!("Dify refused the request for model `{model}` (HTTP {status}, {code}): {message}"),
-            "check the app's settings in Dify",
-            false,
-        ),
-        DifyError::Http { status, body } => make(
-            format!("{base} answered HTTP {status} with {body}, not Dify's JSON"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1), not the web console or another server",
-            *status >= 500,
-        ),
-        DifyError::Connect { .. } | DifyError::Timeout(_) | DifyError::Idle(_) | DifyError::Transport(_) => make(
-            format!("cannot reach Dify for model `{model}`: {error}"),
-            "run `opendify doctor ping-dify` to find the broken layer (DNS, TCP, TLS, HTTP)",
-            true,
-        ),
-        DifyError::TooLarge { .. } => make(
-            format!("Dify's answer for model `{model}` is not what Dify sends: {error}"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1)",
-            false,
-        ),
-        DifyError::Protocol(detail) => make(
-            format!("Dify's answer for model `{model}` is not what Dify sends: {detail}"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1)",
-            false,
-        ),
-        DifyError::Request(detail) => make(
-            format!("the request for model `{model}` cannot be sent: {detail}"),
-            "check the key in MODEL_CONFIG for spaces, quotes or line breaks",
-            false,
-        ),
-    }
 }
 
 /// One model as tested: what is shown, the route serve would use, the typed error.
@@ -347,12 +282,12 @@ async fn test_one(client: &DifyClient, spec: &ModelSpec) -> Tested {
 
 /// `--live`: one tiny message through serve's request building, as [`LIVE_USER`].
 async fn live(ctx: &Context, config: &Config, client: &DifyClient, route: &AppRoute) -> LiveResult {
-    let run = test_stream::measure_direct(ctx, config, client, route, "ping", LIVE_USER).await;
+    let run = probe::measure_direct(&ctx.progress, ID, config, client, route, "ping", LIVE_USER).await;
     match run {
         Ok(run) => LiveResult {
             ok: run.ended == Ended::Finished,
             user: LIVE_USER,
-            ms: super::report::millis(run.total),
+            ms: report::millis(run.total),
             answer_chars: run.answer_chars,
             error: run.error,
         },

@@ -12,11 +12,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::context::{Context, Facts};
+use super::probe::{self, Clock, Ended, StreamRun, Usage, explain};
 use super::report::CheckResult;
 use super::report::{format_duration, millis};
-use super::test_key::explain;
-use crate::bridge::request::{self, BuildOptions, ConversationPlan};
-use crate::bridge::{AppRoute, Collected, Message, Outcome, ProgressMode, Role, Translator, TranslatorOptions, Turn};
 use crate::config::{Config, ModelSpec};
 use crate::dify::sse::SseParser;
 use crate::dify::{DifyClient, DifyError};
@@ -63,91 +61,6 @@ impl Default for StreamOptions {
             message: "Say hello in five words.".into(),
             user: "opendify-doctor".into(),
         }
-    }
-}
-
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Ended {
-    /// With Dify's closing event (or `[DONE]` after a finish reason).
-    Finished,
-    /// The connection closed or went silent before the end.
-    Cut,
-    /// An error frame.
-    Error,
-}
-
-/// What one streaming request looked like.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamRun {
-    /// Until the response headers.
-    pub headers: Duration,
-    pub first_event: Option<Duration>,
-    pub events: u64,
-    pub keep_alives: u64,
-    pub gaps: Vec<Duration>,
-    pub total: Duration,
-    pub usage: Option<Usage>,
-    pub ended: Ended,
-    pub finish_reason: Option<String>,
-    pub error: Option<String>,
-    pub answer_chars: usize,
-    /// `--via`: the user opendify resolved, from its response header.
-    pub resolved_user: Option<String>,
-}
-
-impl StreamRun {
-    fn new() -> Self {
-        StreamRun {
-            headers: Duration::ZERO,
-            first_event: None,
-            events: 0,
-            keep_alives: 0,
-            gaps: Vec::new(),
-            total: Duration::ZERO,
-            usage: None,
-            ended: Ended::Cut,
-            finish_reason: None,
-            error: None,
-            answer_chars: 0,
-            resolved_user: None,
-        }
-    }
-}
-
-/// Times events as they arrive.
-struct Clock {
-    started: Instant,
-    last: Option<Instant>,
-}
-
-impl Clock {
-    fn tick(&mut self, run: &mut StreamRun) {
-        let now = Instant::now();
-        match self.last {
-            None => run.first_event = Some(now - self.started),
-            Some(last) => run.gaps.push(now - last),
-        }
-        self.last = Some(now);
-        run.events += 1;
-    }
-}
-
-/// Token counts as the check reports them (`details.usage`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub(crate) struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-}
-
-impl From<&crate::bridge::Usage> for Usage {
-    fn from(u: &crate::bridge::Usage) -> Self {
-        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens }
     }
 }
 
@@ -250,7 +163,7 @@ async fn run_direct(ctx: &Context, options: &StreamOptions, facts: &Facts) -> Ch
         return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
     }
     let route = crate::bridge::apps::describe(&client, &spec).await;
-    let run = measure_direct(ctx, config, &client, &route, &options.message, &options.user).await;
+    let run = probe::measure_direct(&ctx.progress, ID, config, &client, &route, &options.message, &options.user).await;
     let idle = ctx.doctor_config(config).stream_idle_timeout;
     judge(&mut result, run, &spec.name, None, &options.user, idle, &config.dify_api_base);
     result
@@ -279,85 +192,6 @@ async fn pick_model(config: &Config, wanted: Option<&str>, client: &DifyClient) 
         }
     }
     None
-}
-
-/// One streaming generation straight to Dify, built and judged by serve's own code.
-pub(crate) async fn measure_direct(
-    ctx: &Context,
-    config: &Config,
-    client: &DifyClient,
-    route: &AppRoute,
-    message: &str,
-    user: &str,
-) -> Result<StreamRun, DifyError> {
-    let turn = Turn {
-        model: route.name.clone(),
-        messages: vec![Message::text(Role::User, message, "messages[0]")],
-        stream: true,
-        ..Turn::default()
-    };
-    let options = BuildOptions { user, system_input: config.system_input.as_deref(), sections: &[] };
-    let plan = ConversationPlan { seed_from: Some(0), ..ConversationPlan::default() };
-    let generate = request::build(&turn, route, &plan, Vec::new(), &options);
-
-    let started = Instant::now();
-    let mut stream = client.generate(&route.key, route.mode, &generate).await?;
-    let mut run = StreamRun::new();
-    run.headers = started.elapsed();
-    let mut clock = Clock { started, last: None };
-    let mut translator = Translator::new(TranslatorOptions {
-        mode: route.mode,
-        model: route.name.clone(),
-        reasoning: config.reasoning_mode,
-        progress: ProgressMode::Off,
-        output: route.output.clone(),
-    });
-    let mut sink = Collected::default();
-    let mut broke: Option<DifyError> = None;
-    loop {
-        match stream.next().await {
-            Some(Ok(event)) => {
-                clock.tick(&mut run);
-                if event.is_ping() {
-                    run.keep_alives += 1;
-                }
-                translator.on_event(&event, &mut sink);
-                ctx.progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
-                if translator.is_done() {
-                    break;
-                }
-            }
-            Some(Err(error)) => {
-                translator.on_end(Some(&error), &mut sink);
-                broke = Some(error);
-                break;
-            }
-            None => {
-                translator.on_end(None, &mut sink);
-                break;
-            }
-        }
-    }
-    run.total = started.elapsed();
-    run.answer_chars = sink.answer().chars().count() + sink.reasoning.chars().count();
-    match translator.outcome() {
-        Outcome::Finished { reason, usage } => {
-            run.ended = Ended::Finished;
-            run.finish_reason = Some(crate::api::chat::finish_reason(*reason).to_string());
-            run.usage = usage.as_ref().map(Usage::from);
-        }
-        Outcome::Failed { error, .. } => {
-            let cut = error.code.as_deref() == Some("upstream_stream_cut")
-                || matches!(broke, Some(DifyError::Transport(_) | DifyError::Idle(_)));
-            run.ended = if cut { Ended::Cut } else { Ended::Error };
-            run.error = Some(error.message.clone());
-        }
-        Outcome::Running => {
-            run.ended = Ended::Cut;
-            run.error = Some("the stream ended without an outcome".into());
-        }
-    }
-    Ok(run)
 }
 
 /// Why a request through opendify could not start.
@@ -487,8 +321,7 @@ async fn measure_via(
         Ok(Err(e)) => return Err(ViaError::Connect(crate::dify::error::error_chain(&e))),
         Ok(Ok(response)) => response,
     };
-    let mut run = StreamRun::new();
-    run.headers = started.elapsed();
+    let mut run = StreamRun::started(started.elapsed());
     // The echo is percent-encoded beyond ASCII.
     run.resolved_user = response
         .headers()
@@ -504,7 +337,7 @@ async fn measure_via(
             code: error["code"].as_str().map(str::to_string),
         });
     }
-    let mut clock = Clock { started, last: None };
+    let mut clock = Clock::new(started);
     let mut parser = SseParser::default();
     let mut done = false;
     let mut error_code: Option<String> = None;
