@@ -125,7 +125,7 @@ fn newest_log(path: &Path) -> Option<PathBuf> {
         return Some(path.to_path_buf());
     }
     let name = path.file_name()?.to_str()?.to_string();
-    let dir = super::check_config::parent_dir(path);
+    let dir = super::files::parent_dir(path);
     std::fs::read_dir(&dir)
         .ok()?
         .flatten()

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::cert::iso;
-use super::check_config::{dir_state, parent_dir};
 use super::context::Context;
+use super::files::{dir_state, mode, owner, parent_dir};
 use super::report::{CheckResult, format_duration};
 use crate::config::Config;
 use crate::conversations::fingerprint::app_id;
@@ -453,28 +453,6 @@ fn mapping(record: &ConversationRecord, cutoff: u64) -> Mapping {
 
 fn file_state(path: &Path, meta: &std::fs::Metadata) -> FileState {
     FileState { path: path.display().to_string(), size_bytes: meta.len(), mode: mode(meta), owner_uid: owner(meta) }
-}
-
-#[cfg(unix)]
-fn mode(meta: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    Some(format!("{:o}", meta.permissions().mode() & 0o7777))
-}
-
-#[cfg(not(unix))]
-fn mode(meta: &std::fs::Metadata) -> Option<String> {
-    Some(if meta.permissions().readonly() { "read-only" } else { "read-write" }.into())
-}
-
-#[cfg(unix)]
-fn owner(meta: &std::fs::Metadata) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    Some(meta.uid())
-}
-
-#[cfg(not(unix))]
-fn owner(_meta: &std::fs::Metadata) -> Option<u32> {
-    None
 }
 
 /// Whether serve could write: the file opens for writing (nothing is written) and its

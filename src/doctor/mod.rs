@@ -12,6 +12,7 @@ mod cert;
 mod check_config;
 mod check_port;
 mod context;
+mod files;
 mod inspect_mappings;
 mod ping_dify;
 mod probe;
