@@ -134,46 +134,53 @@ impl Options {
             options.verbose = true;
         }
         for check in named {
-            let id = match check {
-                DoctorCommand::CheckConfig => CheckId::CheckConfig,
-                DoctorCommand::CheckPort(_) => CheckId::CheckPort,
-                DoctorCommand::InspectMappings(a) => {
-                    options.mappings = inspect_mappings::MappingOptions {
-                        user: a.user.clone(),
-                        chat: a.chat.clone(),
-                        prune: a.prune,
-                        verify: a.verify,
-                        limit: a.limit,
-                    };
-                    CheckId::InspectMappings
-                }
-                DoctorCommand::PingDify(a) => {
-                    options.ping = PingOptions { dns: a.dns, count: a.count };
-                    CheckId::PingDify
-                }
-                DoctorCommand::TestKey(a) => {
-                    options.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
-                    CheckId::TestKey
-                }
-                DoctorCommand::TestStream(a) => {
-                    options.stream = test_stream::StreamOptions {
-                        model: a.model.clone(),
-                        via: a.via.clone(),
-                        message: a.message.clone(),
-                        user: a.user.clone(),
-                    };
-                    CheckId::TestStream
-                }
-                DoctorCommand::Report(a) => {
-                    options.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
-                    continue;
-                }
-            };
-            if !options.checks.contains(&id) {
+            if let Some(id) = options.take(check)
+                && !options.checks.contains(&id)
+            {
                 options.checks.push(id);
             }
         }
         Ok(options)
+    }
+
+    /// Takes the options of a check named on the command line; returns the check to run
+    /// (none for `report`, which runs them all).
+    fn take(&mut self, check: &DoctorCommand) -> Option<CheckId> {
+        Some(match check {
+            DoctorCommand::CheckConfig => CheckId::CheckConfig,
+            DoctorCommand::CheckPort(_) => CheckId::CheckPort,
+            DoctorCommand::InspectMappings(a) => {
+                self.mappings = inspect_mappings::MappingOptions {
+                    user: a.user.clone(),
+                    chat: a.chat.clone(),
+                    prune: a.prune,
+                    verify: a.verify,
+                    limit: a.limit,
+                };
+                CheckId::InspectMappings
+            }
+            DoctorCommand::PingDify(a) => {
+                self.ping = PingOptions { dns: a.dns, count: a.count };
+                CheckId::PingDify
+            }
+            DoctorCommand::TestKey(a) => {
+                self.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
+                CheckId::TestKey
+            }
+            DoctorCommand::TestStream(a) => {
+                self.stream = test_stream::StreamOptions {
+                    model: a.model.clone(),
+                    via: a.via.clone(),
+                    message: a.message.clone(),
+                    user: a.user.clone(),
+                };
+                CheckId::TestStream
+            }
+            DoctorCommand::Report(a) => {
+                self.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
+                return None;
+            }
+        })
     }
 }
 

@@ -84,16 +84,7 @@ pub(crate) async fn run(ctx: &Context, options: &KeyOptions, facts: &mut Facts) 
     ctx.progress.set(format!("{ID}: asking Dify about {} app(s)…", config.models.len() + config.unnamed_keys.len()));
     let mut tested = describe_all(&client, config).await;
     if !options.models.is_empty() {
-        let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
-        for wanted in &options.models {
-            if !known.contains(wanted) {
-                result.fail(Finding::with_fix(
-                    format!("no model named `{wanted}` is configured (configured: {})", known.join(", ")),
-                    "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
-                ));
-            }
-        }
-        tested.retain(|t| options.models.contains(&t.report.model));
+        keep_named(&mut result, &mut tested, &options.models);
     }
     if options.live {
         for t in &mut tested {
@@ -103,19 +94,41 @@ pub(crate) async fn run(ctx: &Context, options: &KeyOptions, facts: &mut Facts) 
             }
         }
     }
+    judge(&mut result, &tested, &config.dify_api_base);
+    if options.live {
+        result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));
+    }
+    facts.failed_models.extend(tested.iter().filter(|t| !t.report.ok).map(|t| t.report.model.clone()));
+    result.summary(summary(&tested, options.live));
+    result.details(Details { live: options.live, models: tested.into_iter().map(|t| t.report).collect() });
+    result
+}
 
-    let base = &config.dify_api_base;
-    // Dify unreachable for every model: one problem, not one per model.
+/// `test-key MODEL…`: only the models named; a name that is not configured is a failure.
+fn keep_named(result: &mut CheckResult, tested: &mut Vec<Tested>, wanted: &[String]) {
+    let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
+    for name in wanted.iter().filter(|name| !known.contains(name)) {
+        result.fail(Finding::with_fix(
+            format!("no model named `{name}` is configured (configured: {})", known.join(", ")),
+            "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
+        ));
+    }
+    tested.retain(|t| wanted.contains(&t.report.model));
+}
+
+/// A line per model, each failure explained, advice for the apps that answered. Dify
+/// unreachable for every model is one problem, not one per model.
+fn judge(result: &mut CheckResult, tested: &[Tested], base: &str) {
     let all_unreachable =
         !tested.is_empty() && tested.iter().all(|t| t.error.as_ref().is_some_and(|e| explain(e, "", base).network));
-    for t in &tested {
+    for t in tested {
         result.line(model_line(&t.report));
         match &t.error {
             Some(_) if all_unreachable => {}
             Some(error) => {
                 result.push(explain(error, &t.report.model, base));
             }
-            None => advise(&mut result, &t.report),
+            None => advise(result, &t.report),
         }
     }
     if let Some(error) = tested.iter().find_map(|t| t.error.as_ref()).filter(|_| all_unreachable) {
@@ -123,21 +136,17 @@ pub(crate) async fn run(ctx: &Context, options: &KeyOptions, facts: &mut Facts) 
         issue.finding.message = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
         result.push(issue);
     }
-    if options.live {
-        result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));
-    }
+}
 
-    facts.failed_models.extend(tested.iter().filter(|t| !t.report.ok).map(|t| t.report.model.clone()));
+/// `3 keys valid`, or how many failed.
+fn summary(tested: &[Tested], live: bool) -> String {
     let valid = tested.iter().filter(|t| t.report.ok).count();
-    let total = tested.len();
-    let note = if options.live { ", one live message each" } else { "" };
-    result.summary(match (valid, total) {
+    let note = if live { ", one live message each" } else { "" };
+    match (valid, tested.len()) {
         (_, 0) => "no model to test".to_string(),
         (v, t) if v == t => format!("{t} key{} valid{note}", if t == 1 { "" } else { "s" }),
         (v, t) => format!("{} of {t} keys failed{note}", t - v),
-    });
-    result.details(Details { live: options.live, models: tested.into_iter().map(|t| t.report).collect() });
-    result
+    }
 }
 
 /// Warnings about an app whose key works.
