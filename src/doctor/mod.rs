@@ -3,9 +3,27 @@
 //! store) and says what is wrong and the exact fix; people get one line per check, CI gets
 //! one JSON document and an exit code (0 nothing failed, 1 a check failed, 2 could not run).
 //!
-//! This file holds what the checks share: the validated options, the context (loaded
-//! configuration, time limits, progress), the order checks run in and the run itself.
-//! Each check lives in its own file; [`report`] holds the result type and its renderings.
+//! This file holds the validated options, the order checks run in, the run itself (each
+//! check bounded in time, typed [`context::Facts`] handed from one check to the next) and
+//! `main`. Each check lives in its own file; [`report`] holds the result type and its
+//! renderings. The modules, each with what it uses inside the doctor; there is no cycle,
+//! and nothing uses this file:
+//!
+//! ```text
+//! mod.rs            options, run, main           → every module below
+//!   bundle          `doctor report` (Markdown)   → check_config (its id), context, files, cert, report
+//!   check_config    check-config                 → context, files, report
+//!   check_port      check-port                   → context, report
+//!   inspect_mappings  inspect-mappings           → context, files, cert, report
+//!   ping_dify       ping-dify                    → context, cert, report
+//!   test_key        test-key                     → context, probe, report
+//!   test_stream     test-stream                  → context, probe, report
+//!   probe           explain a DifyError, measure one stream to Dify → context, report
+//!   context         Context, Facts, Progress     → report
+//!   report          CheckResult, Issue, renderings  (uses nothing in the doctor)
+//!   files           directories and files: writable, mode, owner  (nothing)
+//!   cert            the X.509 fields people read  (nothing)
+//! ```
 
 mod bundle;
 mod cert;

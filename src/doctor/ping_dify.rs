@@ -3,7 +3,8 @@
 //! for that layer. DNS with hickory-resolver on the system's configuration (and `--dns` to
 //! compare with another server), TCP connect per address, then TLS and HTTP through the Dify
 //! client `serve` uses (same timeouts, proxies and trust roots). Any HTTP answer means
-//! reachable: Dify's base URL itself answers 404.
+//! reachable: Dify's base URL itself answers 404. Each layer is measured into a typed
+//! report, then judged in order; the first that fails is `details.failed_layer`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -102,11 +102,11 @@ impl Serialize for Issue {
 }
 
 /// A check's typed details, turned into JSON only when the report is rendered.
-pub(crate) trait Details: fmt::Debug + Send + Sync {
+pub(crate) trait CheckDetails: fmt::Debug + Send + Sync {
     fn to_json(&self) -> Value;
 }
 
-impl<T: Serialize + fmt::Debug + Send + Sync> Details for T {
+impl<T: Serialize + fmt::Debug + Send + Sync> CheckDetails for T {
     fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
@@ -120,7 +120,7 @@ pub(crate) struct CheckResult {
     pub duration: Duration,
     /// Check-specific facts, with the same keys whatever the outcome (none: the check did
     /// not run or did not finish, shown as `{}`).
-    details: Option<Arc<dyn Details>>,
+    details: Option<Arc<dyn CheckDetails>>,
     pub issues: Vec<Issue>,
     /// Detail lines for people (shown for a single check, or with `--verbose`).
     pub lines: Vec<String>,
@@ -153,7 +153,7 @@ impl CheckResult {
         self
     }
 
-    pub fn details(&mut self, details: impl Details + 'static) -> &mut Self {
+    pub fn details(&mut self, details: impl CheckDetails + 'static) -> &mut Self {
         self.details = Some(Arc::new(details));
         self
     }

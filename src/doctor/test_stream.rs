@@ -3,7 +3,8 @@
 //! Dify it goes through serve's own request building and event translation, so "ended
 //! properly" means what serve means by it; `--via` sends it through a running opendify like
 //! Open WebUI would, with `X-OpenWebUI-User-Id`, and checks which user the server resolved
-//! (its `X-Opendify-User` header).
+//! (its `X-Opendify-User` header). The request is measured into a [`StreamRun`] first;
+//! [`judge`] then turns it into the verdict without any I/O.
 
 use std::time::{Duration, Instant};
 
