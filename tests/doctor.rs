@@ -1,13 +1,14 @@
 //! `opendify doctor`, run as a user runs it: the real binary, in a temporary directory with
 //! its own `.env`, against the in-process mock Dify (and an in-process opendify) over real
 //! HTTP. Each check's pass and fail path, the JSON schema, exit codes, and the human output
-//! compared with snapshots in `tests/doctor_snapshots/` (timings, ports and paths redacted;
-//! `UPDATE_SNAPSHOTS=1 cargo test --test doctor` rewrites them).
+//! compared with insta snapshots in `tests/doctor_snapshots/` (times, ports and the
+//! temporary directory replaced by `[TIME]`, `[PORT]`, `[PATH]`; review changes with
+//! `cargo insta review`, or accept them with `INSTA_UPDATE=always cargo test --test doctor`).
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mock_dify::{MockApp, MockDify};
 use serde_json::{Value, json};
@@ -227,106 +228,49 @@ fn assert_schema(doc: &Value) {
 // ---------------------------------------------------------------------------------------
 // Snapshots of the human output.
 
-struct Redact<'a> {
-    replacements: Vec<(String, &'a str)>,
-}
+/// Every duration (`12ms`, `1.5s`, `0.3 ms`) becomes `[TIME]`; other numbers stay.
+const TIME_FILTER: (&str, &str) = (r"\b\d[\d.]*(?: ms|ms|s\b)", "[TIME]");
 
-impl<'a> Redact<'a> {
-    fn new() -> Self {
-        Redact { replacements: Vec::new() }
-    }
-
-    fn replace(mut self, text: impl ToString, placeholder: &'a str) -> Self {
-        self.replacements.push((text.to_string(), placeholder));
-        self
-    }
-
-    /// Known unstable strings first, then every duration (`12ms`, `1.5s`, `0.3 ms`).
-    fn apply(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for (from, to) in &self.replacements {
-            text = text.replace(from.as_str(), to);
+/// `text` as a regular expression that matches it literally.
+fn literal(text: &str) -> String {
+    let mut pattern = String::new();
+    for c in text.chars() {
+        if r"\.+*?()|[]{}^$#&-~".contains(c) {
+            pattern.push('\\');
         }
-        redact_times(&text)
+        pattern.push(c);
     }
+    pattern
 }
 
-fn redact_times(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let starts_number = chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_alphanumeric());
-        if starts_number {
-            let mut j = i;
-            while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
-                j += 1;
-            }
-            let rest: String = chars[j..chars.len().min(j + 3)].iter().collect();
-            let unit = if rest.starts_with(" ms") {
-                Some(3)
-            } else if rest.starts_with("ms") {
-                Some(2)
-            } else if rest.starts_with('s') && !chars.get(j + 1).is_some_and(|c| c.is_alphanumeric()) {
-                Some(1)
-            } else {
-                None
-            };
-            if let Some(len) = unit {
-                out.push_str("[TIME]");
-                i = j + len;
-                continue;
-            }
-            out.extend(&chars[i..j]);
-            i = j;
-            continue;
-        }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
-}
-
-fn snapshot_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doctor_snapshots").join(format!("{name}.txt"))
-}
-
-/// Compares with the stored snapshot; `UPDATE_SNAPSHOTS=1` writes it instead.
-fn assert_snapshot(name: &str, actual: &str) {
-    let path = snapshot_path(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("no snapshot {}; run with UPDATE_SNAPSHOTS=1 to create it", path.display()));
-    if expected != actual {
-        let mut diff = String::new();
-        let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
-        for i in 0..e.len().max(a.len()) {
-            match (e.get(i), a.get(i)) {
-                (Some(x), Some(y)) if x == y => diff.push_str(&format!("  {x}\n")),
-                (x, y) => {
-                    if let Some(x) = x {
-                        diff.push_str(&format!("- {x}\n"));
-                    }
-                    if let Some(y) = y {
-                        diff.push_str(&format!("+ {y}\n"));
-                    }
-                }
-            }
-        }
-        panic!("snapshot {name} differs (UPDATE_SNAPSHOTS=1 to accept):\n{diff}");
-    }
+/// Compares the human output with the insta snapshot `tests/doctor_snapshots/NAME.snap`,
+/// after replacing each `(port, placeholder)`, the temporary directory (`[PATH]`) and
+/// every duration (`[TIME]`).
+fn assert_human_snapshot(name: &str, text: &str, setup: &Setup, ports: &[(&str, &str)]) {
+    let mut patterns: Vec<(String, &str)> =
+        ports.iter().map(|(port, placeholder)| (format!(r"\b{}\b", literal(port)), *placeholder)).collect();
+    patterns.push((literal(&setup.path().display().to_string()), "[PATH]"));
+    patterns.push((TIME_FILTER.0.to_string(), TIME_FILTER.1));
+    let filters: Vec<(&str, &str)> =
+        patterns.iter().map(|(pattern, placeholder)| (pattern.as_str(), *placeholder)).collect();
+    insta::with_settings!({
+        filters => filters,
+        snapshot_path => "doctor_snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, text);
+    });
 }
 
 #[test]
 fn time_redaction_keeps_other_numbers() {
-    assert_eq!(
-        redact_times("✓ ping-dify 127.0.0.1:5000, TCP 0.3 ms, HTTP 404 in 12ms (1.5s) 9 events 3 models"),
-        "✓ ping-dify 127.0.0.1:5000, TCP [TIME], HTTP 404 in [TIME] ([TIME]) 9 events 3 models"
-    );
+    insta::with_settings!({filters => vec![TIME_FILTER]}, {
+        insta::assert_snapshot!(
+            "✓ ping-dify 127.0.0.1:5000, TCP 0.3 ms, HTTP 404 in 12ms (1.5s) 9 events 3 models",
+            @"✓ ping-dify 127.0.0.1:5000, TCP [TIME], HTTP 404 in [TIME] ([TIME]) 9 events 3 models"
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -338,7 +282,7 @@ async fn broken_env_fails_check_config_with_each_fix_and_skips_the_rest() {
     let run = setup.doctor(&[]).await;
     run.assert_code(1);
     assert!(!run.stdout.contains("abcdefghijklmnop"), "secret leaked:\n{}", run.stdout);
-    assert_snapshot("broken_env", &Redact::new().apply(&run.stdout));
+    assert_human_snapshot("broken_env", &run.stdout, &setup, &[]);
 
     let run = setup.doctor(&["--json"]).await;
     run.assert_code(1);
@@ -403,14 +347,12 @@ async fn a_healthy_setup_passes_every_check() {
     let run = setup.doctor(&[]).await;
     run.assert_code(0);
     let port = mock.addr.port().to_string();
-    let redact = Redact::new().replace(&port, "[DIFY_PORT]");
     let server_port = std::fs::read_to_string(setup.path().join(".env"))
         .expect(".env")
         .lines()
         .find_map(|l| l.strip_prefix("SERVER_PORT=").map(str::to_string))
         .expect("port");
-    let redact = redact.replace(&server_port, "[PORT]");
-    assert_snapshot("healthy", &redact.apply(&run.stdout));
+    assert_human_snapshot("healthy", &run.stdout, &setup, &[(&port, "[DIFY_PORT]"), (&server_port, "[PORT]")]);
 
     let run = setup.doctor(&["--json"]).await;
     run.assert_code(0);

@@ -1,54 +1,65 @@
 //! `opendify doctor report`: the guide's "getting help" step (uname, versions, the redacted
-//! `.env`, the last 50 log lines) as one Markdown document to paste into an issue. It runs
-//! every check like `opendify doctor` and adds the system, the configuration table and the
-//! tail of LOG_FILE. Nothing secret may leave in it: settings are masked by the loader,
-//! and every line goes through [`Redactor`] before it is written.
+//! `.env`, the last 50 log lines) as one Markdown document to paste into an issue. The
+//! doctor runs every check as usual; this adds the system, the configuration table and the
+//! tail of LOG_FILE, and writes the document. Nothing secret may leave in it: settings are
+//! masked by the loader, and every line goes through [`Redactor`] before it is written.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{Context, Options, Progress, RenderOptions, Report, report};
+use super::cert::iso;
+use super::check_config::ID as CHECK_CONFIG;
+use super::context::stdout;
+use super::files::parent_dir;
+use super::report::{self, RenderOptions, Report};
 use crate::config::{EnvFileStatus, Loaded};
 use crate::secret::{Redactor, mask_url_credentials};
 
 #[derive(Debug, Clone)]
-pub struct BundleOptions {
+pub(crate) struct BundleOptions {
     pub output: Option<PathBuf>,
     pub log_lines: usize,
 }
 
-/// Runs the checks, writes the Markdown, returns the exit code: 0 once written (the
-/// checks' verdicts are in the report), 2 when it cannot be written.
-pub async fn main(loaded: Loaded, options: &Options, bundle: &BundleOptions) -> u8 {
-    let redactor = redactor(&loaded);
-    let log = LogTail::read(&loaded, bundle.log_lines);
-    let system = System::detect();
-    let progress = Progress::new(true);
-    let ctx = Context::new(loaded, options, progress.clone());
-    let report = super::run(&ctx, options, |_| {}).await;
-    progress.finish();
-    let markdown = redactor.redact(&render(&ctx.loaded, &report, &system, &log));
-    match &bundle.output {
-        None => {
-            super::stdout(&markdown);
-            0
-        }
-        Some(path) => match std::fs::write(path, &markdown) {
-            Ok(()) => {
-                eprintln!("report written to {} (review it before posting)", path.display());
+/// What the bundle adds to the checks, gathered before they run (the log tail as it was
+/// when the doctor started), and the redactor every line goes through.
+pub(crate) struct Gathered {
+    redactor: Redactor,
+    log: LogTail,
+    system: System,
+}
+
+impl Gathered {
+    pub fn new(loaded: &Loaded, log_lines: usize) -> Gathered {
+        Gathered { redactor: redactor(loaded), log: LogTail::read(loaded, log_lines), system: System::detect() }
+    }
+
+    /// Writes the Markdown to `output` (stdout when none); returns the exit code: 0 once
+    /// written (the checks' verdicts are in the report), 2 when it cannot be written.
+    pub fn write(&self, loaded: &Loaded, report: &Report, output: Option<&Path>) -> u8 {
+        let markdown = self.redactor.redact(&render(loaded, report, &self.system, &self.log));
+        match output {
+            None => {
+                stdout(&markdown);
                 0
             }
-            Err(e) => {
-                eprintln!("error: cannot write {}: {e}", path.display());
-                2
-            }
-        },
+            Some(path) => match std::fs::write(path, &markdown) {
+                Ok(()) => {
+                    eprintln!("report written to {} (review it before posting)", path.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    2
+                }
+            },
+        }
     }
 }
 
 /// The machine, as the guide asked for it (`uname -a`, versions).
-pub struct System {
+pub(crate) struct System {
     pub os: String,
     pub kernel: Option<String>,
     pub arch: &'static str,
@@ -81,7 +92,7 @@ impl System {
 }
 
 /// The end of the log file, or why there is none.
-pub enum LogTail {
+pub(crate) enum LogTail {
     Lines { path: PathBuf, lines: Vec<String> },
     Missing { reason: String },
 }
@@ -117,7 +128,7 @@ fn newest_log(path: &Path) -> Option<PathBuf> {
         return Some(path.to_path_buf());
     }
     let name = path.file_name()?.to_str()?.to_string();
-    let dir = super::check_config::parent_dir(path);
+    let dir = parent_dir(path);
     std::fs::read_dir(&dir)
         .ok()?
         .flatten()
@@ -163,9 +174,26 @@ fn cell(text: &str) -> String {
 }
 
 /// The whole Markdown document.
-pub fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) -> String {
+pub(crate) fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## opendify doctor report\n");
+    system_table(&mut md, loaded, system);
+    let _ = writeln!(md, "\n### Checks\n\n```text");
+    md.push_str(&report.render_human(RenderOptions { colour: false, verbose: false }));
+    let _ = writeln!(md, "```");
+    configuration_table(&mut md, loaded);
+    check_details(&mut md, report);
+    log_section(&mut md, log);
+    let _ = writeln!(
+        md,
+        "\n_App keys are masked (`app-ab…yz`) and known secrets removed; review before posting. Generated by `opendify doctor report` ({})._",
+        report::format_duration(report.checks.iter().map(|c| c.duration).sum())
+    );
+    md
+}
+
+/// The version, the machine, the env file and when.
+fn system_table(md: &mut String, loaded: &Loaded, system: &System) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
@@ -183,31 +211,35 @@ pub fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) 
     }
     let _ = writeln!(md, "| container | {} |", system.container.unwrap_or("no"));
     let _ = writeln!(md, "| env file | {} |", cell(&env_file));
-    let _ = writeln!(md, "| generated | {} |", super::cert::iso(now));
+    let _ = writeln!(md, "| generated | {} |", iso(now));
+}
 
-    let _ = writeln!(md, "\n### Checks\n\n```text");
-    md.push_str(&report.render_human(RenderOptions { colour: false, verbose: false }));
-    let _ = writeln!(md, "```");
-
+/// Every setting, masked, with its source.
+fn configuration_table(md: &mut String, loaded: &Loaded) {
     let _ = writeln!(md, "\n### Configuration (secrets masked)\n\n| setting | value | source |\n|---|---|---|");
     for setting in &loaded.settings {
         let value = setting.value.as_deref().map(mask_url_credentials).unwrap_or_else(|| "(unset)".into());
         let _ = writeln!(md, "| {} | `{}` | {} |", setting.name, cell(&value), setting.source);
     }
+}
 
-    let details: Vec<_> =
-        report.checks.iter().filter(|c| c.id != super::check_config::ID && !c.lines.is_empty()).collect();
-    if !details.is_empty() {
-        let _ = writeln!(md, "\n### Check details\n\n```text");
-        for check in details {
-            let _ = writeln!(md, "[{}] {}", check.id, check.status().as_str());
-            for line in &check.lines {
-                let _ = writeln!(md, "    {line}");
-            }
-        }
-        let _ = writeln!(md, "```");
+/// The detail lines of every check but check-config (the configuration table has them).
+fn check_details(md: &mut String, report: &Report) {
+    let details: Vec<_> = report.checks.iter().filter(|c| c.id != CHECK_CONFIG && !c.lines.is_empty()).collect();
+    if details.is_empty() {
+        return;
     }
+    let _ = writeln!(md, "\n### Check details\n\n```text");
+    for check in details {
+        let _ = writeln!(md, "[{}] {}", check.id, check.status().as_str());
+        for line in &check.lines {
+            let _ = writeln!(md, "    {line}");
+        }
+    }
+    let _ = writeln!(md, "```");
+}
 
+fn log_section(md: &mut String, log: &LogTail) {
     match log {
         LogTail::Lines { path, lines } => {
             let _ = writeln!(md, "\n### Log (last {} lines of {})\n\n```text", lines.len(), path.display());
@@ -220,12 +252,6 @@ pub fn render(loaded: &Loaded, report: &Report, system: &System, log: &LogTail) 
             let _ = writeln!(md, "\n### Log\n\n{reason}");
         }
     }
-    let _ = writeln!(
-        md,
-        "\n_App keys are masked (`app-ab…yz`) and known secrets removed; review before posting. Generated by `opendify doctor report` ({})._",
-        report::format_duration(report.checks.iter().map(|c| c.duration).sum())
-    );
-    md
 }
 
 #[cfg(test)]

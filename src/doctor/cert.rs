@@ -7,7 +7,7 @@ use std::fmt;
 
 /// What `ping-dify` shows about a server certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CertSummary {
+pub(crate) struct CertSummary {
     pub subject: String,
     pub issuer: String,
     /// DNS names from the subjectAltName extension.
@@ -28,7 +28,7 @@ impl CertSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertError(&'static str);
+pub(crate) struct CertError(&'static str);
 
 impl fmt::Display for CertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,7 +105,7 @@ const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// Reads subject, issuer, validity and DNS names from a DER certificate.
-pub fn summarize(der: &[u8]) -> Result<CertSummary, CertError> {
+pub(crate) fn summarize(der: &[u8]) -> Result<CertSummary, CertError> {
     let certificate = Reader::new(der).take(SEQUENCE)?;
     let mut tbs = Reader::new(Reader::new(certificate).take(SEQUENCE)?);
     let mut element = tbs.next()?;
@@ -245,7 +245,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// Unix seconds as `2036-11-23T05:52:48Z`.
-pub fn iso(unix: i64) -> String {
+pub(crate) fn iso(unix: i64) -> String {
     let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
     let secs = unix.rem_euclid(86_400);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{CheckResult, Context};
+use super::context::Context;
+use super::report::CheckResult;
+use crate::finding::Finding;
 use crate::secret::mask_keys_in;
 
-pub const ID: &str = "check-port";
+pub(crate) const ID: &str = "check-port";
 
 #[derive(Debug, Serialize)]
 struct Details {
@@ -29,13 +31,13 @@ struct Details {
 
 /// A process listening on the port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub pid: u32,
     /// Its command line, with app keys masked.
     pub command: String,
 }
 
-pub async fn run(ctx: &Context) -> CheckResult {
+pub(crate) async fn run(ctx: &Context) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
@@ -81,7 +83,7 @@ pub async fn run(ctx: &Context) -> CheckResult {
                 ),
                 _ => "check SERVER_HOST and SERVER_PORT".to_string(),
             };
-            result.fail(format!("binding {address} failed: {e}"), Some(fix));
+            result.fail(Finding::with_fix(format!("binding {address} failed: {e}"), fix));
         }
     }
     result.line(format!("address: {address}"));
@@ -121,7 +123,7 @@ fn explain_in_use(result: &mut CheckResult, details: &Details) {
             (None, Some(stop)) => format!("fine while it runs; to restart it, stop it first: {stop}"),
             (None, None) => "fine while it runs; stop it before starting another".to_string(),
         };
-        result.warn(format!("opendify is already serving on {address} ({who})"), Some(fix));
+        result.warn(Finding::with_fix(format!("opendify is already serving on {address} ({who})"), fix));
         return;
     }
     result.summary(format!("{address} is in use by {who}"));
@@ -133,7 +135,7 @@ fn explain_in_use(result: &mut CheckResult, details: &Details) {
         (None, None, Some(find)) => format!("choose another SERVER_PORT, or {find}"),
         (None, None, None) => "choose another SERVER_PORT".to_string(),
     };
-    result.fail(format!("{address} is already in use by {who}"), Some(fix));
+    result.fail(Finding::with_fix(format!("{address} is already in use by {who}"), fix));
 }
 
 fn short(command: &str) -> String {
@@ -187,7 +189,7 @@ async fn free_port(host: &str, port: u16) -> Option<u16> {
 }
 
 /// The processes with a listening TCP socket on `port` (Linux: /proc; elsewhere none).
-pub fn holders(port: u16) -> Vec<Holder> {
+pub(crate) fn holders(port: u16) -> Vec<Holder> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
@@ -217,7 +219,7 @@ pub fn holders(port: u16) -> Vec<Holder> {
 }
 
 /// Inodes of sockets in LISTEN state on `port` in a /proc/net/tcp{,6} table.
-pub fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+pub(crate) fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
     const LISTEN: &str = "0A";
     table
         .lines()

@@ -7,23 +7,26 @@
 //! exists. A fresh install without a store yet is fine: zero conversations, not a failure.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::cert::iso;
-use super::check_config::{dir_state, parent_dir};
-use super::{CheckResult, Context};
+use super::context::Context;
+use super::files::{dir_state, mode, owner, parent_dir};
+use super::report::{CheckResult, format_duration};
 use crate::config::Config;
 use crate::conversations::fingerprint::app_id;
 use crate::conversations::record::{ConversationRecord, ListFilter, StoreLocation, StoreStats, now_secs};
 use crate::conversations::{Store, StoreError};
+use crate::dify::{DifyClient, DifyError};
+use crate::finding::Finding;
 use crate::secret::Secret;
 
-pub const ID: &str = "inspect-mappings";
+pub(crate) const ID: &str = "inspect-mappings";
 
 #[derive(Debug, Clone)]
-pub struct MappingOptions {
+pub(crate) struct MappingOptions {
     pub user: Option<String>,
     pub chat: Option<String>,
     pub prune: bool,
@@ -105,230 +108,301 @@ struct Verified {
     errors: usize,
 }
 
-pub async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
+pub(crate) async fn run(ctx: &Context, options: &MappingOptions) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
     };
-    let mut result = CheckResult::new(ID);
-    let location = StoreLocation::parse(&config.conversation_store);
-    let mut details = Details {
-        store: location.describe(),
-        ttl_days: (config.mapping_ttl.as_secs_f64() / 86_400.0 * 100.0).round() / 100.0,
-        ..Details::default()
-    };
-    result.line(format!("store: {}", details.store));
+    let mut inspection = Inspection::new(ctx, config, options);
+    // Err: a phase ended the inspection early, and its result says why.
+    let _ = inspection.inspect().await;
+    inspection.result.details(inspection.details);
+    inspection.result
+}
 
-    if let StoreLocation::Sqlite(path) = &location {
-        details.backend = "sqlite";
+/// A phase ended the inspection; the result already says why.
+struct Stopped;
+
+/// One inspection of the store, phase by phase: locate (SQLite: the file), open, check
+/// writability (SQLite), count, prune, list (and verify with Dify), summarize.
+struct Inspection<'a> {
+    ctx: &'a Context,
+    config: &'a Config,
+    options: &'a MappingOptions,
+    /// The SQLite file, or none for Redis.
+    sqlite: Option<PathBuf>,
+    result: CheckResult,
+    details: Details,
+}
+
+impl<'a> Inspection<'a> {
+    fn new(ctx: &'a Context, config: &'a Config, options: &'a MappingOptions) -> Self {
+        let location = StoreLocation::parse(&config.conversation_store);
+        let details = Details {
+            store: location.describe(),
+            backend: match location {
+                StoreLocation::Sqlite(_) => "sqlite",
+                StoreLocation::Redis(_) => "redis",
+            },
+            ttl_days: (config.mapping_ttl.as_secs_f64() / 86_400.0 * 100.0).round() / 100.0,
+            ..Details::default()
+        };
+        let mut result = CheckResult::new(ID);
+        result.line(format!("store: {}", details.store));
+        let sqlite = match location {
+            StoreLocation::Sqlite(path) => Some(path),
+            StoreLocation::Redis(_) => None,
+        };
+        Inspection { ctx, config, options, sqlite, result, details }
+    }
+
+    async fn inspect(&mut self) -> Result<(), Stopped> {
+        if let Some(path) = self.sqlite.clone() {
+            self.locate_sqlite(&path)?;
+        }
+        let (store, stats) = self.open().await?;
+        if let Some(path) = self.sqlite.clone() {
+            self.check_sqlite_writable(&path);
+        }
+        let counts = counts(&stats);
+        self.show_counts(&counts);
+        if self.options.prune {
+            self.prune(&store).await;
+        } else if counts.expired > 0 {
+            self.result.line(format!("{} expired conversations can be removed with --prune", counts.expired));
+        }
+        self.list(&store).await;
+        self.summarize(counts);
+        Ok(())
+    }
+
+    /// SQLite: the file, its size and permissions. No file yet is a fresh install (fine when
+    /// serve can create it); something else at its path is a failure.
+    fn locate_sqlite(&mut self, path: &Path) -> Result<(), Stopped> {
         let legacy = parent_dir(path).join("conversation_mappings.json");
         if legacy.is_file() {
-            result.line(format!(
+            self.result.line(format!(
                 "{} (the original proxy's mappings) is imported by `opendify serve` once, when it opens the store",
                 legacy.display()
             ));
         }
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_file() => {
-                details.exists = true;
+                self.details.exists = true;
                 let file = file_state(path, &meta);
-                result.line(format!(
+                self.result.line(format!(
                     "file: {} bytes, mode {}, owner uid {}",
                     file.size_bytes,
                     file.mode.as_deref().unwrap_or("?"),
                     file.owner_uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())
                 ));
-                details.file = Some(file);
+                self.details.file = Some(file);
+                Ok(())
             }
             Ok(_) => {
-                details.exists = true;
-                result.summary(format!("{} is not a file", path.display()));
-                result.fail(
+                self.details.exists = true;
+                self.result.summary(format!("{} is not a file", path.display()));
+                self.result.fail(Finding::with_fix(
                     format!("the conversation store {} exists but is not a file", path.display()),
-                    Some(
-                        "move it aside, or point CONVERSATION_STORE at a file path, e.g. data/conversations.db".into(),
-                    ),
-                );
-                details.error = Some("not a file".into());
-                result.details(details);
-                return result;
+                    "move it aside, or point CONVERSATION_STORE at a file path, e.g. data/conversations.db",
+                ));
+                self.details.error = Some("not a file".into());
+                Err(Stopped)
             }
             Err(_) => {
-                // A fresh install: serve creates the file with the first conversation.
-                let dir = parent_dir(path);
-                let state = dir_state(&dir);
-                details.writable = Some(state.writable);
-                if state.writable {
-                    result.summary(format!("no store yet at {} (fresh install): 0 conversations", path.display()));
-                    result.line("the file is created with the first conversation");
-                } else {
-                    result.summary(format!("no store yet, and {} is not writable", dir.display()));
-                    result.fail(
-                        format!(
-                            "the store {} cannot be created: {}",
-                            path.display(),
-                            state.error.as_deref().unwrap_or("directory not writable")
-                        ),
-                        Some(format!(
-                            "make {} writable for the user running opendify, or set CONVERSATION_STORE to a writable path",
-                            dir.display()
-                        )),
-                    );
-                }
-                result.details(details);
-                return result;
+                self.no_sqlite_file_yet(path);
+                Err(Stopped)
             }
         }
-    } else {
-        details.backend = "redis";
     }
 
-    ctx.progress.set(format!("{ID}: opening {}…", details.store));
-    let opened =
-        tokio::time::timeout(ctx.step_timeout, Store::open_existing(&config.conversation_store, config.mapping_ttl))
-            .await;
-    let store = match opened {
-        Ok(Ok(Some(store))) => store,
-        Ok(Ok(None)) => {
-            result.summary("no store yet (fresh install): 0 conversations");
-            result.details(details);
-            return result;
+    /// A fresh install: serve creates the file with the first conversation, if it can.
+    fn no_sqlite_file_yet(&mut self, path: &Path) {
+        let dir = parent_dir(path);
+        let state = dir_state(&dir);
+        self.details.writable = Some(state.writable);
+        if state.writable {
+            self.result.summary(format!("no store yet at {} (fresh install): 0 conversations", path.display()));
+            self.result.line("the file is created with the first conversation");
+            return;
         }
-        Ok(Err(error)) => {
-            store_failure(&mut result, &details, &error, "cannot open");
-            details.error = Some(error.to_string());
-            result.details(details);
-            return result;
-        }
-        Err(_) => {
-            result.summary(format!("{} does not answer", details.store));
-            result.network_fail(
-                format!(
-                    "opening {} took longer than {}",
-                    details.store,
-                    super::report::format_duration(ctx.step_timeout)
-                ),
-                Some("check that the store is reachable (`redis-cli -u URL ping`), or raise --timeout".into()),
-            );
-            result.details(details);
-            return result;
-        }
-    };
-    details.reachable = true;
-    if let Err(error) = store.health().await {
-        store_failure(&mut result, &details, &error, "is not healthy");
-        details.error = Some(error.to_string());
-        result.details(details);
-        return result;
+        self.result.summary(format!("no store yet, and {} is not writable", dir.display()));
+        self.result.fail(Finding::with_fix(
+            format!(
+                "the store {} cannot be created: {}",
+                path.display(),
+                state.error.as_deref().unwrap_or("directory not writable")
+            ),
+            format!(
+                "make {} writable for the user running opendify, or set CONVERSATION_STORE to a writable path",
+                dir.display()
+            ),
+        ));
     }
-    let stats = match store.stats().await {
-        Ok(stats) => stats,
-        Err(error) => {
-            store_failure(&mut result, &details, &error, "cannot be read");
-            details.error = Some(error.to_string());
-            result.details(details);
-            return result;
-        }
-    };
-    details.schema_ok = true;
 
-    if let StoreLocation::Sqlite(path) = &location {
+    /// Opens the store the way serve does, without creating it; reads its health and counts.
+    async fn open(&mut self) -> Result<(Store, StoreStats), Stopped> {
+        let (config, timeout) = (self.config, self.ctx.step_timeout);
+        self.ctx.progress.set(format!("{ID}: opening {}…", self.details.store));
+        let opened =
+            tokio::time::timeout(timeout, Store::open_existing(&config.conversation_store, config.mapping_ttl));
+        let store = match opened.await {
+            Ok(Ok(Some(store))) => store,
+            Ok(Ok(None)) => {
+                self.result.summary("no store yet (fresh install): 0 conversations");
+                return Err(Stopped);
+            }
+            Ok(Err(error)) => return Err(self.stop_on(&error, "cannot open")),
+            Err(_) => {
+                self.result.summary(format!("{} does not answer", self.details.store));
+                self.result.network_fail(Finding::with_fix(
+                    format!("opening {} took longer than {}", self.details.store, format_duration(timeout)),
+                    "check that the store is reachable (`redis-cli -u URL ping`), or raise --timeout",
+                ));
+                return Err(Stopped);
+            }
+        };
+        self.details.reachable = true;
+        if let Err(error) = store.health().await {
+            return Err(self.stop_on(&error, "is not healthy"));
+        }
+        let stats = store.stats().await.map_err(|error| self.stop_on(&error, "cannot be read"))?;
+        self.details.schema_ok = true;
+        Ok((store, stats))
+    }
+
+    /// A store error that ends the inspection.
+    fn stop_on(&mut self, error: &StoreError, what: &str) -> Stopped {
+        self.store_failure(error, what);
+        self.details.error = Some(error.to_string());
+        Stopped
+    }
+
+    /// Explains a store error: corrupt, unreadable, or unreachable (Redis).
+    fn store_failure(&mut self, error: &StoreError, what: &str) {
+        self.result.summary(format!("{} {what}", self.details.store));
+        let mut finding = error.finding();
+        match error {
+            StoreError::Corrupt { .. } => self.result.fail(finding),
+            StoreError::Open { .. } | StoreError::Backend { .. } if self.sqlite.is_none() => {
+                self.result.network_fail(finding)
+            }
+            _ => {
+                finding
+                    .fix
+                    .get_or_insert_with(|| "check the file's permissions and the disk (`df -h`, `ls -l`)".into());
+                self.result.fail(finding)
+            }
+        };
+    }
+
+    /// SQLite: serve must be able to write the file and create files beside it.
+    fn check_sqlite_writable(&mut self, path: &Path) {
         let writable = sqlite_writable(path);
-        details.writable = Some(writable.is_ok());
+        self.details.writable = Some(writable.is_ok());
         if let Err(reason) = writable {
-            result.fail(
+            self.result.fail(Finding::with_fix(
                 format!(
                     "the store {} is readable but not writable: {reason}; new conversations cannot be saved",
                     path.display()
                 ),
-                Some(format!(
+                format!(
                     "make {} and its directory writable for the user running opendify (chown/chmod)",
                     path.display()
-                )),
-            );
+                ),
+            ));
         }
     }
 
-    let counts = counts(&stats);
-    result.line(format!(
-        "{} conversations, {} turns, {} chat mappings, {} expired (TTL {} days)",
-        counts.conversations, counts.turns, counts.chats, counts.expired, details.ttl_days
-    ));
-    if let (Some(oldest), Some(newest)) = (&counts.oldest_updated_at, &counts.newest_updated_at) {
-        result.line(format!("last used: oldest {oldest}, newest {newest}"));
-    }
-    if !counts.per_user.is_empty() {
-        result.line(format!("per user: {}", top(&counts.per_user)));
-        result.line(format!("per model: {}", top(&counts.per_model)));
-    }
-
-    if options.prune {
-        match &location {
-            StoreLocation::Redis(_) => {
-                result.line("--prune: Redis expires mappings by itself (TTL); nothing to remove");
-                details.pruned = Some(0);
-            }
-            StoreLocation::Sqlite(_) => match store.prune_expired().await {
-                Ok(removed) => {
-                    result.line(format!("--prune: removed {removed} expired conversation{}", plural(removed)));
-                    details.pruned = Some(removed);
-                }
-                Err(error) => store_failure(&mut result, &details, &error, "cannot be pruned"),
-            },
-        }
-    } else if counts.expired > 0 {
-        result.line(format!("{} expired conversations can be removed with --prune", counts.expired));
-    }
-
-    let filter = ListFilter { user: options.user.clone(), chat_id: options.chat.clone(), limit: options.limit.max(1) };
-    let records = match store.list(&filter).await {
-        Ok(records) => records,
-        Err(error) => {
-            store_failure(&mut result, &details, &error, "cannot be listed");
-            Vec::new()
-        }
-    };
-    let cutoff = now_secs().saturating_sub(config.mapping_ttl.as_secs());
-    details.mappings = records.iter().map(|r| mapping(r, cutoff)).collect();
-    if options.verify {
-        ctx.progress.set(format!("{ID}: asking Dify about {} conversations…", records.len()));
-        details.verified = Some(verify(ctx, config, &records, &mut details.mappings, &mut result).await);
-    }
-    if records.is_empty() && (options.user.is_some() || options.chat.is_some()) {
-        result.line("no mapping matches the filter");
-    }
-    for m in &details.mappings {
-        result.line(format!(
-            "chat {} → {} ({}, user {}, turn {}, last used {}{}{})",
-            m.chat_id.as_deref().unwrap_or("-"),
-            m.conversation_id,
-            m.model,
-            m.user,
-            m.latest_turn,
-            m.updated_at,
-            if m.expired { ", expired" } else { "" },
-            match m.exists_in_dify {
-                Some(true) => ", exists in Dify",
-                Some(false) => ", GONE from Dify",
-                None => "",
-            }
+    fn show_counts(&mut self, counts: &Counts) {
+        self.result.line(format!(
+            "{} conversations, {} turns, {} chat mappings, {} expired (TTL {} days)",
+            counts.conversations, counts.turns, counts.chats, counts.expired, self.details.ttl_days
         ));
+        if let (Some(oldest), Some(newest)) = (&counts.oldest_updated_at, &counts.newest_updated_at) {
+            self.result.line(format!("last used: oldest {oldest}, newest {newest}"));
+        }
+        if !counts.per_user.is_empty() {
+            self.result.line(format!("per user: {}", top(&counts.per_user)));
+            self.result.line(format!("per model: {}", top(&counts.per_model)));
+        }
     }
 
-    let users = counts.per_user.len();
-    result.summary(format!(
-        "{}: {} conversation{} ({} user{}), {} expired{}",
-        details.store,
-        counts.conversations,
-        plural(counts.conversations),
-        users,
-        plural(users as u64),
-        counts.expired,
-        details.pruned.map(|n| format!(", {n} pruned")).unwrap_or_default()
-    ));
-    details.counts = Some(counts);
-    result.details(details);
-    result
+    /// `--prune`: SQLite removes expired conversations; Redis expires them by itself.
+    async fn prune(&mut self, store: &Store) {
+        if self.sqlite.is_none() {
+            self.result.line("--prune: Redis expires mappings by itself (TTL); nothing to remove");
+            self.details.pruned = Some(0);
+            return;
+        }
+        match store.prune_expired().await {
+            Ok(removed) => {
+                self.result.line(format!("--prune: removed {removed} expired conversation{}", plural(removed)));
+                self.details.pruned = Some(removed);
+            }
+            Err(error) => self.store_failure(&error, "cannot be pruned"),
+        }
+    }
+
+    /// The mappings matching `--user`/`--chat`, and with `--verify` whether Dify has them.
+    async fn list(&mut self, store: &Store) {
+        let options = self.options;
+        let filter =
+            ListFilter { user: options.user.clone(), chat_id: options.chat.clone(), limit: options.limit.max(1) };
+        let records = match store.list(&filter).await {
+            Ok(records) => records,
+            Err(error) => {
+                self.store_failure(&error, "cannot be listed");
+                Vec::new()
+            }
+        };
+        let cutoff = now_secs().saturating_sub(self.config.mapping_ttl.as_secs());
+        self.details.mappings = records.iter().map(|r| mapping(r, cutoff)).collect();
+        if options.verify {
+            self.ctx.progress.set(format!("{ID}: asking Dify about {} conversations…", records.len()));
+            let verified = verify(self.ctx, self.config, &records, &mut self.details.mappings, &mut self.result).await;
+            self.details.verified = Some(verified);
+        }
+        if records.is_empty() && (options.user.is_some() || options.chat.is_some()) {
+            self.result.line("no mapping matches the filter");
+        }
+        for m in &self.details.mappings {
+            self.result.line(mapping_line(m));
+        }
+    }
+
+    fn summarize(&mut self, counts: Counts) {
+        let users = counts.per_user.len();
+        self.result.summary(format!(
+            "{}: {} conversation{} ({} user{}), {} expired{}",
+            self.details.store,
+            counts.conversations,
+            plural(counts.conversations),
+            users,
+            plural(users as u64),
+            counts.expired,
+            self.details.pruned.map(|n| format!(", {n} pruned")).unwrap_or_default()
+        ));
+        self.details.counts = Some(counts);
+    }
+}
+
+fn mapping_line(m: &Mapping) -> String {
+    format!(
+        "chat {} → {} ({}, user {}, turn {}, last used {}{}{})",
+        m.chat_id.as_deref().unwrap_or("-"),
+        m.conversation_id,
+        m.model,
+        m.user,
+        m.latest_turn,
+        m.updated_at,
+        if m.expired { ", expired" } else { "" },
+        match m.exists_in_dify {
+            Some(true) => ", exists in Dify",
+            Some(false) => ", GONE from Dify",
+            None => "",
+        }
+    )
 }
 
 fn plural(n: u64) -> &'static str {
@@ -377,46 +451,8 @@ fn mapping(record: &ConversationRecord, cutoff: u64) -> Mapping {
     }
 }
 
-/// Explains a store error: corrupt, unreadable, or unreachable (Redis).
-fn store_failure(result: &mut CheckResult, details: &Details, error: &StoreError, what: &str) {
-    result.summary(format!("{} {what}", details.store));
-    let fix = error.fix().map(str::to_string);
-    match error {
-        StoreError::Corrupt { .. } => result.fail(error.to_string(), fix),
-        StoreError::Open { .. } | StoreError::Backend { .. } if details.backend == "redis" => {
-            result.network_fail(error.to_string(), fix)
-        }
-        _ => result.fail(
-            error.to_string(),
-            fix.or_else(|| Some("check the file's permissions and the disk (`df -h`, `ls -l`)".into())),
-        ),
-    };
-}
-
 fn file_state(path: &Path, meta: &std::fs::Metadata) -> FileState {
     FileState { path: path.display().to_string(), size_bytes: meta.len(), mode: mode(meta), owner_uid: owner(meta) }
-}
-
-#[cfg(unix)]
-fn mode(meta: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    Some(format!("{:o}", meta.permissions().mode() & 0o7777))
-}
-
-#[cfg(not(unix))]
-fn mode(meta: &std::fs::Metadata) -> Option<String> {
-    Some(if meta.permissions().readonly() { "read-only" } else { "read-write" }.into())
-}
-
-#[cfg(unix)]
-fn owner(meta: &std::fs::Metadata) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    Some(meta.uid())
-}
-
-#[cfg(not(unix))]
-fn owner(_meta: &std::fs::Metadata) -> Option<u32> {
-    None
 }
 
 /// Whether serve could write: the file opens for writing (nothing is written) and its
@@ -440,7 +476,25 @@ async fn verify(
     mappings: &mut [Mapping],
     result: &mut CheckResult,
 ) -> Verified {
-    let mut verified = Verified::default();
+    let client = match ctx.client(config) {
+        Ok(client) => client,
+        Err(e) => {
+            result.fail(Finding::new(format!("cannot build the Dify client: {e}")));
+            return Verified::default();
+        }
+    };
+    let (verified, first_error) = ask_dify(&client, config, records, mappings).await;
+    judge_verified(result, &verified, first_error);
+    verified
+}
+
+/// Asks Dify about each record, marking its mapping; returns the tally and the first error.
+async fn ask_dify(
+    client: &DifyClient,
+    config: &Config,
+    records: &[ConversationRecord],
+    mappings: &mut [Mapping],
+) -> (Verified, Option<DifyError>) {
     let keys: HashMap<String, Secret> = config
         .models
         .iter()
@@ -448,13 +502,7 @@ async fn verify(
         .chain(config.unnamed_keys.iter().cloned())
         .map(|key| (app_id(key.expose()), key))
         .collect();
-    let client = match ctx.client(config) {
-        Ok(client) => client,
-        Err(e) => {
-            result.fail(format!("cannot build the Dify client: {e}"), None);
-            return verified;
-        }
-    };
+    let mut verified = Verified::default();
     let mut first_error = None;
     for (record, mapping) in records.iter().zip(mappings.iter_mut()) {
         let Some(key) = keys.get(&record.app) else {
@@ -475,15 +523,23 @@ async fn verify(
             }
         }
     }
+    (verified, first_error)
+}
+
+fn judge_verified(result: &mut CheckResult, verified: &Verified, first_error: Option<DifyError>) {
     result.line(format!(
         "--verify: {} checked with Dify, {} gone, {} of apps no longer configured, {} errors",
         verified.checked, verified.missing, verified.unknown_app, verified.errors
     ));
     if verified.missing > 0 {
-        result.warn(
-            format!("{} mapped conversation{} no longer exist in Dify (deleted there)", verified.missing, plural(verified.missing as u64)),
-            Some("nothing to do: opendify starts a new conversation with the earlier turns as context and updates the mapping; `--prune` only removes expired ones".into()),
-        );
+        result.warn(Finding::with_fix(
+            format!(
+                "{} mapped conversation{} no longer exist in Dify (deleted there)",
+                verified.missing,
+                plural(verified.missing as u64)
+            ),
+            "nothing to do: opendify starts a new conversation with the earlier turns as context and updates the mapping; `--prune` only removes expired ones",
+        ));
     }
     if verified.unknown_app > 0 {
         result.line(format!(
@@ -492,10 +548,9 @@ async fn verify(
         ));
     }
     if let Some(error) = first_error {
-        result.network_fail(
+        result.network_fail(Finding::with_fix(
             format!("{} of the Dify checks failed: {error}", verified.errors),
-            Some("run `opendify doctor ping-dify` and `opendify doctor test-key`".into()),
-        );
+            "run `opendify doctor ping-dify` and `opendify doctor test-key`",
+        ));
     }
-    verified
 }

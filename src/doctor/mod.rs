@@ -3,32 +3,55 @@
 //! store) and says what is wrong and the exact fix; people get one line per check, CI gets
 //! one JSON document and an exit code (0 nothing failed, 1 a check failed, 2 could not run).
 //!
-//! This file holds what the checks share: the validated options, the context (loaded
-//! configuration, time limits, progress), the order checks run in and the run itself.
-//! Each check lives in its own file; [`report`] holds the result type and its renderings.
+//! This file holds the validated options, the order checks run in, the run itself (each
+//! check bounded in time, typed [`context::Facts`] handed from one check to the next) and
+//! `main`. Each check lives in its own file; [`report`] holds the result type and its
+//! renderings. The modules, each with what it uses inside the doctor; there is no cycle,
+//! and nothing uses this file:
+//!
+//! ```text
+//! mod.rs            options, run, main           → every module below
+//!   bundle          `doctor report` (Markdown)   → check_config (its id), context, files, cert, report
+//!   check_config    check-config                 → context, files, report
+//!   check_port      check-port                   → context, report
+//!   inspect_mappings  inspect-mappings           → context, files, cert, report
+//!   ping_dify       ping-dify                    → context, cert, report
+//!   test_key        test-key                     → context, probe, report
+//!   test_stream     test-stream                  → context, probe, report
+//!   probe           explain a DifyError, measure one stream to Dify → context, report
+//!   context         Context, Facts, Progress     → report
+//!   report          CheckResult, Issue, renderings  (uses nothing in the doctor)
+//!   files           directories and files: writable, mode, owner  (nothing)
+//!   cert            the X.509 fields people read  (nothing)
+//! ```
 
-pub mod bundle;
+mod bundle;
 mod cert;
-pub mod check_config;
-pub mod check_port;
-pub mod inspect_mappings;
-pub mod ping_dify;
-pub mod report;
-pub mod test_key;
-pub mod test_stream;
+mod check_config;
+mod check_port;
+mod context;
+mod files;
+mod inspect_mappings;
+mod ping_dify;
+mod probe;
+mod report;
+mod test_key;
+mod test_stream;
 
-use std::borrow::Cow;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use crate::cli::{CheckId, DoctorArgs, DoctorCommand, NetworkErrors};
-use crate::config::{self, Config, LoadOptions, Loaded};
-use crate::dify::{DifyClient, DifyError};
+use context::{Context, Facts, Progress, stdout};
+use report::{CheckResult, RenderOptions, Report};
 
-pub use report::{CheckResult, Issue, RenderOptions, Report, Status};
+use crate::cli::{CheckId, DoctorArgs, DoctorCommand, NetworkErrors};
+use crate::config::{self, LoadOptions, Loaded};
+use crate::finding::Finding;
+
+pub use ping_dify::PingOptions;
 
 /// Every check, in the order a full run goes: local and fast first, the network last.
-pub const ORDER: &[CheckId] = &[
+pub(crate) const ORDER: &[CheckId] = &[
     CheckId::CheckConfig,
     CheckId::CheckPort,
     CheckId::InspectMappings,
@@ -38,7 +61,7 @@ pub const ORDER: &[CheckId] = &[
 ];
 
 impl CheckId {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckId::CheckConfig => "check-config",
             CheckId::CheckPort => "check-port",
@@ -50,7 +73,7 @@ impl CheckId {
     }
 
     /// One line for `doctor --list`.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             CheckId::CheckConfig => "which .env was loaded, every setting and its source, problems with fixes",
             CheckId::CheckPort => "whether SERVER_HOST:SERVER_PORT can be bound, and who holds it if not",
@@ -65,20 +88,21 @@ impl CheckId {
 /// The doctor's options once validated (the second stage after clap's parsing).
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub json: bool,
-    pub strict: bool,
-    pub network_errors_warn: bool,
-    pub colour: bool,
-    pub verbose: bool,
+    pub(crate) json: bool,
+    pub(crate) strict: bool,
+    pub(crate) network_errors_warn: bool,
+    pub(crate) colour: bool,
+    pub(crate) verbose: bool,
     /// `--timeout`, when given.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    /// The checks to run, in order.
     pub checks: Vec<CheckId>,
-    pub ping: ping_dify::PingOptions,
-    pub key: test_key::KeyOptions,
-    pub stream: test_stream::StreamOptions,
-    pub mappings: inspect_mappings::MappingOptions,
+    pub ping: PingOptions,
+    pub(crate) key: test_key::KeyOptions,
+    pub(crate) stream: test_stream::StreamOptions,
+    pub(crate) mappings: inspect_mappings::MappingOptions,
     /// `doctor report`: where the Markdown goes and how much log it carries.
-    pub report: Option<bundle::BundleOptions>,
+    pub(crate) report: Option<bundle::BundleOptions>,
 }
 
 /// A reason the doctor cannot run at all (exit code 2).
@@ -91,6 +115,11 @@ pub enum UsageError {
 }
 
 impl Options {
+    /// What the checks of this run share.
+    fn context(&self, loaded: Loaded, progress: Progress) -> Context {
+        Context::new(loaded, self.timeout, self.checks.contains(&CheckId::CheckConfig), progress)
+    }
+
     pub fn from_args(args: &DoctorArgs) -> Result<Options, UsageError> {
         let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let mut options = Options {
@@ -101,7 +130,7 @@ impl Options {
             verbose: args.verbose,
             timeout: args.timeout.map(Duration::from_secs_f64),
             checks: ORDER.to_vec(),
-            ping: ping_dify::PingOptions::default(),
+            ping: PingOptions::default(),
             key: test_key::KeyOptions::default(),
             stream: test_stream::StreamOptions::default(),
             mappings: inspect_mappings::MappingOptions::default(),
@@ -123,189 +152,65 @@ impl Options {
             options.verbose = true;
         }
         for check in named {
-            let id = match check {
-                DoctorCommand::CheckConfig => CheckId::CheckConfig,
-                DoctorCommand::CheckPort(_) => CheckId::CheckPort,
-                DoctorCommand::InspectMappings(a) => {
-                    options.mappings = inspect_mappings::MappingOptions {
-                        user: a.user.clone(),
-                        chat: a.chat.clone(),
-                        prune: a.prune,
-                        verify: a.verify,
-                        limit: a.limit,
-                    };
-                    CheckId::InspectMappings
-                }
-                DoctorCommand::PingDify(a) => {
-                    options.ping = ping_dify::PingOptions { dns: a.dns, count: a.count };
-                    CheckId::PingDify
-                }
-                DoctorCommand::TestKey(a) => {
-                    options.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
-                    CheckId::TestKey
-                }
-                DoctorCommand::TestStream(a) => {
-                    options.stream = test_stream::StreamOptions {
-                        model: a.model.clone(),
-                        via: a.via.clone(),
-                        message: a.message.clone(),
-                        user: a.user.clone(),
-                    };
-                    CheckId::TestStream
-                }
-                DoctorCommand::Report(a) => {
-                    options.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
-                    continue;
-                }
-            };
-            if !options.checks.contains(&id) {
+            if let Some(id) = options.take(check)
+                && !options.checks.contains(&id)
+            {
                 options.checks.push(id);
             }
         }
         Ok(options)
     }
-}
 
-/// What every check may use: the configuration as `serve` would load it, the time limits
-/// and the progress line.
-pub struct Context {
-    pub loaded: Loaded,
-    /// The longest any one network step may take.
-    pub step_timeout: Duration,
-    /// `--timeout`, when given (it also shortens the stream idle timeout).
-    pub explicit_timeout: Option<Duration>,
-    pub progress: Progress,
-    /// check-config runs in this session: other checks skip on configuration problems
-    /// rather than fail a second time for the same reason.
-    pub config_checked: bool,
-}
-
-/// Default for `--timeout`: long enough for a slow Dify, short enough for a doctor.
-pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Context {
-    pub fn new(loaded: Loaded, options: &Options, progress: Progress) -> Self {
-        Context {
-            loaded,
-            step_timeout: options.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
-            explicit_timeout: options.timeout,
-            progress,
-            config_checked: options.checks.contains(&CheckId::CheckConfig),
-        }
-    }
-
-    pub fn config(&self) -> Option<&Config> {
-        self.loaded.config.as_ref()
-    }
-
-    /// The configuration, or the result that explains why check `id` cannot run without it.
-    pub fn require_config(&self, id: &'static str) -> Result<&Config, Box<CheckResult>> {
-        if let Some(config) = self.config() {
-            return Ok(config);
-        }
-        if self.config_checked {
-            return Err(Box::new(CheckResult::skipped(
-                id,
-                "skipped: the configuration has problems (see check-config)",
-            )));
-        }
-        let mut result = CheckResult::new(id);
-        result.summary("cannot run: the configuration has problems");
-        let first = self.loaded.problems.first().map(|p| p.message.clone()).unwrap_or_default();
-        result.fail(
-            format!("{} configuration problem(s), the first: {first}", self.loaded.problems.len()),
-            Some("run `opendify doctor check-config` to see every problem and its fix".into()),
-        );
-        Err(Box::new(result))
-    }
-
-    /// The configuration serve runs with, its Dify timeouts bounded by the doctor's.
-    pub fn doctor_config(&self, config: &Config) -> Config {
-        let mut config = config.clone();
-        config.connect_timeout = config.connect_timeout.min(self.step_timeout);
-        config.request_timeout = config.request_timeout.min(self.step_timeout);
-        if let Some(limit) = self.explicit_timeout {
-            config.stream_idle_timeout = config.stream_idle_timeout.min(limit);
-        }
-        config
-    }
-
-    /// The Dify client `serve` builds, with the doctor's time limits.
-    pub fn client(&self, config: &Config) -> Result<DifyClient, DifyError> {
-        DifyClient::new(&self.doctor_config(config).dify_client_options())
-    }
-
-    /// For the checks that talk to Dify: the configuration and the client serve would use,
-    /// or the finished result when the check cannot run (bad configuration, Dify found
-    /// unreachable by ping-dify earlier in this run, a client that cannot be built).
-    pub fn dify(&self, id: &'static str, before: &[CheckResult]) -> Result<(&Config, DifyClient), Box<CheckResult>> {
-        let config = self.require_config(id)?;
-        let unreachable = before
-            .iter()
-            .any(|c| c.id == ping_dify::ID && c.details.get("reachable") == Some(&serde_json::Value::Bool(false)));
-        if unreachable {
-            return Err(Box::new(CheckResult::skipped(id, "skipped: Dify is unreachable (see ping-dify)")));
-        }
-        match self.client(config) {
-            Ok(client) => Ok((config, client)),
-            Err(e) => {
-                let mut result = CheckResult::new(id);
-                result.summary("cannot build the Dify client");
-                result.fail(e.to_string(), None);
-                Err(Box::new(result))
+    /// Takes the options of a check named on the command line; returns the check to run
+    /// (none for `report`, which runs them all).
+    fn take(&mut self, check: &DoctorCommand) -> Option<CheckId> {
+        Some(match check {
+            DoctorCommand::CheckConfig => CheckId::CheckConfig,
+            DoctorCommand::CheckPort(_) => CheckId::CheckPort,
+            DoctorCommand::InspectMappings(a) => {
+                self.mappings = inspect_mappings::MappingOptions {
+                    user: a.user.clone(),
+                    chat: a.chat.clone(),
+                    prune: a.prune,
+                    verify: a.verify,
+                    limit: a.limit,
+                };
+                CheckId::InspectMappings
             }
-        }
-    }
-}
-
-/// A spinner on stderr while a check runs, only on a terminal and never with `--json`.
-#[derive(Clone, Default)]
-pub struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    pub fn new(enabled: bool) -> Self {
-        if !enabled || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.enable_steady_tick(Duration::from_millis(100));
-        Progress(Some(bar))
-    }
-
-    pub fn hidden() -> Self {
-        Progress(None)
-    }
-
-    pub fn set(&self, message: impl Into<Cow<'static, str>>) {
-        if let Some(bar) = &self.0 {
-            bar.set_message(message);
-        }
-    }
-
-    /// Prints above the spinner without tearing it.
-    pub fn print(&self, text: &str) {
-        match &self.0 {
-            Some(bar) => bar.suspend(|| stdout(text)),
-            None => stdout(text),
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
+            DoctorCommand::PingDify(a) => {
+                self.ping = PingOptions { dns: a.dns, count: a.count };
+                CheckId::PingDify
+            }
+            DoctorCommand::TestKey(a) => {
+                self.key = test_key::KeyOptions { models: a.models.clone(), live: a.live };
+                CheckId::TestKey
+            }
+            DoctorCommand::TestStream(a) => {
+                self.stream = test_stream::StreamOptions {
+                    model: a.model.clone(),
+                    via: a.via.clone(),
+                    message: a.message.clone(),
+                    user: a.user.clone(),
+                };
+                CheckId::TestStream
+            }
+            DoctorCommand::Report(a) => {
+                self.report = Some(bundle::BundleOptions { output: a.output.clone(), log_lines: a.log_lines });
+                return None;
+            }
+        })
     }
 }
 
 /// Runs `options.checks` in order. `on_done` sees each result as soon as it is known (the
 /// human output prints check by check).
-pub async fn run(ctx: &Context, options: &Options, mut on_done: impl FnMut(&CheckResult)) -> Report {
+pub(crate) async fn run(ctx: &Context, options: &Options, mut on_done: impl FnMut(&CheckResult)) -> Report {
     let mut report = Report { checks: Vec::new(), strict: options.strict };
+    let mut facts = Facts::default();
     for &id in &options.checks {
         ctx.progress.set(format!("{}…", id.as_str()));
         let started = Instant::now();
-        let mut result = run_one(ctx, options, id, &report.checks).await;
+        let mut result = run_one(ctx, options, id, &mut facts).await;
         result.duration = started.elapsed();
         if options.network_errors_warn {
             result.soften_network_failures();
@@ -317,25 +222,17 @@ pub async fn run(ctx: &Context, options: &Options, mut on_done: impl FnMut(&Chec
     report
 }
 
-async fn run_one(ctx: &Context, options: &Options, id: CheckId, before: &[CheckResult]) -> CheckResult {
-    // A bound on the whole check, above the per-step limits, so the doctor always ends.
-    let limit = ctx.step_timeout * 6 + Duration::from_secs(5);
-    let limit = match id {
-        CheckId::PingDify => limit * options.ping.count.min(100),
-        CheckId::TestStream => {
-            let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(ctx.step_timeout);
-            limit.max(idle * 4)
-        }
-        _ => limit,
-    };
+/// One check, bounded in time; `facts` carries what earlier checks found to later ones.
+async fn run_one(ctx: &Context, options: &Options, id: CheckId, facts: &mut Facts) -> CheckResult {
+    let limit = check_limit(ctx, options, id);
     let check = async {
         match id {
             CheckId::CheckConfig => check_config::run(ctx),
             CheckId::CheckPort => check_port::run(ctx).await,
             CheckId::InspectMappings => inspect_mappings::run(ctx, &options.mappings).await,
-            CheckId::PingDify => ping_dify::run(ctx, &options.ping).await,
-            CheckId::TestKey => test_key::run(ctx, &options.key, before).await,
-            CheckId::TestStream => test_stream::run(ctx, &options.stream, before).await,
+            CheckId::PingDify => ping_dify::run(ctx, &options.ping, facts).await,
+            CheckId::TestKey => test_key::run(ctx, &options.key, facts).await,
+            CheckId::TestStream => test_stream::run(ctx, &options.stream, facts).await,
         }
     };
     match tokio::time::timeout(limit, check).await {
@@ -343,12 +240,25 @@ async fn run_one(ctx: &Context, options: &Options, id: CheckId, before: &[CheckR
         Err(_) => {
             let mut result = CheckResult::new(id.as_str());
             result.summary(format!("did not finish within {}", report::format_duration(limit)));
-            result.network_fail(
+            result.network_fail(Finding::with_fix(
                 format!("{} was still waiting after {}", id.as_str(), report::format_duration(limit)),
-                Some("a network step hangs: run `opendify doctor ping-dify`, or raise --timeout".into()),
-            );
+                "a network step hangs: run `opendify doctor ping-dify`, or raise --timeout",
+            ));
             result
         }
+    }
+}
+
+/// A bound on a whole check, above the per-step limits, so the doctor always ends.
+fn check_limit(ctx: &Context, options: &Options, id: CheckId) -> Duration {
+    let limit = ctx.step_timeout * 6 + Duration::from_secs(5);
+    match id {
+        CheckId::PingDify => limit * options.ping.count.min(100),
+        CheckId::TestStream => {
+            let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(ctx.step_timeout);
+            limit.max(idle * 4)
+        }
+        _ => limit,
     }
 }
 
@@ -375,29 +285,46 @@ pub fn main(args: &DoctorArgs, load: &LoadOptions) -> u8 {
     };
     let loaded = config::load(load);
     let code = runtime.block_on(async {
-        if let Some(bundle_options) = &options.report {
-            return bundle::main(loaded, &options, bundle_options).await;
+        match &options.report {
+            Some(bundle_options) => write_bundle(loaded, &options, bundle_options).await,
+            None => run_and_print(loaded, &options).await,
         }
-        let progress = Progress::new(!options.json);
-        let ctx = Context::new(loaded, &options, progress.clone());
-        let render = RenderOptions { colour: options.colour, verbose: options.verbose };
-        let report = run(&ctx, &options, |result| {
-            if !options.json {
-                progress.print(&report::render_check(result, render));
-            }
-        })
-        .await;
-        progress.finish();
-        if options.json {
-            stdout(&format!("{}\n", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()));
-        } else {
-            progress.print(&report.render_summary(render));
-        }
-        report.exit_code()
     });
     // Background work (pooled connections, resolver tasks) must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// `opendify doctor [CHECK…]`: lines as each check ends (or one JSON document at the end),
+/// then the exit code.
+async fn run_and_print(loaded: Loaded, options: &Options) -> u8 {
+    let progress = Progress::new(!options.json);
+    let ctx = options.context(loaded, progress.clone());
+    let render = RenderOptions { colour: options.colour, verbose: options.verbose };
+    let report = run(&ctx, options, |result| {
+        if !options.json {
+            progress.print(&report::render_check(result, render));
+        }
+    })
+    .await;
+    progress.finish();
+    if options.json {
+        stdout(&format!("{}\n", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()));
+    } else {
+        progress.print(&report.render_summary(render));
+    }
+    report.exit_code()
+}
+
+/// `opendify doctor report`: runs every check and writes the Markdown bundle; 0 once
+/// written (the checks' verdicts are in it), 2 when it cannot be written.
+async fn write_bundle(loaded: Loaded, options: &Options, bundle_options: &bundle::BundleOptions) -> u8 {
+    let gathered = bundle::Gathered::new(&loaded, bundle_options.log_lines);
+    let progress = Progress::new(true);
+    let ctx = options.context(loaded, progress.clone());
+    let report = run(&ctx, options, |_| {}).await;
+    progress.finish();
+    gathered.write(&ctx.loaded, &report, bundle_options.output.as_deref())
 }
 
 fn print_list(json: bool) {
@@ -410,11 +337,4 @@ fn print_list(json: bool) {
     for id in ORDER {
         stdout(&format!("{:<16} {}\n", id.as_str(), id.describe()));
     }
-}
-
-/// Writes to stdout; a closed pipe (`opendify doctor | head`) is not an error worth a panic.
-pub fn stdout(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }

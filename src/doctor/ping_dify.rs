@@ -3,7 +3,8 @@
 //! for that layer. DNS with hickory-resolver on the system's configuration (and `--dns` to
 //! compare with another server), TCP connect per address, then TLS and HTTP through the Dify
 //! client `serve` uses (same timeouts, proxies and trust roots). Any HTTP answer means
-//! reachable: Dify's base URL itself answers 404.
+//! reachable: Dify's base URL itself answers 404. Each layer is measured into a typed
+//! report, then judged in order; the first that fails is `details.failed_layer`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -16,18 +17,20 @@ use reqwest::Url;
 use serde::Serialize;
 
 use super::cert::{self, CertSummary};
-use super::report::{format_duration, millis};
-use super::{CheckResult, Context};
-use crate::dify::DifyError;
+use super::context::{Context, Facts};
+use super::report::{CheckResult, format_duration, millis};
+use crate::config::Config;
 use crate::dify::client::BaseAnswer;
+use crate::dify::{DifyClient, DifyError};
+use crate::finding::Finding;
 use crate::secret::mask_url_credentials;
 
-pub const ID: &str = "ping-dify";
+pub(crate) const ID: &str = "ping-dify";
 
 #[derive(Debug, Clone)]
 pub struct PingOptions {
     /// Another DNS server to compare the system's answer with.
-    pub dns: Option<SocketAddr>,
+    pub(crate) dns: Option<SocketAddr>,
     /// Rounds of TCP connect and HTTP request.
     pub count: u32,
 }
@@ -50,7 +53,7 @@ struct Details {
     tls: Option<TlsState>,
     http: HttpStats,
     /// The first layer that failed: `dns`, `tcp`, `tls` or `http`.
-    failed_layer: Option<&'static str>,
+    failed_layer: Option<Layer>,
     reachable: bool,
 }
 
@@ -152,242 +155,368 @@ struct HttpStats {
     error: Option<String>,
 }
 
-pub async fn run(ctx: &Context, options: &PingOptions) -> CheckResult {
+/// The layer a failure is in, named in `details.failed_layer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Layer {
+    Dns,
+    Tcp,
+    Tls,
+    Http,
+}
+
+/// Where DIFY_API_BASE points, as the layers need it.
+struct Target {
+    url: Url,
+    /// DIFY_API_BASE as configured.
+    base: String,
+    host: String,
+    port: u16,
+    https: bool,
+}
+
+impl Target {
+    /// The URL, or why it is not one.
+    fn parse(base: &str) -> Result<Target, String> {
+        let url = Url::parse(base).map_err(|e| e.to_string())?;
+        Ok(Target {
+            host: url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string(),
+            port: url.port_or_known_default().unwrap_or(80),
+            https: url.scheme() == "https",
+            base: base.to_string(),
+            url,
+        })
+    }
+}
+
+/// The DNS layer: what each resolver answered (none for an IP address), and the addresses
+/// to connect to.
+struct DnsLayer {
+    answers: Vec<DnsAnswer>,
+    addresses: Vec<IpAddr>,
+}
+
+/// The HTTP layer (TLS happens inside it): GETs of the base URL through serve's client.
+#[derive(Default)]
+struct HttpLayer {
+    sent: u32,
+    times: Vec<Duration>,
+    /// The first answer.
+    answer: Option<BaseAnswer>,
+    /// The last error.
+    error: Option<DifyError>,
+}
+
+/// TCP connects to one address, round after round.
+struct TcpProbe {
+    address: SocketAddr,
+    times: Vec<Duration>,
+    /// The last error.
+    error: Option<String>,
+}
+
+/// DNS, then TCP, TLS and HTTP: each layer is measured into a typed report, then judged
+/// in turn; the first layer that fails is named, with the fix for that layer.
+pub(crate) async fn run(ctx: &Context, options: &PingOptions, facts: &mut Facts) -> CheckResult {
     let config = match ctx.require_config(ID) {
         Ok(config) => config,
         Err(result) => return *result,
     };
-    let mut result = CheckResult::new(ID);
-    let base = config.dify_api_base.clone();
-    let url = match Url::parse(&base) {
-        Ok(url) => url,
+    let target = match Target::parse(&config.dify_api_base) {
+        Ok(target) => target,
         Err(e) => {
+            let mut result = CheckResult::new(ID);
             result.summary("DIFY_API_BASE is not a URL");
-            result.fail(format!("DIFY_API_BASE {base:?} cannot be parsed: {e}"), None);
+            result.fail(Finding::new(format!("DIFY_API_BASE {:?} cannot be parsed: {e}", config.dify_api_base)));
             return result;
         }
     };
-    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let https = url.scheme() == "https";
-    let count = options.count.max(1);
-    let timeout = ctx.step_timeout;
-    let mut details = Details {
-        base: base.clone(),
-        scheme: url.scheme().to_string(),
-        host: host.clone(),
-        port,
-        proxy: proxy_for(&url),
-        dns: Vec::new(),
-        tcp: Vec::new(),
-        tls: None,
-        http: HttpStats::default(),
-        failed_layer: None,
-        reachable: false,
-    };
-    let proxied = details.proxy.used.is_some();
-    result.line(format!("base: {base}"));
-    for var in &details.proxy.variables {
-        result.line(format!("proxy variable: {}={}", var.name, var.value));
+    let mut ping = Ping::start(target);
+    let dns = resolve(ctx, &ping.target.host, options.dns).await;
+    let addresses = ping.judge_dns(dns);
+    let dns_failed = ping.details.failed_layer.is_some();
+    let client = if dns_failed { None } else { ping.client(ctx, config) };
+    let count = if dns_failed { 0 } else { options.count.max(1) };
+    let (tcp, http) = rounds(ctx, &ping.target, &addresses, client.as_ref(), count).await;
+    ping.judge_tcp(tcp);
+    ping.judge_tls_and_http(http);
+    facts.dify_unreachable = !ping.details.reachable;
+    ping.finish()
+}
+
+/// DNS: the system resolver (and `--dns` to compare); an IP address needs none.
+async fn resolve(ctx: &Context, host: &str, compare: Option<SocketAddr>) -> DnsLayer {
+    ctx.progress.set(format!("{ID}: resolving {host}…"));
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return DnsLayer { answers: Vec::new(), addresses: vec![ip] };
     }
-    if let Some(proxy) = &details.proxy.used {
-        result.line(format!("requests to Dify go through the proxy {proxy}; DNS and TCP below are direct"));
+    let system = resolve_system(host, ctx.step_timeout).await;
+    let addresses = system.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut answers = vec![system];
+    if let Some(server) = compare {
+        answers.push(resolve_with(host, server, ctx.step_timeout).await);
+    }
+    DnsLayer { answers, addresses }
+}
+
+/// TCP and HTTP, `count` rounds 200 ms apart: each round connects to every address (at
+/// most four), then sends one GET through serve's client, whose TLS handshake gives the
+/// TLS layer. Interleaved, so both layers are sampled over the same stretch of time.
+async fn rounds(
+    ctx: &Context,
+    target: &Target,
+    addresses: &[IpAddr],
+    client: Option<&DifyClient>,
+    count: u32,
+) -> (Vec<TcpStats>, HttpLayer) {
+    let mut tcp: Vec<TcpProbe> = addresses
+        .iter()
+        .take(4)
+        .map(|ip| TcpProbe { address: SocketAddr::new(*ip, target.port), times: Vec::new(), error: None })
+        .collect();
+    let mut http = HttpLayer { sent: if client.is_some() { count } else { 0 }, ..HttpLayer::default() };
+    for round in 1..=count {
+        if round > 1 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for probe in &mut tcp {
+            ctx.progress.set(format!("{ID}: connecting to {} ({round}/{count})…", probe.address));
+            match tcp_connect(probe.address, ctx.step_timeout).await {
+                Ok(took) => probe.times.push(took),
+                Err(e) => probe.error = Some(e),
+            }
+        }
+        if let Some(client) = client {
+            ctx.progress.set(format!("{ID}: GET {} ({round}/{count})…", target.base));
+            let started = Instant::now();
+            match client.probe_base().await {
+                Ok(answer) => {
+                    http.times.push(started.elapsed());
+                    http.answer.get_or_insert(answer);
+                }
+                Err(e) => http.error = Some(e),
+            }
+        }
+    }
+    let tcp = tcp
+        .into_iter()
+        .map(|probe| TcpStats {
+            address: probe.address.to_string(),
+            stats: Stats::from(&probe.times, count),
+            error: probe.error,
+        })
+        .collect();
+    (tcp, http)
+}
+
+/// One ping-dify run being judged, layer by layer: the result so far and its details.
+struct Ping {
+    target: Target,
+    result: CheckResult,
+    details: Details,
+}
+
+impl Ping {
+    /// The base URL and the proxy variables, before any layer is measured.
+    fn start(target: Target) -> Ping {
+        let mut result = CheckResult::new(ID);
+        let details = Details {
+            base: target.base.clone(),
+            scheme: target.url.scheme().to_string(),
+            host: target.host.clone(),
+            port: target.port,
+            proxy: proxy_for(&target.url),
+            dns: Vec::new(),
+            tcp: Vec::new(),
+            tls: None,
+            http: HttpStats::default(),
+            failed_layer: None,
+            reachable: false,
+        };
+        result.line(format!("base: {}", target.base));
+        for var in &details.proxy.variables {
+            result.line(format!("proxy variable: {}={}", var.name, var.value));
+        }
+        if let Some(proxy) = &details.proxy.used {
+            result.line(format!("requests to Dify go through the proxy {proxy}; DNS and TCP below are direct"));
+        }
+        Ping { target, result, details }
     }
 
-    // DNS
-    ctx.progress.set(format!("{ID}: resolving {host}…"));
-    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => {
-            result.line(format!("dns: {host} is an IP address, nothing to resolve"));
-            vec![ip]
-        }
-        Err(_) => {
-            let system = resolve_system(&host, timeout).await;
-            result.line(dns_line(&system));
-            let ips: Vec<IpAddr> = system.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-            details.dns.push(system);
-            if let Some(server) = options.dns {
-                let other = resolve_with(&host, server, timeout).await;
-                result.line(dns_line(&other));
-                details.dns.push(other);
+    /// Requests to Dify go through a proxy: DNS and TCP failures here are only warnings.
+    fn proxied(&self) -> bool {
+        self.details.proxy.used.is_some()
+    }
+
+    /// The Dify client serve would use, or a failure saying why there is none.
+    fn client(&mut self, ctx: &Context, config: &Config) -> Option<DifyClient> {
+        match ctx.client(config) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                self.result.fail(Finding::new(format!("cannot build the Dify client: {e}")));
+                None
             }
-            ips
         }
-    };
-    if let Some(system) = details.dns.first().filter(|d| d.error.is_some()) {
-        let compare = details.dns.get(1);
-        let (reason, fix) = dns_failure(&host, system, compare);
-        if proxied {
-            result.warn(format!("{reason} (requests go through the proxy, which resolves on its side)"), Some(fix));
-        } else {
-            details.failed_layer = Some("dns");
-            result.network_fail(reason, Some(fix));
+    }
+
+    /// The DNS lines and problems; returns the addresses to connect to.
+    fn judge_dns(&mut self, dns: DnsLayer) -> Vec<IpAddr> {
+        let host = &self.target.host;
+        if dns.answers.is_empty() {
+            self.result.line(format!("dns: {host} is an IP address, nothing to resolve"));
         }
-    } else if let (Some(system), Some(other)) = (details.dns.first(), details.dns.get(1)) {
-        if other.error.is_some() {
-            result.warn(
-                format!(
-                    "the DNS server {} cannot resolve {host} ({}), the system resolver can",
-                    other.servers.join(", "),
-                    other.error.as_deref().unwrap_or("")
-                ),
-                Some("nothing to fix for opendify; do not use that server in Docker's `dns:` setting".into()),
-            );
-        } else if sorted(&system.addresses) != sorted(&other.addresses) {
-            result.line(format!(
-                "note: the resolvers disagree ({} vs {}); normal for CDNs, suspicious for a private Dify",
-                system.addresses.join(", "),
-                other.addresses.join(", ")
+        for answer in &dns.answers {
+            self.result.line(dns_line(answer));
+        }
+        match dns.answers.as_slice() {
+            [system, ..] if system.error.is_some() => {
+                let mut finding = dns_failure(host, system, dns.answers.get(1));
+                if self.proxied() {
+                    finding.message.push_str(" (requests go through the proxy, which resolves on its side)");
+                    self.result.warn(finding);
+                } else {
+                    self.details.failed_layer = Some(Layer::Dns);
+                    self.result.network_fail(finding);
+                }
+            }
+            [_, other] if other.error.is_some() => {
+                self.result.warn(Finding::with_fix(
+                    format!(
+                        "the DNS server {} cannot resolve {host} ({}), the system resolver can",
+                        other.servers.join(", "),
+                        other.error.as_deref().unwrap_or("")
+                    ),
+                    "nothing to fix for opendify; do not use that server in Docker's `dns:` setting",
+                ));
+            }
+            [system, other] if sorted(&system.addresses) != sorted(&other.addresses) => {
+                self.result.line(format!(
+                    "note: the resolvers disagree ({} vs {}); normal for CDNs, suspicious for a private Dify",
+                    system.addresses.join(", "),
+                    other.addresses.join(", ")
+                ));
+            }
+            _ => {}
+        }
+        self.details.dns = dns.answers;
+        dns.addresses
+    }
+
+    /// A line per address; a failure when none can be connected to.
+    fn judge_tcp(&mut self, tcp: Vec<TcpStats>) {
+        for t in &tcp {
+            let text = match &t.error {
+                Some(e) if t.stats.received == 0 => e.clone(),
+                Some(e) => format!("{} (failures: {e})", t.stats.text()),
+                None => t.stats.text(),
+            };
+            self.result.line(format!("tcp {}: {text}", t.address));
+        }
+        self.details.tcp = tcp;
+        let tcp = &self.details.tcp;
+        if self.details.failed_layer.is_some() || tcp.is_empty() {
+            return;
+        }
+        let reached = tcp.iter().filter(|t| t.stats.received > 0).count();
+        if reached == 0 {
+            let error = tcp[0].error.clone().unwrap_or_default();
+            let mut finding = tcp_failure(&self.target, &error);
+            if self.proxied() {
+                finding.message.push_str(" (requests go through the proxy)");
+                self.result.warn(finding);
+            } else {
+                self.details.failed_layer = Some(Layer::Tcp);
+                self.result.network_fail(finding);
+            }
+        } else if reached < tcp.len() {
+            let bad: Vec<&str> = tcp.iter().filter(|t| t.stats.received == 0).map(|t| t.address.as_str()).collect();
+            self.result.warn(Finding::with_fix(
+                format!("{} of {} addresses cannot be reached: {}", bad.len(), tcp.len(), bad.join(", ")),
+                "usually IPv6 without a route: harmless while another address works; otherwise check the firewall",
+            ));
+        } else if tcp.iter().any(|t| t.stats.loss_pct > 0.0) {
+            self.result.warn(Finding::with_fix(
+                "some TCP connections failed (packet loss)",
+                "check the network path to Dify (Wi-Fi, VPN, firewall)",
             ));
         }
     }
 
-    // TCP, then TLS and HTTP, `count` rounds.
-    let dns_failed = details.failed_layer.is_some();
-    let targets: Vec<SocketAddr> = addresses.iter().take(4).map(|ip| SocketAddr::new(*ip, port)).collect();
-    let mut tcp_times: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
-    let mut tcp_errors: Vec<Option<String>> = vec![None; targets.len()];
-    let mut http_times = Vec::new();
-    let mut http_answer: Option<BaseAnswer> = None;
-    let mut http_error: Option<DifyError> = None;
-    let client = if dns_failed {
-        None
-    } else {
-        match ctx.client(config) {
-            Ok(client) => Some(client),
-            Err(e) => {
-                result.fail(format!("cannot build the Dify client: {e}"), None);
-                None
-            }
+    /// TLS (https only) and HTTP, from the same requests: any answer means reachable.
+    fn judge_tls_and_http(&mut self, http: HttpLayer) {
+        self.details.http = HttpStats {
+            status: http.answer.as_ref().map(|a| a.status),
+            stats: Stats::from(&http.times, http.sent),
+            error: http.error.as_ref().map(|e| e.to_string()),
+        };
+        if self.target.https {
+            self.details.tls = Some(tls_state(http.answer.as_ref(), http.error.as_ref()));
         }
-    };
-    for round in 0..if dns_failed { 0 } else { count } {
-        if round > 0 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        for (i, target) in targets.iter().enumerate() {
-            ctx.progress.set(format!("{ID}: connecting to {target} ({}/{count})…", round + 1));
-            match tcp_connect(*target, timeout).await {
-                Ok(took) => tcp_times[i].push(took),
-                Err(e) => tcp_errors[i] = Some(e),
+        match (&http.answer, &http.error) {
+            (Some(answer), _) => {
+                self.details.reachable = true;
+                self.judge_tls();
+                self.judge_answer(answer);
             }
-        }
-        if let Some(client) = &client {
-            ctx.progress.set(format!("{ID}: GET {base} ({}/{count})…", round + 1));
-            let started = Instant::now();
-            match client.probe_base().await {
-                Ok(answer) => {
-                    http_times.push(started.elapsed());
-                    http_answer.get_or_insert(answer);
-                }
-                Err(e) => http_error = Some(e),
-            }
-        }
-    }
-    let sent = if dns_failed { 0 } else { count };
-    for (i, target) in targets.iter().enumerate() {
-        let stats = Stats::from(&tcp_times[i], sent);
-        result.line(format!(
-            "tcp {target}: {}",
-            match &tcp_errors[i] {
-                Some(e) if stats.received == 0 => e.clone(),
-                Some(e) => format!("{} (failures: {e})", stats.text()),
-                None => stats.text(),
-            }
-        ));
-        details.tcp.push(TcpStats { address: target.to_string(), stats, error: tcp_errors[i].clone() });
-    }
-    let tcp_ok = details.tcp.iter().filter(|t| t.stats.received > 0).count();
-    if !dns_failed && !details.tcp.is_empty() {
-        if tcp_ok == 0 {
-            let error = details.tcp[0].error.clone().unwrap_or_default();
-            let (reason, fix) = tcp_failure(&host, port, &url, &error);
-            if proxied {
-                result.warn(format!("{reason} (requests go through the proxy)"), Some(fix));
-            } else {
-                details.failed_layer.get_or_insert("tcp");
-                result.network_fail(reason, Some(fix));
-            }
-        } else if tcp_ok < details.tcp.len() {
-            let bad: Vec<&str> =
-                details.tcp.iter().filter(|t| t.stats.received == 0).map(|t| t.address.as_str()).collect();
-            result.warn(
-                format!("{} of {} addresses cannot be reached: {}", bad.len(), details.tcp.len(), bad.join(", ")),
-                Some(
-                    "usually IPv6 without a route: harmless while another address works; otherwise check the firewall"
-                        .into(),
-                ),
-            );
-        } else if details.tcp.iter().any(|t| t.stats.loss_pct > 0.0) {
-            result.warn(
-                "some TCP connections failed (packet loss)",
-                Some("check the network path to Dify (Wi-Fi, VPN, firewall)".into()),
-            );
+            // A failure below HTTP was already named.
+            (None, Some(error)) if self.details.failed_layer.is_none() => self.judge_http_failure(error),
+            _ => {}
         }
     }
 
-    // TLS and HTTP.
-    details.http = HttpStats {
-        status: http_answer.as_ref().map(|a| a.status),
-        stats: Stats::from(&http_times, if client.is_some() { sent } else { 0 }),
-        error: http_error.as_ref().map(|e| e.to_string()),
-    };
-    if https {
-        details.tls = Some(tls_state(http_answer.as_ref(), http_error.as_ref()));
-    }
-    let tcp_blocked = details.failed_layer.is_some();
-    match (&http_answer, &http_error) {
-        (Some(answer), _) => {
-            details.reachable = true;
-            if let Some(tls) = &details.tls {
-                result.line(tls_line(tls));
-                if let Some(days) = tls.days_left.filter(|d| *d < 14) {
-                    result.warn(
-                        format!("the certificate of {host} expires in {days} days"),
-                        Some("renew the certificate of the Dify server (certbot renew, or your CA)".into()),
-                    );
-                }
-            } else {
-                result.line("tls: not used (http://)");
-            }
-            result.line(format!("http: GET {base} answered {} ({})", answer.status, details.http.stats.text()));
-            if !https && answer.status == 400 {
-                result.warn(
-                    format!("{base} answered 400 to plain HTTP"),
-                    Some(format!(
-                        "if this port speaks HTTPS, use DIFY_API_BASE={}",
-                        base.replacen("http://", "https://", 1)
-                    )),
-                );
-            }
-            if details.http.stats.received < details.http.stats.sent {
-                result.warn(
-                    format!("{}% of the HTTP requests to Dify failed", details.http.stats.loss_pct),
-                    Some("an unstable network path or an overloaded Dify: compare with `--count 20`".into()),
-                );
-            }
+    /// The certificate of a TLS connection that worked.
+    fn judge_tls(&mut self) {
+        let Some(tls) = &self.details.tls else {
+            self.result.line("tls: not used (http://)");
+            return;
+        };
+        self.result.line(tls_line(tls));
+        if let Some(days) = tls.days_left.filter(|d| *d < 14) {
+            self.result.warn(Finding::with_fix(
+                format!("the certificate of {} expires in {days} days", self.target.host),
+                "renew the certificate of the Dify server (certbot renew, or your CA)",
+            ));
         }
-        (None, Some(error)) if !tcp_blocked => {
-            let (layer, reason, fix) = http_failure(error, &url, https);
-            if layer == "tls"
-                && let Some(tls) = &details.tls
-            {
-                result.line(tls_line(tls));
-            }
-            if layer == "tls" {
-                result.line("http: not reached (the TLS handshake failed)");
-            } else {
-                result.line(format!("http: {error}"));
-            }
-            details.failed_layer.get_or_insert(layer);
-            result.network_fail(reason, Some(fix));
-        }
-        _ => {}
     }
 
-    result.summary(summary(&details, &host));
-    result.details(details);
-    result
+    /// An HTTP answer: the status, and what it hints at.
+    fn judge_answer(&mut self, answer: &BaseAnswer) {
+        let (base, stats) = (&self.target.base, &self.details.http.stats);
+        self.result.line(format!("http: GET {base} answered {} ({})", answer.status, stats.text()));
+        if !self.target.https && answer.status == 400 {
+            self.result.warn(Finding::with_fix(
+                format!("{base} answered 400 to plain HTTP"),
+                format!("if this port speaks HTTPS, use DIFY_API_BASE={}", base.replacen("http://", "https://", 1)),
+            ));
+        }
+        if stats.received < stats.sent {
+            self.result.warn(Finding::with_fix(
+                format!("{}% of the HTTP requests to Dify failed", stats.loss_pct),
+                "an unstable network path or an overloaded Dify: compare with `--count 20`",
+            ));
+        }
+    }
+
+    /// No answer at all: the handshake or the request failed.
+    fn judge_http_failure(&mut self, error: &DifyError) {
+        let (layer, finding) = http_failure(error, &self.target.url, self.target.https);
+        if layer == Layer::Tls {
+            if let Some(tls) = &self.details.tls {
+                self.result.line(tls_line(tls));
+            }
+            self.result.line("http: not reached (the TLS handshake failed)");
+        } else {
+            self.result.line(format!("http: {error}"));
+        }
+        self.details.failed_layer = Some(layer);
+        self.result.network_fail(finding);
+    }
+
+    fn finish(mut self) -> CheckResult {
+        self.result.summary(summary(&self.details, &self.target.host));
+        self.result.details(self.details);
+        self.result
+    }
 }
 
 fn summary(details: &Details, host: &str) -> String {
@@ -425,7 +554,7 @@ fn summary(details: &Details, host: &str) -> String {
         (Some(status), _) => {
             parts.push(format!("HTTP {status} in {} ms", details.http.stats.avg_ms.unwrap_or_default()))
         }
-        (None, Some(_)) if details.failed_layer == Some("http") => parts.push("HTTP failed".into()),
+        (None, Some(_)) if details.failed_layer == Some(Layer::Http) => parts.push("HTTP failed".into()),
         _ => {}
     }
     if parts.is_empty() { details.base.clone() } else { parts.join(", ") }
@@ -539,13 +668,13 @@ async fn lookup(
     answer
 }
 
-fn dns_failure(host: &str, system: &DnsAnswer, compare: Option<&DnsAnswer>) -> (String, String) {
+fn dns_failure(host: &str, system: &DnsAnswer, compare: Option<&DnsAnswer>) -> Finding {
     let error = system.error.as_deref().unwrap_or("failed");
     let reason = format!("DNS: the system resolver cannot resolve {host}: {error}");
     if let Some(other) = compare.filter(|o| o.error.is_none()) {
         let server = other.servers.first().cloned().unwrap_or_default();
         let ip = server.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])).unwrap_or(&server).to_string();
-        return (
+        return Finding::with_fix(
             reason,
             format!(
                 "{server} resolves it: in Docker add `dns: [\"{ip}\"]` to the service in docker-compose.yml (or `--dns {ip}` to docker run); on a host, fix the nameserver lines in /etc/resolv.conf"
@@ -562,7 +691,7 @@ fn dns_failure(host: &str, system: &DnsAnswer, compare: Option<&DnsAnswer>) -> (
         ),
         _ => "check /etc/resolv.conf; compare with `opendify doctor ping-dify --dns 8.8.8.8`".to_string(),
     };
-    (reason, fix)
+    Finding::with_fix(reason, fix)
 }
 
 async fn tcp_connect(target: SocketAddr, timeout: Duration) -> Result<Duration, String> {
@@ -581,11 +710,12 @@ async fn tcp_connect(target: SocketAddr, timeout: Duration) -> Result<Duration, 
     }
 }
 
-fn tcp_failure(host: &str, port: u16, url: &Url, error: &str) -> (String, String) {
+fn tcp_failure(target: &Target, error: &str) -> Finding {
+    let (host, port) = (&target.host, target.port);
     let reason = format!("TCP: cannot connect to {host}:{port}: {error}");
-    let explicit_port = url.port().is_some();
+    let explicit_port = target.url.port().is_some();
     let fix = if error.contains("refused") {
-        let scheme_hint = match (url.scheme(), explicit_port) {
+        let scheme_hint = match (target.url.scheme(), explicit_port) {
             ("https", false) => {
                 " (https:// without a port means 443; a plain-HTTP Dify usually listens on 80: use http://)"
             }
@@ -604,7 +734,7 @@ fn tcp_failure(host: &str, port: u16, url: &Url, error: &str) -> (String, String
     } else {
         format!("check that {host}:{port} is reachable from this machine (`nc -vz {host} {port}`)")
     };
-    (reason, fix)
+    Finding::with_fix(reason, fix)
 }
 
 fn tls_state(answer: Option<&BaseAnswer>, error: Option<&DifyError>) -> TlsState {
@@ -658,56 +788,61 @@ fn is_tls_error(error: &DifyError) -> bool {
 }
 
 /// The layer a failed HTTP probe broke in, why, and what to do.
-fn http_failure(error: &DifyError, url: &Url, https: bool) -> (&'static str, String, String) {
+fn http_failure(error: &DifyError, url: &Url, https: bool) -> (Layer, Finding) {
     let host = url.host_str().unwrap_or_default();
     if https && is_tls_error(error) {
-        let text = error.to_string();
-        let lower = text.to_ascii_lowercase();
-        let fix = if lower.contains("corrupt message")
-            || lower.contains("invalidcontenttype")
-            || lower.contains("wrong version")
-        {
-            format!(
-                "the server at {host} speaks plain HTTP on this port: use DIFY_API_BASE={}",
-                url.as_str().trim_end_matches('/').replacen("https://", "http://", 1)
-            )
-        } else if lower.contains("unknownissuer")
-            || lower.contains("unknown issuer")
-            || lower.contains("self-signed")
-            || lower.contains("self signed")
-        {
-            "the certificate is not signed by a CA this machine trusts: use a certificate from a public CA (e.g. Let's Encrypt), or add your CA to the system trust store (update-ca-certificates)".to_string()
-        } else if lower.contains("notvalidforname") || lower.contains("not valid for") {
-            format!(
-                "the certificate does not name {host}: use the host name it was issued for in DIFY_API_BASE, or reissue it"
-            )
-        } else if lower.contains("expired") {
-            format!("the certificate of {host} has expired: renew it on the Dify server (certbot renew)")
-        } else {
-            "check the TLS setup of the Dify server (certificate chain, protocol versions)".to_string()
-        };
-        return ("tls", format!("TLS: the handshake with {host} failed: {error}"), fix);
+        let reason = format!("TLS: the handshake with {host} failed: {error}");
+        return (Layer::Tls, Finding::with_fix(reason, tls_fix(error, url)));
     }
     match error {
         DifyError::Timeout(limit) => (
-            "http",
-            format!("HTTP: {host} accepted the connection but did not answer within {}", format_duration(*limit)),
-            "Dify (or a reverse proxy in front of it) hangs: check `docker compose ps` / the api container logs; raise --timeout to wait longer".into(),
+            Layer::Http,
+            Finding::with_fix(
+                format!("HTTP: {host} accepted the connection but did not answer within {}", format_duration(*limit)),
+                "Dify (or a reverse proxy in front of it) hangs: check `docker compose ps` / the api container logs; raise --timeout to wait longer",
+            ),
         ),
         DifyError::Connect { reason, .. } => (
-            "tcp",
-            format!("the Dify client cannot connect to {}: {reason}", mask_url_credentials(url.as_str())),
-            if reason.to_ascii_lowercase().contains("proxy") {
-                "the proxy from HTTPS_PROXY/HTTP_PROXY refuses or fails: check it, or exempt Dify with NO_PROXY".into()
-            } else {
-                "check that Dify is running and reachable from this machine; see the TCP lines above".into()
-            },
+            Layer::Tcp,
+            Finding::with_fix(
+                format!("the Dify client cannot connect to {}: {reason}", mask_url_credentials(url.as_str())),
+                if reason.to_ascii_lowercase().contains("proxy") {
+                    "the proxy from HTTPS_PROXY/HTTP_PROXY refuses or fails: check it, or exempt Dify with NO_PROXY"
+                } else {
+                    "check that Dify is running and reachable from this machine; see the TCP lines above"
+                },
+            ),
         ),
         other => (
-            "http",
-            format!("HTTP: {other}"),
-            "check DIFY_API_BASE (it should be Dify's service API, ending in /v1)".into(),
+            Layer::Http,
+            Finding::with_fix(
+                format!("HTTP: {other}"),
+                "check DIFY_API_BASE (it should be Dify's service API, ending in /v1)",
+            ),
         ),
+    }
+}
+
+/// What to do about a failed TLS handshake, by rustls's words for it.
+fn tls_fix(error: &DifyError, url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    let lower = error.to_string().to_ascii_lowercase();
+    let says = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if says(&["corrupt message", "invalidcontenttype", "wrong version"]) {
+        format!(
+            "the server at {host} speaks plain HTTP on this port: use DIFY_API_BASE={}",
+            url.as_str().trim_end_matches('/').replacen("https://", "http://", 1)
+        )
+    } else if says(&["unknownissuer", "unknown issuer", "self-signed", "self signed"]) {
+        "the certificate is not signed by a CA this machine trusts: use a certificate from a public CA (e.g. Let's Encrypt), or add your CA to the system trust store (update-ca-certificates)".to_string()
+    } else if says(&["notvalidforname", "not valid for"]) {
+        format!(
+            "the certificate does not name {host}: use the host name it was issued for in DIFY_API_BASE, or reissue it"
+        )
+    } else if says(&["expired"]) {
+        format!("the certificate of {host} has expired: renew it on the Dify server (certbot renew)")
+    } else {
+        "check the TLS setup of the Dify server (certificate chain, protocol versions)".to_string()
     }
 }
 
@@ -781,13 +916,14 @@ mod tests {
                 "error sending request: client error (Connect): received corrupt message of type InvalidContentType"
                     .into(),
         };
-        let (layer, _, fix) = http_failure(&plain, &url, true);
-        assert_eq!(layer, "tls");
+        let (layer, finding) = http_failure(&plain, &url, true);
+        let fix = finding.fix.unwrap_or_default();
+        assert_eq!(layer, Layer::Tls);
         assert!(fix.contains("DIFY_API_BASE=http://dify.example.com/v1"), "{fix}");
         let untrusted =
             DifyError::Connect { url: url.to_string(), reason: "invalid peer certificate: UnknownIssuer".into() };
-        assert!(http_failure(&untrusted, &url, true).2.contains("trust store"));
+        assert!(http_failure(&untrusted, &url, true).1.fix.unwrap_or_default().contains("trust store"));
         let refused = DifyError::Connect { url: url.to_string(), reason: "Connection refused (os error 111)".into() };
-        assert_eq!(http_failure(&refused, &url, true).0, "tcp");
+        assert_eq!(http_failure(&refused, &url, true).0, Layer::Tcp);
     }
 }

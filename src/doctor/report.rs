@@ -3,17 +3,20 @@
 //! for CI with a stable schema (no dynamic keys). Keeping both renderings next to the type
 //! means a check cannot say something to people that CI does not see, or the reverse.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use colored::Colorize;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::finding::Finding;
+
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     Warn,
     Fail,
@@ -53,27 +56,71 @@ impl Status {
     }
 }
 
-/// One thing a check found wrong: why, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Issue {
+/// One thing a check found wrong: how bad it is, and the problem with its fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Issue {
     /// `warn` or `fail`.
     pub level: Status,
-    pub reason: String,
-    pub fix: Option<String>,
+    pub finding: Finding,
     /// Caused by the network (DNS, TCP, TLS, HTTP, timeouts): `--network-errors=warn` turns
     /// such failures into warnings.
-    #[serde(skip)]
     pub network: bool,
+}
+
+impl Issue {
+    pub fn fail(finding: Finding) -> Self {
+        Issue { level: Status::Fail, finding, network: false }
+    }
+
+    pub fn warn(finding: Finding) -> Self {
+        Issue { level: Status::Warn, finding, network: false }
+    }
+
+    /// A failure caused by the network, which `--network-errors=warn` reports as a warning.
+    pub fn network_fail(finding: Finding) -> Self {
+        Issue { level: Status::Fail, finding, network: true }
+    }
+
+    pub fn fix(&self) -> Option<&str> {
+        self.finding.fix.as_deref()
+    }
+}
+
+/// The JSON of an issue is `{"level", "reason", "fix"}`: the documented schema names the
+/// finding's message `reason`.
+impl Serialize for Issue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            level: Status,
+            reason: &'a str,
+            fix: Option<&'a str>,
+        }
+        Json { level: self.level, reason: &self.finding.message, fix: self.finding.fix.as_deref() }
+            .serialize(serializer)
+    }
+}
+
+/// A check's typed details, turned into JSON only when the report is rendered.
+pub(crate) trait CheckDetails: fmt::Debug + Send + Sync {
+    fn to_json(&self) -> Value;
+}
+
+impl<T: Serialize + fmt::Debug + Send + Sync> CheckDetails for T {
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 /// What one check found.
 #[derive(Debug, Clone)]
-pub struct CheckResult {
+pub(crate) struct CheckResult {
     pub id: &'static str,
     pub summary: String,
     pub duration: Duration,
-    /// Check-specific facts, with the same keys whatever the outcome.
-    pub details: Value,
+    /// Check-specific facts, with the same keys whatever the outcome (none: the check did
+    /// not run or did not finish, shown as `{}`).
+    details: Option<Arc<dyn CheckDetails>>,
     pub issues: Vec<Issue>,
     /// Detail lines for people (shown for a single check, or with `--verbose`).
     pub lines: Vec<String>,
@@ -86,7 +133,7 @@ impl CheckResult {
             id,
             summary: String::new(),
             duration: Duration::ZERO,
-            details: Value::Object(serde_json::Map::new()),
+            details: None,
             issues: Vec::new(),
             lines: Vec::new(),
             skipped: false,
@@ -106,9 +153,21 @@ impl CheckResult {
         self
     }
 
-    pub fn details(&mut self, details: impl Serialize) -> &mut Self {
-        self.details = serde_json::to_value(details).unwrap_or(Value::Null);
+    pub fn details(&mut self, details: impl CheckDetails + 'static) -> &mut Self {
+        self.details = Some(Arc::new(details));
         self
+    }
+
+    pub fn has_details(&self) -> bool {
+        self.details.is_some()
+    }
+
+    /// The details as they appear in the JSON document.
+    pub fn details_json(&self) -> Value {
+        match &self.details {
+            Some(details) => details.to_json(),
+            None => Value::Object(serde_json::Map::new()),
+        }
     }
 
     pub fn line(&mut self, line: impl Into<String>) -> &mut Self {
@@ -116,21 +175,21 @@ impl CheckResult {
         self
     }
 
-    pub fn fail(&mut self, reason: impl Into<String>, fix: Option<String>) -> &mut Self {
-        self.issue(Status::Fail, reason, fix, false)
+    pub fn fail(&mut self, finding: Finding) -> &mut Self {
+        self.push(Issue::fail(finding))
     }
 
-    pub fn warn(&mut self, reason: impl Into<String>, fix: Option<String>) -> &mut Self {
-        self.issue(Status::Warn, reason, fix, false)
+    pub fn warn(&mut self, finding: Finding) -> &mut Self {
+        self.push(Issue::warn(finding))
     }
 
     /// A failure caused by the network, which `--network-errors=warn` reports as a warning.
-    pub fn network_fail(&mut self, reason: impl Into<String>, fix: Option<String>) -> &mut Self {
-        self.issue(Status::Fail, reason, fix, true)
+    pub fn network_fail(&mut self, finding: Finding) -> &mut Self {
+        self.push(Issue::network_fail(finding))
     }
 
-    fn issue(&mut self, level: Status, reason: impl Into<String>, fix: Option<String>, network: bool) -> &mut Self {
-        self.issues.push(Issue { level, reason: reason.into(), fix, network });
+    pub fn push(&mut self, issue: Issue) -> &mut Self {
+        self.issues.push(issue);
         self
     }
 
@@ -159,7 +218,7 @@ impl CheckResult {
 
     /// The fix of the main issue, or the first fix any issue has.
     pub fn main_fix(&self) -> Option<&str> {
-        self.main_issue().and_then(|i| i.fix.as_deref()).or_else(|| self.issues.iter().find_map(|i| i.fix.as_deref()))
+        self.main_issue().and_then(Issue::fix).or_else(|| self.issues.iter().find_map(Issue::fix))
     }
 
     /// `--network-errors=warn`: network failures become warnings.
@@ -174,14 +233,14 @@ impl CheckResult {
 
 /// How a run is judged and shown.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RenderOptions {
+pub(crate) struct RenderOptions {
     pub colour: bool,
     /// Show every check's detail lines.
     pub verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub passed: usize,
     pub warnings: usize,
     pub failed: usize,
@@ -190,7 +249,7 @@ pub struct Summary {
 
 /// A whole doctor run.
 #[derive(Debug, Clone, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub checks: Vec<CheckResult>,
     /// `--strict`: warnings fail the run.
     pub strict: bool,
@@ -221,10 +280,6 @@ impl Report {
         if self.ok() { 0 } else { 1 }
     }
 
-    pub fn get(&self, id: &str) -> Option<&CheckResult> {
-        self.checks.iter().find(|c| c.id == id)
-    }
-
     pub fn to_json(&self) -> Value {
         #[derive(Serialize)]
         struct JsonCheck<'a> {
@@ -232,7 +287,7 @@ impl Report {
             status: Status,
             summary: &'a str,
             duration_ms: u64,
-            details: &'a Value,
+            details: Value,
             reason: Option<&'a str>,
             fix: Option<&'a str>,
             issues: &'a [Issue],
@@ -253,8 +308,8 @@ impl Report {
                 status: c.status(),
                 summary: &c.summary,
                 duration_ms: u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX),
-                details: &c.details,
-                reason: c.main_issue().map(|i| i.reason.as_str()),
+                details: c.details_json(),
+                reason: c.main_issue().map(|i| i.finding.message.as_str()),
                 fix: c.main_fix(),
                 issues: &c.issues,
             })
@@ -310,7 +365,7 @@ const NAME_WIDTH: usize = 16;
 
 /// One check as people see it: the status line, then `reason:`/`fix:` for each issue, then
 /// the detail lines when asked for.
-pub fn render_check(check: &CheckResult, options: RenderOptions) -> String {
+pub(crate) fn render_check(check: &CheckResult, options: RenderOptions) -> String {
     let status = check.status();
     let mut out = String::new();
     let name = format!("{:<NAME_WIDTH$}", check.id);
@@ -330,8 +385,8 @@ pub fn render_check(check: &CheckResult, options: RenderOptions) -> String {
         } else {
             ("reason:".to_string(), "fix:".to_string())
         };
-        let _ = writeln!(out, "    {reason_label} {}", issue.reason);
-        if let Some(fix) = &issue.fix {
+        let _ = writeln!(out, "    {reason_label} {}", issue.finding.message);
+        if let Some(fix) = &issue.finding.fix {
             let _ = writeln!(out, "    {fix_label} {fix}");
         }
     }
@@ -345,13 +400,13 @@ pub fn render_check(check: &CheckResult, options: RenderOptions) -> String {
 }
 
 /// `12ms` under a second, `1.2s` above.
-pub fn format_duration(duration: Duration) -> String {
+pub(crate) fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     if ms < 1000 { format!("{ms}ms") } else { format!("{:.1}s", duration.as_secs_f64()) }
 }
 
 /// Milliseconds with one decimal, for measured times in details.
-pub fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
@@ -363,7 +418,7 @@ mod tests {
         let mut r = CheckResult::new(id);
         r.summary("s");
         for (level, network) in issues {
-            r.issue(*level, "why", Some("do this".into()), *network);
+            r.push(Issue { level: *level, finding: Finding::with_fix("why", "do this"), network: *network });
         }
         r
     }

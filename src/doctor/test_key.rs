@@ -8,21 +8,23 @@
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::test_stream::{self, Ended};
-use super::{CheckResult, Context, Status};
+use super::context::{Context, Facts};
+use super::probe::{self, Ended, explain};
+use super::report::{self, CheckResult};
 use crate::bridge::AppRoute;
 use crate::bridge::ModeSource;
 use crate::bridge::apps::describe;
 use crate::config::{Config, ModelSpec};
 use crate::dify::{AppMode, DifyClient, DifyError, InputField};
+use crate::finding::Finding;
 
-pub const ID: &str = "test-key";
+pub(crate) const ID: &str = "test-key";
 
 /// The Dify `user` of `--live` messages.
-pub const LIVE_USER: &str = "opendify-doctor";
+pub(crate) const LIVE_USER: &str = "opendify-doctor";
 
 #[derive(Debug, Clone, Default)]
-pub struct KeyOptions {
+pub(crate) struct KeyOptions {
     /// Only these models (empty: all).
     pub models: Vec<String>,
     pub live: bool,
@@ -36,7 +38,7 @@ struct Details {
 
 /// What Dify said about one model's app.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelReport {
+pub(crate) struct ModelReport {
     pub model: String,
     pub key: String,
     pub ok: bool,
@@ -58,90 +60,12 @@ pub struct ModelReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct LiveResult {
+pub(crate) struct LiveResult {
     pub ok: bool,
     pub user: &'static str,
     pub ms: f64,
     pub answer_chars: usize,
     pub error: Option<String>,
-}
-
-/// How to explain a failed Dify call to a person.
-pub struct Explained {
-    pub reason: String,
-    pub fix: String,
-    /// A network problem (`--network-errors=warn` softens it).
-    pub network: bool,
-    /// Not worth failing for (rate limits).
-    pub level: Status,
-}
-
-/// Why a call for `model` failed and what to do, by the error's kind.
-pub fn explain(error: &DifyError, model: &str, base: &str) -> Explained {
-    let make = |reason: String, fix: &str, network: bool| Explained {
-        reason,
-        fix: fix.to_string(),
-        network,
-        level: Status::Fail,
-    };
-    match error {
-        DifyError::Unauthorized { message, .. } => make(
-            format!("Dify rejected the key of model `{model}` (401: {message})"),
-            "get a valid key in Dify: open the app > API Access > API Key (create one if needed), and put it in MODEL_CONFIG",
-            false,
-        ),
-        DifyError::Api { code, message, .. } if code == "app_unavailable" || code == "not_chat_app" => make(
-            format!("the app of model `{model}` is unavailable ({code}: {message})"),
-            "open the app in Dify, check its model settings and click Publish; a draft app cannot answer the API",
-            false,
-        ),
-        DifyError::Api { status: 404, .. } | DifyError::Http { status: 404, .. } => make(
-            format!("Dify answered 404 for model `{model}`: {base} is not Dify's service API ({error})"),
-            "DIFY_API_BASE must end in /v1, e.g. https://api.dify.ai/v1 or http://your-dify-host/v1",
-            false,
-        ),
-        DifyError::Api { status: 429, message, .. } => Explained {
-            reason: format!("Dify rate-limited the test of model `{model}`: {message}"),
-            fix: "wait a minute and retry; check the app's rate limits in Dify".into(),
-            network: false,
-            level: Status::Warn,
-        },
-        DifyError::Api { status, code, message } if *status >= 500 => make(
-            format!("Dify failed answering for model `{model}` (HTTP {status}, {code}): {message}"),
-            "Dify itself has a problem: check its api container logs (`docker compose logs api`)",
-            true,
-        ),
-        DifyError::Api { status, code, message } => make(
-            format!("Dify refused the request for model `{model}` (HTTP {status}, {code}): {message}"),
-            "check the app's settings in Dify",
-            false,
-        ),
-        DifyError::Http { status, body } => make(
-            format!("{base} answered HTTP {status} with {body}, not Dify's JSON"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1), not the web console or another server",
-            *status >= 500,
-        ),
-        DifyError::Connect { .. } | DifyError::Timeout(_) | DifyError::Idle(_) | DifyError::Transport(_) => make(
-            format!("cannot reach Dify for model `{model}`: {error}"),
-            "run `opendify doctor ping-dify` to find the broken layer (DNS, TCP, TLS, HTTP)",
-            true,
-        ),
-        DifyError::TooLarge { .. } => make(
-            format!("Dify's answer for model `{model}` is not what Dify sends: {error}"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1)",
-            false,
-        ),
-        DifyError::Protocol(detail) => make(
-            format!("Dify's answer for model `{model}` is not what Dify sends: {detail}"),
-            "DIFY_API_BASE must point at Dify's service API (…/v1)",
-            false,
-        ),
-        DifyError::Request(detail) => make(
-            format!("the request for model `{model}` cannot be sent: {detail}"),
-            "check the key in MODEL_CONFIG for spaces, quotes or line breaks",
-            false,
-        ),
-    }
 }
 
 /// One model as tested: what is shown, the route serve would use, the typed error.
@@ -151,8 +75,8 @@ struct Tested {
     error: Option<DifyError>,
 }
 
-pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) -> CheckResult {
-    let (config, client) = match ctx.dify(ID, before) {
+pub(crate) async fn run(ctx: &Context, options: &KeyOptions, facts: &mut Facts) -> CheckResult {
+    let (config, client) = match ctx.dify(ID, facts) {
         Ok(found) => found,
         Err(result) => return *result,
     };
@@ -160,16 +84,7 @@ pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) ->
     ctx.progress.set(format!("{ID}: asking Dify about {} app(s)…", config.models.len() + config.unnamed_keys.len()));
     let mut tested = describe_all(&client, config).await;
     if !options.models.is_empty() {
-        let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
-        for wanted in &options.models {
-            if !known.contains(wanted) {
-                result.fail(
-                    format!("no model named `{wanted}` is configured (configured: {})", known.join(", ")),
-                    Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
-                );
-            }
-        }
-        tested.retain(|t| options.models.contains(&t.report.model));
+        keep_named(&mut result, &mut tested, &options.models);
     }
     if options.live {
         for t in &mut tested {
@@ -179,38 +94,59 @@ pub async fn run(ctx: &Context, options: &KeyOptions, before: &[CheckResult]) ->
             }
         }
     }
-
-    let base = &config.dify_api_base;
-    // Dify unreachable for every model: one problem, not one per model.
-    let all_unreachable =
-        !tested.is_empty() && tested.iter().all(|t| t.error.as_ref().is_some_and(|e| explain(e, "", base).network));
-    for t in &tested {
-        result.line(model_line(&t.report));
-        match &t.error {
-            Some(_) if all_unreachable => {}
-            Some(error) => push(&mut result, explain(error, &t.report.model, base)),
-            None => advise(&mut result, &t.report),
-        }
-    }
-    if let Some(error) = tested.iter().find_map(|t| t.error.as_ref()).filter(|_| all_unreachable) {
-        let mut explained = explain(error, "", base);
-        explained.reason = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
-        push(&mut result, explained);
-    }
+    judge(&mut result, &tested, &config.dify_api_base);
     if options.live {
         result.line(format!("--live: one message per model was sent as user `{LIVE_USER}`"));
     }
+    facts.failed_models.extend(tested.iter().filter(|t| !t.report.ok).map(|t| t.report.model.clone()));
+    result.summary(summary(&tested, options.live));
+    result.details(Details { live: options.live, models: tested.into_iter().map(|t| t.report).collect() });
+    result
+}
 
+/// `test-key MODEL…`: only the models named; a name that is not configured is a failure.
+fn keep_named(result: &mut CheckResult, tested: &mut Vec<Tested>, wanted: &[String]) {
+    let known: Vec<String> = tested.iter().map(|t| t.report.model.clone()).filter(|n| !n.is_empty()).collect();
+    for name in wanted.iter().filter(|name| !known.contains(name)) {
+        result.fail(Finding::with_fix(
+            format!("no model named `{name}` is configured (configured: {})", known.join(", ")),
+            "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
+        ));
+    }
+    tested.retain(|t| wanted.contains(&t.report.model));
+}
+
+/// A line per model, each failure explained, advice for the apps that answered. Dify
+/// unreachable for every model is one problem, not one per model.
+fn judge(result: &mut CheckResult, tested: &[Tested], base: &str) {
+    let all_unreachable =
+        !tested.is_empty() && tested.iter().all(|t| t.error.as_ref().is_some_and(|e| explain(e, "", base).network));
+    for t in tested {
+        result.line(model_line(&t.report));
+        match &t.error {
+            Some(_) if all_unreachable => {}
+            Some(error) => {
+                result.push(explain(error, &t.report.model, base));
+            }
+            None => advise(result, &t.report),
+        }
+    }
+    if let Some(error) = tested.iter().find_map(|t| t.error.as_ref()).filter(|_| all_unreachable) {
+        let mut issue = explain(error, "", base);
+        issue.finding.message = format!("cannot reach Dify for any of the {} models: {error}", tested.len());
+        result.push(issue);
+    }
+}
+
+/// `3 keys valid`, or how many failed.
+fn summary(tested: &[Tested], live: bool) -> String {
     let valid = tested.iter().filter(|t| t.report.ok).count();
-    let total = tested.len();
-    let note = if options.live { ", one live message each" } else { "" };
-    result.summary(match (valid, total) {
+    let note = if live { ", one live message each" } else { "" };
+    match (valid, tested.len()) {
         (_, 0) => "no model to test".to_string(),
         (v, t) if v == t => format!("{t} key{} valid{note}", if t == 1 { "" } else { "s" }),
         (v, t) => format!("{} of {t} keys failed{note}", t - v),
-    });
-    result.details(Details { live: options.live, models: tested.into_iter().map(|t| t.report).collect() });
-    result
+    }
 }
 
 /// Warnings about an app whose key works.
@@ -218,29 +154,26 @@ fn advise(result: &mut CheckResult, report: &ModelReport) {
     if let (Some(dify), Some("configured")) = (&report.dify_mode, report.mode_source)
         && Some(dify) != report.mode.as_ref()
     {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!(
                 "MODEL_CONFIG sets mode {} for `{}`, but Dify says the app is {dify}",
                 report.mode.as_deref().unwrap_or("?"),
                 report.model
             ),
-            Some(format!("remove \"mode\" for `{}` from MODEL_CONFIG (Dify's answer is used then)", report.model)),
-        );
+            format!("remove \"mode\" for `{}` from MODEL_CONFIG (Dify's answer is used then)", report.model),
+        ));
     }
     if report.mode_source == Some("default") {
-        result.warn(
-            format!("Dify's /info does not say which mode the app of `{}` is (older Dify); assuming chat", report.model),
-            Some(format!(
+        result.warn(Finding::with_fix(format!("Dify's /info does not say which mode the app of `{}` is (older Dify); assuming chat", report.model), format!(
                 "set it in MODEL_CONFIG: \"{}\":{{\"key\":\"app-…\",\"mode\":\"workflow\"}} (chat, agent-chat, advanced-chat, completion or workflow)",
                 report.model
-            )),
-        );
+            )));
     }
     if report.parameters_missing {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!("Dify's /parameters for `{}` could not be read; input fields are unknown", report.model),
-            Some("check the app in Dify; opendify will send the message as `query`".into()),
-        );
+            "check the app in Dify; opendify will send the message as `query`",
+        ));
     }
     let unfillable: Vec<&str> = report
         .inputs
@@ -249,33 +182,22 @@ fn advise(result: &mut CheckResult, report: &ModelReport) {
         .map(|f| f.variable.as_str())
         .collect();
     if !unfillable.is_empty() {
-        result.warn(
+        result.warn(Finding::with_fix(
             format!(
                 "the app of `{}` requires input{} {} that chat clients do not send; Dify will reject their requests",
                 report.model,
                 if unfillable.len() == 1 { "" } else { "s" },
                 unfillable.join(", ")
             ),
-            Some(
-                "make these inputs optional in the app's start form, or send them in the request's `inputs` object"
-                    .into(),
-            ),
-        );
+            "make these inputs optional in the app's start form, or send them in the request's `inputs` object",
+        ));
     }
     if let Some(live) = report.live.as_ref().filter(|l| !l.ok) {
-        result.fail(
+        result.fail(Finding::with_fix(
             format!("`{}`: the live message failed: {}", report.model, live.error.as_deref().unwrap_or("?")),
-            Some(format!("run `opendify doctor test-stream {}` for details", report.model)),
-        );
+            format!("run `opendify doctor test-stream {}` for details", report.model),
+        ));
     }
-}
-
-fn push(result: &mut CheckResult, explained: Explained) {
-    match (explained.level, explained.network) {
-        (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
-        (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
-        _ => result.fail(explained.reason, Some(explained.fix)),
-    };
 }
 
 fn model_line(report: &ModelReport) -> String {
@@ -363,12 +285,12 @@ async fn test_one(client: &DifyClient, spec: &ModelSpec) -> Tested {
 
 /// `--live`: one tiny message through serve's request building, as [`LIVE_USER`].
 async fn live(ctx: &Context, config: &Config, client: &DifyClient, route: &AppRoute) -> LiveResult {
-    let run = test_stream::measure_direct(ctx, config, client, route, "ping", LIVE_USER).await;
+    let run = probe::measure_direct(&ctx.progress, ID, config, client, route, "ping", LIVE_USER).await;
     match run {
         Ok(run) => LiveResult {
             ok: run.ended == Ended::Finished,
             user: LIVE_USER,
-            ms: super::report::millis(run.total),
+            ms: report::millis(run.total),
             answer_chars: run.answer_chars,
             error: run.error,
         },

@@ -3,7 +3,8 @@
 //! Dify it goes through serve's own request building and event translation, so "ended
 //! properly" means what serve means by it; `--via` sends it through a running opendify like
 //! Open WebUI would, with `X-OpenWebUI-User-Id`, and checks which user the server resolved
-//! (its `X-Opendify-User` header).
+//! (its `X-Opendify-User` header). The request is measured into a [`StreamRun`] first;
+//! [`judge`] then turns it into the verdict without any I/O.
 
 use std::time::{Duration, Instant};
 
@@ -11,19 +12,21 @@ use reqwest::Url;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::report::{format_duration, millis};
-use super::test_key::explain;
-use super::{CheckResult, Context, Status};
-use crate::bridge::request::{self, BuildOptions, ConversationPlan};
-use crate::bridge::{AppRoute, Collected, Message, Outcome, ProgressMode, Role, Translator, TranslatorOptions, Turn};
+use super::context::{Context, Facts, Progress};
+use super::probe::{self, Clock, Ended, StreamRun, Usage, explain};
+use super::report::{CheckResult, Issue, format_duration, millis};
 use crate::config::{Config, ModelSpec};
+use crate::conversations::identity;
+use crate::dify::error::error_chain;
 use crate::dify::sse::SseParser;
 use crate::dify::{DifyClient, DifyError};
+use crate::finding::Finding;
+use crate::secret::Secret;
 
-pub const ID: &str = "test-stream";
+pub(crate) const ID: &str = "test-stream";
 
 /// The header Open WebUI forwards the user in; `--via` sends it.
-pub const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
+pub(crate) const OPENWEBUI_USER_HEADER: &str = "X-OpenWebUI-User-Id";
 /// How `--via` told opendify who the user is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UserSent {
@@ -43,10 +46,10 @@ impl UserSent {
 }
 
 /// The header opendify answers with the user it resolved.
-pub const RESOLVED_USER_HEADER: &str = "x-opendify-user";
+pub(crate) const RESOLVED_USER_HEADER: &str = "x-opendify-user";
 
 #[derive(Debug, Clone)]
-pub struct StreamOptions {
+pub(crate) struct StreamOptions {
     pub model: Option<String>,
     pub via: Option<Url>,
     pub message: String,
@@ -61,91 +64,6 @@ impl Default for StreamOptions {
             message: "Say hello in five words.".into(),
             user: "opendify-doctor".into(),
         }
-    }
-}
-
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ended {
-    /// With Dify's closing event (or `[DONE]` after a finish reason).
-    Finished,
-    /// The connection closed or went silent before the end.
-    Cut,
-    /// An error frame.
-    Error,
-}
-
-/// What one streaming request looked like.
-#[derive(Debug, Clone)]
-pub struct StreamRun {
-    /// Until the response headers.
-    pub headers: Duration,
-    pub first_event: Option<Duration>,
-    pub events: u64,
-    pub keep_alives: u64,
-    pub gaps: Vec<Duration>,
-    pub total: Duration,
-    pub usage: Option<Usage>,
-    pub ended: Ended,
-    pub finish_reason: Option<String>,
-    pub error: Option<String>,
-    pub answer_chars: usize,
-    /// `--via`: the user opendify resolved, from its response header.
-    pub resolved_user: Option<String>,
-}
-
-impl StreamRun {
-    fn new() -> Self {
-        StreamRun {
-            headers: Duration::ZERO,
-            first_event: None,
-            events: 0,
-            keep_alives: 0,
-            gaps: Vec::new(),
-            total: Duration::ZERO,
-            usage: None,
-            ended: Ended::Cut,
-            finish_reason: None,
-            error: None,
-            answer_chars: 0,
-            resolved_user: None,
-        }
-    }
-}
-
-/// Times events as they arrive.
-struct Clock {
-    started: Instant,
-    last: Option<Instant>,
-}
-
-impl Clock {
-    fn tick(&mut self, run: &mut StreamRun) {
-        let now = Instant::now();
-        match self.last {
-            None => run.first_event = Some(now - self.started),
-            Some(last) => run.gaps.push(now - last),
-        }
-        self.last = Some(now);
-        run.events += 1;
-    }
-}
-
-/// Token counts as the check reports them (`details.usage`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-}
-
-impl From<&crate::bridge::Usage> for Usage {
-    fn from(u: &crate::bridge::Usage) -> Self {
-        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens }
     }
 }
 
@@ -213,52 +131,51 @@ fn gaps(list: &[Duration]) -> Gaps {
     Gaps { p50: rank(0.50), p95: rank(0.95), max: sorted.last().map(|d| millis(*d)) }
 }
 
-pub async fn run(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
+pub(crate) async fn run(ctx: &Context, options: &StreamOptions, facts: &Facts) -> CheckResult {
     let mut result = match &options.via {
         Some(via) => run_via(ctx, options, via).await,
-        None => run_direct(ctx, options, before).await,
+        None => run_direct(ctx, options, facts).await,
     };
     // Every outcome carries the same detail keys, even when the request never started.
-    if !result.is_skipped() && result.details.as_object().is_some_and(|o| o.is_empty()) {
+    if !result.is_skipped() && !result.has_details() {
         result.details(Details::empty(options));
     }
     result
 }
 
-async fn run_direct(ctx: &Context, options: &StreamOptions, before: &[CheckResult]) -> CheckResult {
-    let (config, client) = match ctx.dify(ID, before) {
+/// A check that ended before a stream could be measured.
+fn stopped(summary: impl Into<String>, issue: Issue) -> CheckResult {
+    let mut result = CheckResult::new(ID);
+    result.summary(summary);
+    result.push(issue);
+    result
+}
+
+async fn run_direct(ctx: &Context, options: &StreamOptions, facts: &Facts) -> CheckResult {
+    let (config, client) = match ctx.dify(ID, facts) {
         Ok(found) => found,
         Err(result) => return *result,
     };
-    let mut result = CheckResult::new(ID);
     let Some(spec) = pick_model(config, options.model.as_deref(), &client).await else {
         let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
-        result.summary("no such model");
-        result.fail(
-            format!(
-                "no model named `{}` is configured (configured: {})",
-                options.model.as_deref().unwrap_or(""),
-                names.join(", ")
-            ),
-            Some("use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them".into()),
+        let wanted = options.model.as_deref().unwrap_or("");
+        return stopped(
+            "no such model",
+            Issue::fail(Finding::with_fix(
+                format!("no model named `{wanted}` is configured (configured: {})", names.join(", ")),
+                "use a model name from MODEL_CONFIG; `opendify doctor check-config` lists them",
+            )),
         );
-        return result;
     };
-    if let Some(keys) = before.iter().find(|c| c.id == super::test_key::ID) {
-        let failed = keys
-            .details
-            .get("models")
-            .and_then(Value::as_array)
-            .is_some_and(|models| models.iter().any(|m| m["model"] == spec.name.as_str() && m["ok"] == false));
-        if failed {
-            return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
-        }
+    if facts.failed_models.contains(&spec.name) {
+        return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
     }
     let route = crate::bridge::apps::describe(&client, &spec).await;
-    let run = measure_direct(ctx, config, &client, &route, &options.message, &options.user).await;
-    let idle = ctx.doctor_config(config).stream_idle_timeout;
-    judge(&mut result, run, &spec.name, None, &options.user, idle, &config.dify_api_base);
-    result
+    let target = Target { model: &spec.name, via: None, user: &options.user };
+    match probe::measure_direct(&ctx.progress, ID, config, &client, &route, &options.message, &options.user).await {
+        Ok(run) => judge(&target, &run, ctx.doctor_config(config).stream_idle_timeout),
+        Err(error) => not_started(&target, &error, &config.dify_api_base),
+    }
 }
 
 /// The model to test: the one named, else the first configured. Apps of DIFY_API_KEYS are
@@ -286,83 +203,32 @@ async fn pick_model(config: &Config, wanted: Option<&str>, client: &DifyClient) 
     None
 }
 
-/// One streaming generation straight to Dify, built and judged by serve's own code.
-pub async fn measure_direct(
-    ctx: &Context,
-    config: &Config,
-    client: &DifyClient,
-    route: &AppRoute,
-    message: &str,
-    user: &str,
-) -> Result<StreamRun, DifyError> {
-    let turn = Turn {
-        model: route.name.clone(),
-        messages: vec![Message::text(Role::User, message, "messages[0]")],
-        stream: true,
-        ..Turn::default()
+async fn run_via(ctx: &Context, options: &StreamOptions, url: &Url) -> CheckResult {
+    let via = match Via::new(ctx, url) {
+        Ok(via) => via,
+        Err(e) => return stopped("cannot build an HTTP client", Issue::fail(Finding::new(e.to_string()))),
     };
-    let options = BuildOptions { user, system_input: config.system_input.as_deref(), sections: &[], instead: None };
-    let plan = ConversationPlan { seed_from: Some(0), ..ConversationPlan::default() };
-    let generate = request::build(&turn, route, &plan, Vec::new(), &options);
-
-    let started = Instant::now();
-    let mut stream = client.generate(&route.key, route.mode, &generate).await?;
-    let mut run = StreamRun::new();
-    run.headers = started.elapsed();
-    let mut clock = Clock { started, last: None };
-    let mut translator = Translator::new(TranslatorOptions {
-        mode: route.mode,
-        model: route.name.clone(),
-        reasoning: config.reasoning_mode,
-        progress: ProgressMode::Off,
-        output: route.output.clone(),
-    });
-    let mut sink = Collected::default();
-    let mut broke: Option<DifyError> = None;
-    loop {
-        match stream.next().await {
-            Some(Ok(event)) => {
-                clock.tick(&mut run);
-                if event.is_ping() {
-                    run.keep_alives += 1;
-                }
-                translator.on_event(&event, &mut sink);
-                ctx.progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
-                if translator.is_done() {
-                    break;
-                }
-            }
-            Some(Err(error)) => {
-                translator.on_end(Some(&error), &mut sink);
-                broke = Some(error);
-                break;
-            }
-            None => {
-                translator.on_end(None, &mut sink);
-                break;
-            }
-        }
+    let base = &via.base;
+    let model = match &options.model {
+        Some(model) => Some(model.clone()),
+        None => via.first_model(ctx.step_timeout).await,
+    };
+    let Some(model) = model else {
+        return stopped(
+            format!("no model to test at {base}"),
+            Issue::network_fail(Finding::with_fix(
+                format!("{base}/v1/models did not name a model"),
+                format!(
+                    "is `opendify serve` running at {base}? name the model: `opendify doctor test-stream MODEL --via {base}`"
+                ),
+            )),
+        );
+    };
+    let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(Duration::from_secs(60));
+    match via.measure(&ctx.progress, &model, options, ctx.step_timeout, idle).await {
+        Ok(run) => judge(&Target { model: &model, via: Some((base, via.sent())), user: &options.user }, &run, idle),
+        Err(error) => via_refused(base, &model, via.jwt_secret.is_some(), error),
     }
-    run.total = started.elapsed();
-    run.answer_chars = sink.answer().chars().count() + sink.reasoning.chars().count();
-    match translator.outcome() {
-        Outcome::Finished { reason, usage } => {
-            run.ended = Ended::Finished;
-            run.finish_reason = Some(crate::api::chat::finish_reason(*reason).to_string());
-            run.usage = usage.as_ref().map(Usage::from);
-        }
-        Outcome::Failed { error, .. } => {
-            let cut = error.code.as_deref() == Some("upstream_stream_cut")
-                || matches!(broke, Some(DifyError::Transport(_) | DifyError::Idle(_)));
-            run.ended = if cut { Ended::Cut } else { Ended::Error };
-            run.error = Some(error.message.clone());
-        }
-        Outcome::Running => {
-            run.ended = Ended::Cut;
-            run.error = Some("the stream ended without an outcome".into());
-        }
-    }
-    Ok(run)
 }
 
 /// Why a request through opendify could not start.
@@ -372,245 +238,312 @@ enum ViaError {
     Status { status: u16, message: String, code: Option<String> },
 }
 
-async fn run_via(ctx: &Context, options: &StreamOptions, via: &Url) -> CheckResult {
-    let mut result = CheckResult::new(ID);
-    let base = via.as_str().trim_end_matches('/');
-    let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
-    let mut builder = reqwest::Client::builder().connect_timeout(ctx.step_timeout);
-    if via.host_str().is_some_and(is_loopback) {
-        builder = builder.no_proxy();
-    }
-    let http = match builder.build() {
-        Ok(http) => http,
-        Err(e) => {
-            result.summary("cannot build an HTTP client");
-            result.fail(e.to_string(), None);
-            return result;
-        }
-    };
-    let proxy_key = ctx.config().and_then(|c| c.proxy_api_keys.first().cloned());
-    let model = match &options.model {
-        Some(model) => Some(model.clone()),
-        None => first_model(&http, &base, proxy_key.as_ref().map(|k| k.expose()), ctx.step_timeout).await,
-    };
-    let Some(model) = model else {
-        result.summary(format!("no model to test at {base}"));
-        result.network_fail(
-            format!("{base}/v1/models did not name a model"),
-            Some(format!("is `opendify serve` running at {base}? name the model: `opendify doctor test-stream MODEL --via {base}`")),
-        );
-        return result;
-    };
-    let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(Duration::from_secs(60));
-    let run = measure_via(ctx, &http, &base, &model, options, proxy_key.as_ref().map(|k| k.expose()), idle).await;
-    let run = match run {
-        Ok(run) => run,
-        Err(ViaError::Connect(reason)) => {
-            result.summary(format!("cannot reach opendify at {base}"));
-            result.network_fail(
-                format!("cannot connect to {base}: {reason}"),
-                Some("is `opendify serve` running there? `opendify doctor check-port` on that machine tells".into()),
+/// The verdict on a request that opendify did not take: which setting to align, by its
+/// status and error code.
+fn via_refused(base: &str, model: &str, jwt: bool, error: ViaError) -> CheckResult {
+    let (status, message, code) = match error {
+        ViaError::Connect(reason) => {
+            return stopped(
+                format!("cannot reach opendify at {base}"),
+                Issue::network_fail(Finding::with_fix(
+                    format!("cannot connect to {base}: {reason}"),
+                    "is `opendify serve` running there? `opendify doctor check-port` on that machine tells",
+                )),
             );
-            return result;
         }
-        Err(ViaError::Status { status, message, code }) => {
-            result.summary(format!("{base} answered HTTP {status}"));
-            let jwt = ctx.config().is_some_and(|c| c.jwt_secret.is_some());
-            let fix = match (status, code.as_deref()) {
-                (401, Some("missing_user_token" | "invalid_user_token")) if jwt => {
-                    "the server does not accept a token signed with this configuration's OPENWEBUI_JWT_SECRET: use the same secret on both (and in Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET)".to_string()
-                }
-                (401, Some("missing_user_token")) => {
-                    "the server is in JWT mode (OPENWEBUI_JWT_SECRET): set the same secret in this machine's configuration so the doctor can sign its token".to_string()
-                }
-                (401, _) => {
-                    "the server requires a proxy key (PROXY_API_KEYS): set the same key in this machine's configuration"
-                        .to_string()
-                }
-                (404, Some("model_not_found")) => {
-                    format!("`{model}` is not served there: name one from {base}/v1/models")
-                }
-                (404, _) => format!("{base} does not look like opendify: check the --via URL"),
-                _ => "see the message; `opendify doctor test-key` on the server machine tests the keys".to_string(),
-            };
-            result.fail(format!("opendify at {base} refused the request (HTTP {status}): {message}"), Some(fix));
-            return result;
-        }
+        ViaError::Status { status, message, code } => (status, message, code),
     };
-    let dify_base = ctx.config().map(|c| c.dify_api_base.clone()).unwrap_or_default();
-    let sent = if ctx.config().is_some_and(|c| c.jwt_secret.is_some()) { UserSent::Jwt } else { UserSent::Header };
-    judge(&mut result, Ok(run), &model, Some((&base, sent)), &options.user, idle, &dify_base);
-    result
+    let fix = match (status, code.as_deref()) {
+        (401, Some("missing_user_token" | "invalid_user_token")) if jwt => {
+            "the server does not accept a token signed with this configuration's OPENWEBUI_JWT_SECRET: use the same secret on both (and in Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET)".to_string()
+        }
+        (401, Some("missing_user_token")) => {
+            "the server is in JWT mode (OPENWEBUI_JWT_SECRET): set the same secret in this machine's configuration so the doctor can sign its token".to_string()
+        }
+        (401, _) => {
+            "the server requires a proxy key (PROXY_API_KEYS): set the same key in this machine's configuration"
+                .to_string()
+        }
+        (404, Some("model_not_found")) => format!("`{model}` is not served there: name one from {base}/v1/models"),
+        (404, _) => format!("{base} does not look like opendify: check the --via URL"),
+        _ => "see the message; `opendify doctor test-key` on the server machine tests the keys".to_string(),
+    };
+    stopped(
+        format!("{base} answered HTTP {status}"),
+        Issue::fail(Finding::with_fix(
+            format!("opendify at {base} refused the request (HTTP {status}): {message}"),
+            fix,
+        )),
+    )
 }
 
 fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-async fn first_model(http: &reqwest::Client, base: &str, key: Option<&str>, timeout: Duration) -> Option<String> {
-    let mut request = http.get(format!("{base}/v1/models")).timeout(timeout);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let body: Value = request.send().await.ok()?.json().await.ok()?;
-    body["data"].get(0)?["id"].as_str().map(str::to_string)
+/// A running opendify to send the message through, as Open WebUI would.
+struct Via {
+    http: reqwest::Client,
+    /// Its base URL, without `/v1`.
+    base: String,
+    /// The first of PROXY_API_KEYS: a server configured alike wants it.
+    key: Option<Secret>,
+    /// OPENWEBUI_JWT_SECRET: serve then trusts only a signed user token.
+    jwt_secret: Option<Secret>,
 }
 
-/// One streaming request through a running opendify, parsed as an OpenAI client would.
-async fn measure_via(
-    ctx: &Context,
-    http: &reqwest::Client,
-    base: &str,
-    model: &str,
-    options: &StreamOptions,
-    key: Option<&str>,
-    idle: Duration,
-) -> Result<StreamRun, ViaError> {
-    let body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": options.message}],
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    let mut request = http.post(format!("{base}/v1/chat/completions")).json(&body);
-    // In JWT mode serve trusts only a signed token: sign one with the configured secret.
-    request = match ctx.config().and_then(|c| c.jwt_secret.as_ref()) {
-        Some(secret) => match crate::conversations::identity::sign_user_token(secret, &options.user) {
-            Ok(token) => request.header(crate::conversations::identity::JWT_HEADER, token),
-            Err(e) => {
-                return Err(ViaError::Connect(format!("cannot sign a user token with OPENWEBUI_JWT_SECRET: {e}")));
-            }
-        },
-        None => request.header(OPENWEBUI_USER_HEADER, &options.user),
-    };
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
+impl Via {
+    fn new(ctx: &Context, url: &Url) -> reqwest::Result<Via> {
+        let base = url.as_str().trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
+        let mut builder = reqwest::Client::builder().connect_timeout(ctx.step_timeout);
+        if url.host_str().is_some_and(is_loopback) {
+            builder = builder.no_proxy();
+        }
+        Ok(Via {
+            http: builder.build()?,
+            base,
+            key: ctx.config().and_then(|c| c.proxy_api_keys.first().cloned()),
+            jwt_secret: ctx.config().and_then(|c| c.jwt_secret.clone()),
+        })
     }
-    let started = Instant::now();
-    let mut response = match tokio::time::timeout(ctx.step_timeout, request.send()).await {
-        Err(_) => return Err(ViaError::Connect(format!("no answer within {}", format_duration(ctx.step_timeout)))),
-        Ok(Err(e)) => return Err(ViaError::Connect(crate::dify::error::error_chain(&e))),
-        Ok(Ok(response)) => response,
-    };
-    let mut run = StreamRun::new();
-    run.headers = started.elapsed();
-    // The echo is percent-encoded beyond ASCII.
-    run.resolved_user = response
-        .headers()
-        .get(RESOLVED_USER_HEADER)
-        .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy().into_owned());
-    let status = response.status().as_u16();
-    if status != 200 {
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let error = &body["error"];
-        return Err(ViaError::Status {
-            status,
-            message: error["message"].as_str().unwrap_or("(no message)").to_string(),
-            code: error["code"].as_str().map(str::to_string),
+
+    fn sent(&self) -> UserSent {
+        if self.jwt_secret.is_some() { UserSent::Jwt } else { UserSent::Header }
+    }
+
+    async fn first_model(&self, timeout: Duration) -> Option<String> {
+        let mut request = self.http.get(format!("{}/v1/models", self.base)).timeout(timeout);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key.expose());
+        }
+        let body: Value = request.send().await.ok()?.json().await.ok()?;
+        body["data"].get(0)?["id"].as_str().map(str::to_string)
+    }
+
+    /// The streaming chat request, with the user as this server expects it.
+    fn request(&self, model: &str, options: &StreamOptions) -> Result<reqwest::RequestBuilder, ViaError> {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": options.message}],
+            "stream": true,
+            "stream_options": {"include_usage": true},
         });
+        let mut request = self.http.post(format!("{}/v1/chat/completions", self.base)).json(&body);
+        // In JWT mode serve trusts only a signed token: sign one with the configured secret.
+        request = match &self.jwt_secret {
+            Some(secret) => match identity::sign_user_token(secret, &options.user) {
+                Ok(token) => request.header(identity::JWT_HEADER, token),
+                Err(e) => {
+                    return Err(ViaError::Connect(format!("cannot sign a user token with OPENWEBUI_JWT_SECRET: {e}")));
+                }
+            },
+            None => request.header(OPENWEBUI_USER_HEADER, &options.user),
+        };
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key.expose());
+        }
+        Ok(request)
     }
-    let mut clock = Clock { started, last: None };
+
+    /// One streaming request, read as an OpenAI client reads it.
+    async fn measure(
+        &self,
+        progress: &Progress,
+        model: &str,
+        options: &StreamOptions,
+        step_timeout: Duration,
+        idle: Duration,
+    ) -> Result<StreamRun, ViaError> {
+        let request = self.request(model, options)?;
+        let started = Instant::now();
+        let mut response = match tokio::time::timeout(step_timeout, request.send()).await {
+            Err(_) => return Err(ViaError::Connect(format!("no answer within {}", format_duration(step_timeout)))),
+            Ok(Err(e)) => return Err(ViaError::Connect(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let mut run = StreamRun::started(started.elapsed());
+        // The echo is percent-encoded beyond ASCII.
+        run.resolved_user = response
+            .headers()
+            .get(RESOLVED_USER_HEADER)
+            .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy().into_owned());
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let error = &body["error"];
+            return Err(ViaError::Status {
+                status,
+                message: error["message"].as_str().unwrap_or("(no message)").to_string(),
+                code: error["code"].as_str().map(str::to_string),
+            });
+        }
+        let mut clock = Clock::new(started);
+        let end = read_chunks(&mut response, &mut run, &mut clock, idle, |run| {
+            progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
+        })
+        .await;
+        run.total = started.elapsed();
+        record_end(&mut run, &end);
+        Ok(run)
+    }
+}
+
+/// How reading an OpenAI stream stopped.
+#[derive(Debug, Default)]
+struct StreamEnd {
+    /// `data: [DONE]` arrived.
+    done: bool,
+    /// The `code` of an error chunk.
+    error_code: Option<String>,
+}
+
+/// Reads Chat Completions chunks until `[DONE]`, the end of the body, a network error or
+/// `idle` without a byte; each event is timed, the answer and usage are counted.
+async fn read_chunks(
+    response: &mut reqwest::Response,
+    run: &mut StreamRun,
+    clock: &mut Clock,
+    idle: Duration,
+    mut on_event: impl FnMut(&StreamRun),
+) -> StreamEnd {
     let mut parser = SseParser::default();
-    let mut done = false;
-    let mut error_code: Option<String> = None;
-    'read: loop {
+    let mut end = StreamEnd::default();
+    loop {
         let chunk = match tokio::time::timeout(idle, response.chunk()).await {
             Err(_) => {
                 run.error = Some(format!("nothing arrived for {}", format_duration(idle)));
-                break;
+                return end;
             }
             Ok(Err(e)) => {
-                run.error = Some(crate::dify::error::error_chain(&e));
-                break;
+                run.error = Some(error_chain(&e));
+                return end;
             }
-            Ok(Ok(None)) => break,
+            Ok(Ok(None)) => return end,
             Ok(Ok(Some(chunk))) => chunk,
         };
         parser.feed(&chunk);
         while let Ok(Some(event)) = parser.next_event() {
-            clock.tick(&mut run);
-            ctx.progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
+            clock.tick(run);
+            on_event(run);
             if event.data == "[DONE]" {
-                done = true;
-                break 'read;
+                end.done = true;
+                return end;
             }
-            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
-            if let Some(error) = chunk.get("error") {
-                run.error = Some(error["message"].as_str().unwrap_or("(no message)").to_string());
-                error_code = error["code"].as_str().map(str::to_string);
-                continue;
-            }
-            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-                run.usage = serde_json::from_value(usage.clone()).ok();
-            }
-            let choice = &chunk["choices"][0];
-            for field in ["content", "reasoning_content"] {
-                if let Some(text) = choice["delta"][field].as_str() {
-                    run.answer_chars += text.chars().count();
-                }
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                run.finish_reason = Some(reason.to_string());
+            if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+                read_chunk(&chunk, run, &mut end);
             }
         }
     }
-    run.total = started.elapsed();
-    run.ended = match (&run.error, done, &run.finish_reason) {
+}
+
+/// One Chat Completions chunk: an error, usage, answer text, a finish reason.
+fn read_chunk(chunk: &Value, run: &mut StreamRun, end: &mut StreamEnd) {
+    if let Some(error) = chunk.get("error") {
+        run.error = Some(error["message"].as_str().unwrap_or("(no message)").to_string());
+        end.error_code = error["code"].as_str().map(str::to_string);
+        return;
+    }
+    if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+        run.usage = serde_json::from_value(usage.clone()).ok();
+    }
+    let choice = &chunk["choices"][0];
+    for field in ["content", "reasoning_content"] {
+        if let Some(text) = choice["delta"][field].as_str() {
+            run.answer_chars += text.chars().count();
+        }
+    }
+    if let Some(reason) = choice["finish_reason"].as_str() {
+        run.finish_reason = Some(reason.to_string());
+    }
+}
+
+/// How a stream through opendify ended: properly only with a finish reason and `[DONE]`.
+fn record_end(run: &mut StreamRun, end: &StreamEnd) {
+    run.ended = match (&run.error, end.done, &run.finish_reason) {
         (None, true, Some(_)) => Ended::Finished,
-        (Some(_), _, _) if error_code.as_deref() == Some("upstream_stream_cut") => Ended::Cut,
+        (Some(_), _, _) if end.error_code.as_deref() == Some("upstream_stream_cut") => Ended::Cut,
         (Some(_), true, _) => Ended::Error,
         _ => Ended::Cut,
     };
     if run.ended == Ended::Cut && run.error.is_none() {
         run.error = Some("the response ended without [DONE]".into());
     }
-    Ok(run)
 }
 
-/// Turns a measured stream into the check's verdict.
-fn judge(
-    result: &mut CheckResult,
-    run: Result<StreamRun, DifyError>,
-    model: &str,
-    via: Option<(&str, UserSent)>,
-    user: &str,
-    idle: Duration,
-    dify_base: &str,
-) {
-    let sent = via.map(|(_, sent)| sent);
-    let via = via.map(|(base, _)| base);
-    let mut details = Details {
-        model: Some(model.to_string()),
-        via: via.map(str::to_string),
-        user_sent: user.to_string(),
-        ..Details::empty(&StreamOptions::default())
-    };
-    let target = match via {
-        Some(via) => format!("through opendify at {via}"),
-        None => "directly to Dify".to_string(),
-    };
-    let run = match run {
-        Ok(run) => run,
-        Err(error) => {
-            let explained = explain(&error, model, dify_base);
-            result.summary(format!("`{model}`: the stream did not start"));
-            details.error = Some(error.to_string());
-            match (explained.level, explained.network) {
-                (Status::Warn, _) => result.warn(explained.reason, Some(explained.fix)),
-                (_, true) => result.network_fail(explained.reason, Some(explained.fix)),
-                _ => result.fail(explained.reason, Some(explained.fix)),
-            };
-            result.details(details);
-            return;
+/// What was sent, where, and as whom: what a verdict says besides the measurements.
+struct Target<'a> {
+    model: &'a str,
+    /// `--via`: the opendify it went through, and how the user was sent to it.
+    via: Option<(&'a str, UserSent)>,
+    user: &'a str,
+}
+
+impl Target<'_> {
+    /// "directly to Dify" or "through opendify at URL".
+    fn path(&self) -> String {
+        match self.via {
+            Some((via, _)) => format!("through opendify at {via}"),
+            None => "directly to Dify".to_string(),
         }
-    };
-    let generating = run.total.saturating_sub(run.first_event.unwrap_or_default());
-    let tokens_per_s = run
-        .usage
-        .filter(|u| u.completion_tokens > 0 && generating > Duration::from_millis(1))
-        .map(|u| (u.completion_tokens as f64 / generating.as_secs_f64() * 10.0).round() / 10.0);
-    let gap_stats = gaps(&run.gaps);
-    result.line(format!("sent `{model}` {target} as user `{user}`"));
+    }
+
+    /// The details before anything is measured.
+    fn details(&self) -> Details {
+        Details {
+            model: Some(self.model.to_string()),
+            via: self.via.map(|(via, _)| via.to_string()),
+            user_sent: self.user.to_string(),
+            ..Details::empty(&StreamOptions::default())
+        }
+    }
+}
+
+/// The verdict when Dify refused the stream or could not be reached.
+fn not_started(target: &Target, error: &DifyError, dify_base: &str) -> CheckResult {
+    let mut result =
+        stopped(format!("`{}`: the stream did not start", target.model), explain(error, target.model, dify_base));
+    result.details(Details { error: Some(error.to_string()), ..target.details() });
+    result
+}
+
+/// Figures derived from a run, shown in lines and details alike.
+struct Derived {
+    gaps: Gaps,
+    tokens_per_s: Option<f64>,
+}
+
+impl Derived {
+    fn of(run: &StreamRun) -> Derived {
+        let generating = run.total.saturating_sub(run.first_event.unwrap_or_default());
+        let tokens_per_s = run
+            .usage
+            .filter(|u| u.completion_tokens > 0 && generating > Duration::from_millis(1))
+            .map(|u| (u.completion_tokens as f64 / generating.as_secs_f64() * 10.0).round() / 10.0);
+        Derived { gaps: gaps(&run.gaps), tokens_per_s }
+    }
+}
+
+/// Turns a measured stream into the check's verdict. Pure: the same run and target give
+/// the same result.
+fn judge(target: &Target, run: &StreamRun, idle: Duration) -> CheckResult {
+    let mut result = CheckResult::new(ID);
+    let derived = Derived::of(run);
+    describe_run(&mut result, target, run, &derived);
+    judge_end(&mut result, target, run);
+    if run.ended == Ended::Finished {
+        judge_pace(&mut result, run, idle);
+    }
+    if let Some((_, sent)) = target.via {
+        judge_user(&mut result, target.user, sent, run.resolved_user.as_deref());
+    }
+    result.details(details(target, run, derived));
+    result
+}
+
+/// The detail lines: what was sent, the timings, the usage.
+fn describe_run(result: &mut CheckResult, target: &Target, run: &StreamRun, derived: &Derived) {
+    result.line(format!("sent `{}` {} as user `{}`", target.model, target.path(), target.user));
     result.line(format!(
         "first event after {}, {} events ({} keep-alives), total {}",
         run.first_event.map(format_duration).unwrap_or_else(|| "-".into()),
@@ -618,7 +551,7 @@ fn judge(
         run.keep_alives,
         format_duration(run.total)
     ));
-    if let (Some(p50), Some(p95), Some(max)) = (gap_stats.p50, gap_stats.p95, gap_stats.max) {
+    if let (Some(p50), Some(p95), Some(max)) = (derived.gaps.p50, derived.gaps.p95, derived.gaps.max) {
         result.line(format!("gaps between events: p50 {p50} ms, p95 {p95} ms, max {max} ms"));
     }
     result.line(match run.usage {
@@ -626,89 +559,112 @@ fn judge(
             "usage: {} prompt + {} completion tokens{}",
             u.prompt_tokens,
             u.completion_tokens,
-            tokens_per_s.map(|t| format!(", {t} tokens/s")).unwrap_or_default()
+            derived.tokens_per_s.map(|t| format!(", {t} tokens/s")).unwrap_or_default()
         ),
         None => "usage: not sent".to_string(),
     });
+}
 
+/// The summary, and the problem when the stream did not end properly.
+fn judge_end(result: &mut CheckResult, target: &Target, run: &StreamRun) {
+    let (model, path) = (target.model, target.path());
     match run.ended {
         Ended::Finished => {
             result.summary(format!(
-                "`{model}` {target}: {} events, first after {}, ended properly{}",
+                "`{model}` {path}: {} events, first after {}, ended properly{}",
                 run.events,
                 run.first_event.map(format_duration).unwrap_or_else(|| "-".into()),
                 if run.usage.is_some() { ", usage sent" } else { "" }
             ));
         }
         Ended::Cut => {
-            result.summary(format!("`{model}` {target}: the stream was cut after {} events", run.events));
-            result.network_fail(
+            result.summary(format!("`{model}` {path}: the stream was cut after {} events", run.events));
+            result.network_fail(Finding::with_fix(
                 format!(
                     "the stream was cut after {} events and {}: {}",
                     run.events,
                     format_duration(run.total),
                     run.error.as_deref().unwrap_or("no closing event")
                 ),
-                Some("something between opendify and Dify ends long responses: check reverse-proxy read timeouts (nginx proxy_read_timeout, Cloudflare's 100 s) and STREAM_IDLE_TIMEOUT; compare with `opendify doctor ping-dify --count 20`".into()),
-            );
+                "something between opendify and Dify ends long responses: check reverse-proxy read timeouts (nginx proxy_read_timeout, Cloudflare's 100 s) and STREAM_IDLE_TIMEOUT; compare with `opendify doctor ping-dify --count 20`",
+            ));
         }
         Ended::Error => {
-            result.summary(format!("`{model}` {target}: Dify reported an error mid-stream"));
-            result.fail(
+            result.summary(format!("`{model}` {path}: Dify reported an error mid-stream"));
+            result.fail(Finding::with_fix(
                 format!("the stream ended with an error: {}", run.error.as_deref().unwrap_or("(no message)")),
-                Some("check the app's model provider, quota and logs in Dify".into()),
-            );
+                "check the app's model provider, quota and logs in Dify",
+            ));
         }
     }
-    if run.ended == Ended::Finished {
-        if let Some(first) = run.first_event.filter(|f| *f > Duration::from_secs(10)) {
-            result.warn(
-                format!("the first event took {} (problem 12: slow responses)", format_duration(first)),
-                Some("the app's model is slow to start: check its provider in Dify, or knowledge-base retrieval settings".into()),
-            );
-        }
-        if let Some(max) = run.gaps.iter().max().filter(|m| **m > idle / 2) {
-            result.warn(
-                format!(
-                    "a gap of {} between events is close to STREAM_IDLE_TIMEOUT ({})",
-                    format_duration(*max),
-                    format_duration(idle)
-                ),
-                Some("raise STREAM_IDLE_TIMEOUT (e.g. STREAM_IDLE_TIMEOUT=120) so slow steps are not cut".into()),
-            );
-        }
+}
+
+/// Warnings about a stream that ended properly but slowly (the guide's problem 12).
+fn judge_pace(result: &mut CheckResult, run: &StreamRun, idle: Duration) {
+    if let Some(first) = run.first_event.filter(|f| *f > Duration::from_secs(10)) {
+        result.warn(Finding::with_fix(
+            format!("the first event took {} (problem 12: slow responses)", format_duration(first)),
+            "the app's model is slow to start: check its provider in Dify, or knowledge-base retrieval settings",
+        ));
     }
-    if let Some(sent) = sent {
-        match run.resolved_user.as_deref() {
-            Some(resolved) if resolved == user => result.line(format!("user: opendify resolved `{resolved}` from {}", sent.header())),
-            Some(resolved) if sent == UserSent::Jwt => result.fail(
+    if let Some(max) = run.gaps.iter().max().filter(|m| **m > idle / 2) {
+        result.warn(Finding::with_fix(
+            format!(
+                "a gap of {} between events is close to STREAM_IDLE_TIMEOUT ({})",
+                format_duration(*max),
+                format_duration(idle)
+            ),
+            "raise STREAM_IDLE_TIMEOUT (e.g. STREAM_IDLE_TIMEOUT=120) so slow steps are not cut",
+        ));
+    }
+}
+
+/// `--via`: whether opendify resolved the user that was sent (the guide's problem 8).
+fn judge_user(result: &mut CheckResult, user: &str, sent: UserSent, resolved: Option<&str>) {
+    match resolved {
+        Some(resolved) if resolved == user => {
+            result.line(format!("user: opendify resolved `{resolved}` from {}", sent.header()));
+        }
+        Some(resolved) if sent == UserSent::Jwt => {
+            result.fail(Finding::with_fix(
                 format!("opendify resolved the user as `{resolved}`, not `{user}` signed into {}", sent.header()),
-                Some("check that the server runs with the same OPENWEBUI_JWT_SECRET as this configuration".into()),
-            ),
-            Some(resolved) => result.fail(
-                format!("opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"),
-                Some("on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header".into()),
-            ),
-            None => result.warn(
+                "check that the server runs with the same OPENWEBUI_JWT_SECRET as this configuration",
+            ));
+        }
+        Some(resolved) => {
+            result.fail(Finding::with_fix(
+                format!(
+                    "opendify resolved the user as `{resolved}`, not `{user}` sent in {OPENWEBUI_USER_HEADER} (problem 8: everyone is {resolved})"
+                ),
+                "on the server, set USER_ID_HEADER=x-openwebui-user-id (the default) and restart it; in Open WebUI set ENABLE_FORWARD_USER_INFO_HEADERS=true so it sends the header",
+            ));
+        }
+        None => {
+            result.warn(Finding::with_fix(
                 "the server did not say which user it resolved (no X-Opendify-User header)",
-                Some("is it opendify, and a current version? check the --via URL".into()),
-            ),
-        };
+                "is it opendify, and a current version? check the --via URL",
+            ));
+        }
     }
-    details.user_resolved = run.resolved_user.clone();
-    details.time_to_headers_ms = Some(millis(run.headers));
-    details.time_to_first_event_ms = run.first_event.map(millis);
-    details.events = run.events;
-    details.keep_alives = run.keep_alives;
-    details.gaps_ms = gap_stats;
-    details.total_ms = Some(millis(run.total));
-    details.tokens_per_s = tokens_per_s;
-    details.usage = run.usage;
-    details.ended = Some(run.ended);
-    details.finish_reason = run.finish_reason.clone();
-    details.answer_chars = run.answer_chars;
-    details.error = run.error.clone();
-    result.details(details);
+}
+
+fn details(target: &Target, run: &StreamRun, derived: Derived) -> Details {
+    Details {
+        user_resolved: run.resolved_user.clone(),
+        time_to_headers_ms: Some(millis(run.headers)),
+        time_to_first_event_ms: run.first_event.map(millis),
+        events: run.events,
+        keep_alives: run.keep_alives,
+        gaps_ms: derived.gaps,
+        total_ms: Some(millis(run.total)),
+        tokens_per_s: derived.tokens_per_s,
+        usage: run.usage,
+        ended: Some(run.ended),
+        finish_reason: run.finish_reason.clone(),
+        answer_chars: run.answer_chars,
+        error: run.error.clone(),
+        ..target.details()
+    }
 }
 
 #[cfg(test)]
@@ -723,6 +679,42 @@ mod tests {
         assert_eq!(gaps(&[]).max, None);
         let one = gaps(&[Duration::from_millis(7)]);
         assert_eq!((one.p50, one.p95, one.max), (Some(7.0), Some(7.0), Some(7.0)));
+    }
+
+    fn finished(first: Duration, gaps: Vec<Duration>) -> StreamRun {
+        let mut run = StreamRun::started(Duration::from_millis(5));
+        run.first_event = Some(first);
+        run.events = gaps.len() as u64 + 1;
+        run.total = first + gaps.iter().sum::<Duration>();
+        run.gaps = gaps;
+        run.ended = Ended::Finished;
+        run.finish_reason = Some("stop".into());
+        run
+    }
+
+    #[test]
+    fn a_measured_run_is_judged_without_io() {
+        let direct = Target { model: "chat", via: None, user: "opendify-doctor" };
+        let idle = Duration::from_secs(60);
+        let quick = judge(&direct, &finished(Duration::from_millis(80), vec![Duration::from_millis(3)]), idle);
+        assert!(quick.issues.is_empty(), "{quick:?}");
+        assert!(quick.summary.contains("ended properly"), "{}", quick.summary);
+
+        let slow = judge(&direct, &finished(Duration::from_secs(12), vec![Duration::from_secs(40)]), idle);
+        let reasons: Vec<&str> = slow.issues.iter().map(|i| i.finding.message.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("problem 12") && reasons[1].contains("STREAM_IDLE_TIMEOUT"), "{reasons:?}");
+
+        let mut cut = finished(Duration::from_millis(80), vec![]);
+        cut.ended = Ended::Cut;
+        let verdict = judge(&direct, &cut, idle);
+        assert!(verdict.issues[0].network, "a cut stream is a network failure: {verdict:?}");
+
+        let via = Target { model: "chat", via: Some(("http://127.0.0.1:5000", UserSent::Header)), user: "u1" };
+        let mut run = finished(Duration::from_millis(80), vec![]);
+        run.resolved_user = Some("default_user".into());
+        let deaf = judge(&via, &run, idle);
+        assert!(deaf.issues[0].finding.message.contains("everyone is default_user"), "{deaf:?}");
     }
 
     #[test]
