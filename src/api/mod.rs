@@ -80,10 +80,7 @@ fn describe_parse_error(err: serde_path_to_error::Error<serde_json::Error>) -> A
     ApiError::invalid_request(format!("Invalid value for `{path}`: {text}")).param(path)
 }
 
-/// `prefix` and 24 random hex digits: `chatcmpl-…`, `resp_…`, `msg_…`, `call_…`.
-pub fn random_id(prefix: &str) -> String {
-    format!("{prefix}{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
-}
+pub use crate::bridge::random_id;
 
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

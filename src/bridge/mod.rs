@@ -25,3 +25,8 @@ pub use events::{
 pub use request::{BuildOptions, ConversationPlan};
 pub use turn::{Message, OutputFormat, Part, Role, ToolCall, ToolChoice, ToolSpec, Tools, Turn};
 pub use uploads::UploadCache;
+
+/// `prefix` and 24 random hex digits: `chatcmpl-…`, `resp_…`, `msg_…`, `call_…`.
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+}

@@ -315,7 +315,7 @@ impl ToolCallParser {
             Some(arguments) if arguments.is_object() => arguments.to_string(),
             Some(_) => return Err("\"arguments\" is not a JSON object".into()),
         };
-        Ok(ToolCall { id: crate::api::random_id("call_"), name, arguments })
+        Ok(ToolCall { id: super::random_id("call_"), name, arguments })
     }
 }
 

@@ -3,14 +3,12 @@
 //! and `[DONE]` after SHUTDOWN_TIMEOUT), and exits 0. The binary's logs (JSON, LOG_FILE)
 //! carry request ids and never a key; the startup warns loudly when it is open to the network.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mock_dify::{MockApp, MockDify};
 use serde_json::json;
 use tower::ServiceExt as _;

@@ -1,11 +1,9 @@
 //! `opendify serve` against the mock Dify, over real HTTP: the OpenAI shapes, streaming,
 //! errors on both sides, and the user's identity.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

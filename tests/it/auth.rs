@@ -2,11 +2,9 @@
 //! the probes left open, DIFY_KEY_PASSTHROUGH carrying a client's own app key to Dify, and
 //! CORS off unless CORS_ORIGINS allows an origin.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mock_dify::{MockApp, MockDify};
 use serde_json::Value;
 

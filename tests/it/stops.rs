@@ -3,11 +3,9 @@
 //! broken or oversized event, a request timeout, a response head that never comes, and of
 //! course a client that leaves. Each is counted by reason in `/metrics`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mock_dify::MockDify;
 use opendify::bridge::StopReason;
 

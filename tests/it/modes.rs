@@ -1,8 +1,6 @@
 //! Every Dify app mode and event type, streaming and not, through the OpenAI shapes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mock_dify::{MockApp, MockDify};
 use serde_json::json;
 

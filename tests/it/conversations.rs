@@ -1,11 +1,9 @@
 //! Conversation continuity over real HTTP: the mock Dify keeps conversations like Dify does
 //! (per app and user, 404 for unknown ones), so it can tell which turns landed where.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mock_dify::MockDify;
 use serde_json::{Value, json};
 

@@ -2,11 +2,9 @@
 //! an error, leave nothing running, and memory settles. In a test binary of its own, so no
 //! other test's allocations blur the memory reading.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mock_dify::MockDify;
 use serde_json::Value;
 

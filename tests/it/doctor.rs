@@ -3,9 +3,7 @@
 //! HTTP. Each check's pass and fail path, the JSON schema, exit codes, and the human output
 //! compared with insta snapshots in `tests/doctor_snapshots/` (times, ports and the
 //! temporary directory replaced by `[TIME]`, `[PORT]`, `[PATH]`; review changes with
-//! `cargo insta review`, or accept them with `INSTA_UPDATE=always cargo test --test doctor`).
-
-mod common;
+//! `cargo insta review`, or accept them with `INSTA_UPDATE=always cargo test --test it doctor`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -435,7 +433,7 @@ async fn a_port_held_by_another_process_names_its_pid_and_a_free_port() {
 #[tokio::test]
 async fn a_running_opendify_on_the_port_is_only_a_warning() {
     let mock = mock().await;
-    let gateway = common::gateway_with(&mock.base_url(), &models(), &[]).await;
+    let gateway = crate::common::gateway_with(&mock.base_url(), &models(), &[]).await;
     let setup = Setup::healthy(&mock).env("SERVER_PORT", &gateway.addr.port().to_string());
     let run = setup.doctor(&["check-port", "--json"]).await;
     run.assert_code(0);
@@ -711,7 +709,7 @@ async fn a_stream_cut_midway_is_named_as_cut() {
 #[tokio::test]
 async fn test_stream_via_opendify_checks_which_user_it_resolved() {
     let mock = mock().await;
-    let gateway = common::gateway_with(&mock.base_url(), &models(), &[]).await;
+    let gateway = crate::common::gateway_with(&mock.base_url(), &models(), &[]).await;
     let via = format!("http://{}", gateway.addr);
     let setup = Setup::healthy(&mock);
     let run = setup.doctor(&["test-stream", "--via", &via, "--json"]).await;
@@ -726,7 +724,8 @@ async fn test_stream_via_opendify_checks_which_user_it_resolved() {
     assert_eq!(mock.generations()[0].body["user"], "opendify-doctor");
 
     // The guide's problem 8: the server does not read Open WebUI's header.
-    let deaf = common::gateway_with(&mock.base_url(), &models(), &[("USER_ID_HEADER", "x-some-other-header")]).await;
+    let deaf =
+        crate::common::gateway_with(&mock.base_url(), &models(), &[("USER_ID_HEADER", "x-some-other-header")]).await;
     let run = setup.doctor(&["test-stream", "--via", &format!("http://{}", deaf.addr), "--json"]).await;
     run.assert_code(1);
     let check = run.check("test-stream");
@@ -751,7 +750,7 @@ async fn test_stream_via_opendify_checks_which_user_it_resolved() {
 async fn test_stream_via_a_jwt_mode_opendify_signs_its_own_token() {
     let mock = mock().await;
     let secret = "jwt-secret-for-the-doctor";
-    let gateway = common::gateway_with(&mock.base_url(), &models(), &[("OPENWEBUI_JWT_SECRET", secret)]).await;
+    let gateway = crate::common::gateway_with(&mock.base_url(), &models(), &[("OPENWEBUI_JWT_SECRET", secret)]).await;
     let via = format!("http://{}", gateway.addr);
     let setup = Setup::healthy(&mock).env("OPENWEBUI_JWT_SECRET", secret);
     let run = setup.doctor(&["test-stream", "chat", "--via", &via, "--json"]).await;
@@ -838,11 +837,11 @@ async fn mappings_are_counted_filtered_verified_and_pruned() {
     let store = setup.path().join("data/conversations.db");
     let store_text = store.display().to_string();
     let gateway =
-        common::gateway_with(&mock.base_url(), &models(), &[("CONVERSATION_STORE", store_text.as_str())]).await;
+        crate::common::gateway_with(&mock.base_url(), &models(), &[("CONVERSATION_STORE", store_text.as_str())]).await;
     for (user, chat) in [("alice", "chat-a"), ("bob", "chat-b")] {
-        let result = common::stream_chat(
+        let result = crate::common::stream_chat(
             &gateway,
-            &common::chat_body("chat", "hello", true),
+            &crate::common::chat_body("chat", "hello", true),
             &[("X-OpenWebUI-User-Id", user), ("X-OpenWebUI-Chat-Id", chat)],
         )
         .await;

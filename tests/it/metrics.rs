@@ -1,11 +1,9 @@
 //! What an operator can see: `/metrics` in Prometheus text, the overhead header, request
 //! ids, and `/ready` following the conversation store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 async fn scrape(gw: &Gateway) -> String {
     let response = client().get(gw.url("/metrics")).send().await.expect("scrape");

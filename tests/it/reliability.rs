@@ -2,12 +2,10 @@
 //! case is bounded in time; after each, nothing is left running (no stream, no upstream
 //! slot, no playing mock stream).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mock_dify::{MockApp, MockDify, MockSettings};
 use opendify::bridge::AppRoute;
 use opendify::bridge::request::{self, BuildOptions, ConversationPlan};

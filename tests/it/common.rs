@@ -1,6 +1,5 @@
 //! Test harness: a mock Dify and an opendify server, both in-process on ephemeral ports,
 //! spoken to over real HTTP.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

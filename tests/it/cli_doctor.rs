@@ -1,7 +1,7 @@
 //! The doctor's command line: how it parses (flags before or after the check name), what
 //! `--help` promises (the exit codes), and the shell completions committed in
 //! `completions/`, which must match what the binary generates. When the CLI changes,
-//! regenerate them with `UPDATE_COMPLETIONS=1 cargo test --test cli_doctor`.
+//! regenerate them with `UPDATE_COMPLETIONS=1 cargo test --test it cli_doctor`.
 
 use std::path::Path;
 
@@ -153,7 +153,7 @@ fn committed_completions_match_the_cli() {
     }
     assert!(
         stale.is_empty(),
-        "stale shell completions (the CLI changed): {}\nregenerate them with `UPDATE_COMPLETIONS=1 cargo test --test cli_doctor`",
+        "stale shell completions (the CLI changed): {}\nregenerate them with `UPDATE_COMPLETIONS=1 cargo test --test it cli_doctor`",
         stale.join(", ")
     );
 }
