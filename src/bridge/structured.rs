@@ -27,10 +27,9 @@ pub fn section(format: &OutputFormat) -> Option<String> {
 }
 
 /// What to say when asking again, after an answer that did not have the shape.
-pub fn retry_section(problem: &str) -> String {
+pub fn retry_note(problem: &str) -> String {
     format!(
-        "[Answer format]\nYour previous answer was not what was asked for: {problem}. Answer again with only the JSON, \
-         nothing else."
+        "Your previous answer was not what was asked for: {problem}. Answer again with only the JSON, nothing else."
     )
 }
 

@@ -33,6 +33,7 @@ use crate::logging::Shown;
 use crate::secret::Secret;
 
 pub const CONVERSATION_HEADER: &str = "x-dify-conversation-id";
+pub const MESSAGE_HEADER: &str = "x-dify-message-id";
 
 /// A turn whose app, user and conversation are known.
 pub struct Exchange {
@@ -245,7 +246,17 @@ impl Exchange {
                         conversation_id: attempt.end.conversation_id,
                         message_id: attempt.end.message_id,
                     };
-                    render(&answer)
+                    let mut response = render(&answer);
+                    // Which Dify conversation and message this was, for clients that want to
+                    // continue it explicitly or look it up in Dify.
+                    for (name, value) in
+                        [(CONVERSATION_HEADER, &answer.conversation_id), (MESSAGE_HEADER, &answer.message_id)]
+                    {
+                        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                            response.headers_mut().insert(name, value);
+                        }
+                    }
+                    response
                 }
                 Outcome::Failed { error, .. } => self.dialect.error_response(&error),
                 Outcome::Running => self.dialect.error_response(
@@ -326,14 +337,19 @@ impl Exchange {
             resolve_files(&self.turn, &self.route, &self.identity.user, &live.client, &self.state.uploads).await?;
         let mut healed = false;
         loop {
-            // Asking again: in the conversation that has the first answer, only what was wrong;
-            // without one (completion and workflow apps), the whole request with the note.
-            let again = retry.map(structured::retry_section);
+            // Asking again: in the conversation that has the first answer, the format and what
+            // was wrong; without one (completion and workflow apps), the request with a note.
+            let again = retry.map(structured::retry_note);
             let continued = self.decision.plan.conversation_id.is_some();
-            let mut sections = if again.is_some() && continued { Vec::new() } else { self.sections() };
-            if let (Some(again), false) = (&again, continued) {
-                sections.push(again.clone());
-            }
+            let sections = match &again {
+                Some(_) if continued => structured::section(&self.turn.output).into_iter().collect(),
+                Some(note) => {
+                    let mut sections = self.sections();
+                    sections.push(format!("[Note]\n{note}"));
+                    sections
+                }
+                None => self.sections(),
+            };
             let options = BuildOptions {
                 user: &self.identity.user,
                 system_input: live.config.system_input.as_deref(),

@@ -160,6 +160,8 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
                 HeaderName::from_static(REQUEST_ID_HEADER),
                 HeaderName::from_static(OVERHEAD_HEADER),
                 HeaderName::from_static(USER_HEADER),
+                HeaderName::from_static("x-dify-conversation-id"),
+                HeaderName::from_static("x-dify-message-id"),
             ])
             .max_age(Duration::from_secs(600)),
     )

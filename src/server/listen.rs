@@ -76,7 +76,7 @@ pub async fn serve(
 async fn connection(tcp: TcpStream, app: Router, mut close: watch::Receiver<()>, header_timeout: Duration) {
     // Small SSE frames must leave at once, not wait for an ACK (Nagle).
     let _ = tcp.set_nodelay(true);
-    let service = TowerToHyperService::new(app);
+    let service = TowerToHyperService::new(tower::util::MapRequest::new(app, without_trailing_slash));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(super::raw_errors::RawErrors::new(tcp)), service);
@@ -88,6 +88,23 @@ async fn connection(tcp: TcpStream, app: Router, mut close: watch::Receiver<()>,
     // Shutting down: finish the request in flight, then close.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// `/v1/chat/completions/` is `/v1/chat/completions`: clients configured with a base URL
+/// ending in a slash send such paths, and a 404 for them helps nobody.
+fn without_trailing_slash<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let rebuilt = match request.uri().query() {
+            Some(query) => format!("{}?{query}", if trimmed.is_empty() { "/" } else { trimmed }),
+            None => (if trimmed.is_empty() { "/" } else { trimmed }).to_string(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

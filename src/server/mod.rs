@@ -7,18 +7,18 @@
 //! registry, auth, limits). A request takes the `Live` current when it arrives and keeps it
 //! to its end, so open streams finish on what they started with.
 
-pub mod auth;
+mod auth;
 mod chat;
-pub mod exchange;
+mod exchange;
 mod finish;
-pub mod gate;
-pub mod limits;
+mod gate;
+mod limits;
 mod listen;
-pub mod metrics;
+mod metrics;
 mod ops;
 mod raw_errors;
 mod relay;
-pub mod reload;
+mod reload;
 mod smoothing;
 mod stream;
 mod trim;

@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod agents;
 mod architecture;
 mod auth;
 mod cli;

@@ -8,6 +8,8 @@
 //! A test steers one request by putting a directive in the user's message, e.g.
 //! `[[mock:error-mid]]` (see [`Directive`]), and afterwards asks the mock what it received.
 
+mod model;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -649,7 +651,15 @@ async fn generate(
         }
     }
 
-    let answer = app.answer.clone().unwrap_or_else(|| format!("Echo: {query}"));
+    let earlier: Vec<String> = if chat_family {
+        let shared = state.lock();
+        let queries = shared.conversations.get(&conversation_id).map(|c| c.queries.clone()).unwrap_or_default();
+        queries[..queries.len().saturating_sub(1)].to_vec()
+    } else {
+        Vec::new()
+    };
+    let answer =
+        app.answer.clone().or_else(|| model::answer(&query, &earlier)).unwrap_or_else(|| format!("Echo: {query}"));
     let script =
         Script { app, settings: state.settings, directive, answer, conversation_id, message_id, task_id: uuid() };
     if !streaming {
