@@ -447,7 +447,7 @@ fn part(item: &Value, param: &str) -> Result<Part, ApiError> {
             if data.is_none() && file_id.is_none() {
                 return Err(bad(format!("`{param}.file` needs `file_data` (a data: URL) or `file_id`")));
             }
-            Ok(Part::File { data, filename, file_id })
+            Ok(Part::File { data, filename, file_id, url: None })
         }
         "input_audio" => {
             let Some(audio) = obj.get("input_audio").and_then(Value::as_object) else {

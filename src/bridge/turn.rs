@@ -23,11 +23,13 @@ pub enum Part {
     Image {
         url: String,
     },
-    /// A file as inline data (a `data:` URL) with an optional name, or by a Dify file id.
+    /// A file as inline data (a `data:` URL) with an optional name, by a Dify file id, or by
+    /// an http(s) URL Dify fetches.
     File {
         data: Option<String>,
         filename: Option<String>,
         file_id: Option<String>,
+        url: Option<String>,
     },
     /// Base64 audio and its format (`wav`, `mp3`).
     Audio {

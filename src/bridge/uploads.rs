@@ -97,6 +97,12 @@ pub async fn resolve_files(
                 url: None,
                 upload_file_id: Some(id.clone()),
             },
+            Part::File { url: Some(url), .. } => FileRef {
+                kind: "document".into(),
+                transfer_method: "remote_url".into(),
+                url: Some(url.clone()),
+                upload_file_id: None,
+            },
             Part::Audio { data, format } => {
                 let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|e| {
                     ApiError::invalid_request(format!("`{param}.input_audio.data` is not valid base64: {e}"))

@@ -65,6 +65,21 @@ pub struct ConversationRecord {
     pub updated_at: u64,
 }
 
+/// A response of the Responses API, kept so that `previous_response_id` continues its Dify
+/// conversation and `GET /v1/responses/{id}` can show it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRecord {
+    pub id: String,
+    /// `app_id` of the app key, and the user: only they may continue or read it.
+    pub app: String,
+    pub user: String,
+    pub conversation_id: Option<String>,
+    /// The tool definitions the conversation has by now (a hash).
+    pub tools: Option<u64>,
+    /// The response object as the client got it, JSON.
+    pub body: String,
+}
+
 /// Counts and ages, for the doctor and /metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 use super::fingerprint::{Fingerprint, hex};
-use super::record::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
+use super::record::{ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreStats, TurnRecord, now_secs};
 use crate::secret::mask_url_credentials as redact_url;
 
 pub struct RedisStore {
@@ -259,6 +259,49 @@ impl RedisStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    pub async fn put_response(&self, r: &ResponseRecord) -> Result<(), StoreError> {
+        let key = format!("{PREFIX}:resp:{}", r.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("app", r.app.as_str()),
+                    ("user", r.user.as_str()),
+                    ("conv", r.conversation_id.as_deref().unwrap_or("")),
+                    ("tools", &r.tools.map(|t| t.to_string()).unwrap_or_default()),
+                    ("body", r.body.as_str()),
+                ],
+            )
+            .ignore()
+            .expire(&key, self.ttl_secs())
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+    }
+
+    pub async fn response(&self, id: &str) -> Result<Option<ResponseRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut f: HashMap<String, String> =
+            conn.hgetall(format!("{PREFIX}:resp:{id}")).await.map_err(|e| self.err(e))?;
+        let (Some(app), Some(user), Some(body)) = (f.remove("app"), f.remove("user"), f.remove("body")) else {
+            return Ok(None);
+        };
+        Ok(Some(ResponseRecord {
+            id: id.to_string(),
+            app,
+            user,
+            conversation_id: f.remove("conv").filter(|c| !c.is_empty()),
+            tools: f.get("tools").and_then(|t| t.parse().ok()),
+            body,
+        }))
+    }
+
+    pub async fn delete_response(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(format!("{PREFIX}:resp:{id}")).await.map_err(|e| self.err(e))
     }
 
     pub async fn health(&self) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::fingerprint::Fingerprint;
-use super::record::{ConversationRecord, ListFilter, StoreError, StoreStats, TurnRecord, now_secs};
+use super::record::{ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreStats, TurnRecord, now_secs};
 
 const SCHEMA_VERSION: &str = "1";
 /// Size bound: beyond this many turns, the oldest are pruned first.
@@ -61,6 +61,8 @@ struct Pending {
     chats: HashMap<(String, String, String), (u64, String)>,
     /// Conversations dropped but not yet deleted from the file: invisible to lookups.
     forgotten: HashMap<String, u64>,
+    /// Responses kept (`Some`) or deleted (`None`) and not yet committed.
+    responses: HashMap<String, (u64, Option<ResponseRecord>)>,
     /// Turns not queued because the writer had fallen too far behind (logged once a burst).
     overflowed: bool,
 }
@@ -70,6 +72,7 @@ struct Pending {
 enum Op {
     Record { seq: u64, fp: Fingerprint, turn: TurnRecord, conversation: ConversationRecord },
     Forget { seq: u64, conversation_id: String },
+    Response { seq: u64, id: String, record: Option<ResponseRecord> },
     Prune(tokio::sync::oneshot::Sender<Result<u64, StoreError>>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -154,6 +157,9 @@ impl SqliteStore {
                      chat_id TEXT, latest_turn INTEGER NOT NULL, latest_message_id TEXT,
                      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, tools INTEGER);
                  CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated_at);
+                 CREATE TABLE IF NOT EXISTS responses (
+                     id TEXT PRIMARY KEY, app TEXT NOT NULL, user TEXT NOT NULL, conversation_id TEXT,
+                     tools INTEGER, body TEXT NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS chats (
                      app TEXT NOT NULL, user TEXT NOT NULL, chat_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
                      updated_at INTEGER NOT NULL, PRIMARY KEY (app, user, chat_id)) WITHOUT ROWID;
@@ -367,6 +373,47 @@ impl SqliteStore {
         self.queue(pending, Op::Forget { seq, conversation_id: conversation_id.to_string() });
     }
 
+    /// Keeps a response (visible at once, committed with the next batch).
+    pub fn put_response(&self, record: ResponseRecord) {
+        self.queue_response(record.id.clone(), Some(record));
+    }
+
+    pub fn delete_response(&self, id: &str) {
+        self.queue_response(id.to_string(), None);
+    }
+
+    fn queue_response(&self, id: String, record: Option<ResponseRecord>) {
+        let mut pending = self.pending();
+        pending.seq += 1;
+        let seq = pending.seq;
+        pending.responses.insert(id.clone(), (seq, record.clone()));
+        self.queue(pending, Op::Response { seq, id, record });
+    }
+
+    pub fn response(&self, id: &str) -> Result<Option<ResponseRecord>, StoreError> {
+        if let Some((_, record)) = self.pending().responses.get(id) {
+            return Ok(record.clone());
+        }
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, app, user, conversation_id, tools, body FROM responses WHERE id = ?1 AND updated_at >= ?2",
+            )
+            .map_err(|e| classify(&self.path, e))?;
+        stmt.query_row(params![id, self.cutoff()], |r| {
+            Ok(ResponseRecord {
+                id: r.get(0)?,
+                app: r.get(1)?,
+                user: r.get(2)?,
+                conversation_id: r.get(3)?,
+                tools: hash_of(r.get(4)?),
+                body: r.get(5)?,
+            })
+        })
+        .optional()
+        .map_err(|e| classify(&self.path, e))
+    }
+
     /// Runs `read` on the reader connection on a blocking thread: the scans of the doctor,
     /// `/metrics` and `/ready` may take a while on a large file, and must not hold a tokio
     /// worker (nor make the timeouts around them unable to fire).
@@ -470,6 +517,7 @@ fn prune(conn: &mut Connection, path: &Path, cutoff: i64) -> Result<u64, StoreEr
         .map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
+    tx.execute("DELETE FROM responses WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute(
         "DELETE FROM turns WHERE fingerprint IN
            (SELECT fingerprint FROM turns ORDER BY updated_at DESC LIMIT -1 OFFSET ?1)",
@@ -530,6 +578,7 @@ fn write_loop(mut conn: Connection, path: &Path, ttl: Duration, shared: &Shared)
                             pending.forgotten.remove(conversation_id);
                         }
                     }
+                    Op::Response { seq, id, .. } => settle(&mut pending.responses, id, *seq),
                     Op::Prune(_) | Op::Flush(_) => {}
                 }
             }
@@ -621,6 +670,21 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
                         .and_then(|mut s| s.execute(params![chat_id]))
                         .map_err(|e| classify(path, e))?;
                 }
+            }
+            Op::Response { id, record: Some(r), .. } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO responses (id, app, user, conversation_id, tools, body, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![id, r.app, r.user, r.conversation_id, r.tools.map(|t| t as i64), r.body, now])
+                })
+                .map_err(|e| classify(path, e))?;
+            }
+            Op::Response { id, record: None, .. } => {
+                tx.prepare_cached("DELETE FROM responses WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id]))
+                    .map_err(|e| classify(path, e))?;
             }
             Op::Forget { conversation_id, .. } => {
                 // By primary keys only; its turns stay until they expire, unreachable.

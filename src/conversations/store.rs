@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use super::fingerprint::Fingerprint;
-use super::record::{ConversationRecord, ListFilter, StoreError, StoreLocation, StoreStats, TurnRecord};
+use super::record::{
+    ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreLocation, StoreStats, TurnRecord,
+};
 use super::redis_store::RedisStore;
 use super::sqlite::SqliteStore;
 
@@ -107,6 +109,34 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => r.forget(conversation_id).await,
+        }
+    }
+
+    /// Keeps a Responses API response (same TTL as the mappings).
+    pub async fn put_response(&self, record: ResponseRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.put_response(record);
+                Ok(())
+            }
+            Store::Redis(r) => r.put_response(&record).await,
+        }
+    }
+
+    pub async fn response(&self, id: &str) -> Result<Option<ResponseRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.response(id),
+            Store::Redis(r) => r.response(id).await,
+        }
+    }
+
+    pub async fn delete_response(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.delete_response(id);
+                Ok(())
+            }
+            Store::Redis(r) => r.delete_response(id).await,
         }
     }
 

@@ -36,7 +36,7 @@ pub async fn chat_completions(
         exchange.stream(ChatEncoder::new(&options, unix_now())).await
     } else {
         exchange
-            .complete(|answer| {
+            .complete(async |answer| {
                 let body =
                     chat::completion(&options, &answer.collected, answer.reason, answer.usage.as_ref(), unix_now());
                 axum::Json(body).into_response()

@@ -213,7 +213,7 @@ impl Exchange {
     /// Collects the whole answer (bounded by REQUEST_TIMEOUT) and renders it with `render`.
     /// A structured answer that misses its format is asked for again (in the same Dify
     /// conversation) up to STRUCTURED_OUTPUT_RETRIES times, then refused with a 502.
-    pub async fn complete(mut self, render: impl FnOnce(&Answer) -> Response) -> Response {
+    pub async fn complete(mut self, render: impl AsyncFnOnce(&Answer) -> Response) -> Response {
         let _busy = Busy::begin();
         let mut retries_left =
             if self.turn.output == OutputFormat::Text { 0 } else { self.live.config.structured_output_retries };
@@ -246,7 +246,7 @@ impl Exchange {
                         conversation_id: attempt.end.conversation_id,
                         message_id: attempt.end.message_id,
                     };
-                    let mut response = render(&answer);
+                    let mut response = render(&answer).await;
                     // Which Dify conversation and message this was, for clients that want to
                     // continue it explicitly or look it up in Dify.
                     for (name, value) in
