@@ -210,6 +210,7 @@ pub fn parse(body: &[u8]) -> Result<(Turn, ChatOptions), ApiError> {
         stream: request.stream.unwrap_or(false),
         user: request.user.or(request.safety_identifier),
         conversation_id: request.conversation_id.filter(|c| !c.trim().is_empty()),
+        previous_response_id: None,
         inputs: request.inputs,
         tools,
         output,
@@ -287,7 +288,9 @@ fn tools_of(request: &ChatRequest) -> Result<Tools, ApiError> {
     Ok(Tools { specs, choice, parallel: request.parallel_tool_calls.unwrap_or(true) })
 }
 
-fn function_spec(function: Option<&Value>, param: &str) -> Result<ToolSpec, ApiError> {
+/// A function tool's definition (`{name, description, parameters}`: the Chat Completions
+/// `function` object, or the Responses API's flat tool).
+pub fn function_spec(function: Option<&Value>, param: &str) -> Result<ToolSpec, ApiError> {
     let bad = |why: &str| ApiError::invalid_request(format!("`{param}` {why}")).param(param.to_string());
     let Some(function) = function.and_then(Value::as_object) else { return Err(bad("must be an object")) };
     let name = function.get("name").and_then(Value::as_str).filter(|n| !n.trim().is_empty());
@@ -299,12 +302,13 @@ fn function_spec(function: Option<&Value>, param: &str) -> Result<ToolSpec, ApiE
     })
 }
 
-/// `tool_choice`: `none`, `auto`, `required`, a named function, or `allowed_tools` (which
-/// also narrows the tools).
-fn tool_choice(value: Option<&Value>, param: &str) -> Result<(ToolChoice, Option<Vec<String>>), ApiError> {
+/// `tool_choice`: `none`, `auto`, `required`, a named function (nested under `function` in
+/// Chat Completions, flat in the Responses API), or `allowed_tools` (which also narrows the
+/// tools).
+pub fn tool_choice(value: Option<&Value>, param: &str) -> Result<(ToolChoice, Option<Vec<String>>), ApiError> {
     let bad = || {
         ApiError::invalid_request(format!(
-            "`{param}` must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+            "`{param}` must be \"none\", \"auto\", \"required\" or a function by name ({{\"type\": \"function\", \"function\": {{\"name\": …}}}}, or {{\"type\": \"function\", \"name\": …}} in the Responses API)"
         ))
         .param(param.to_string())
     };
@@ -320,7 +324,8 @@ fn tool_choice(value: Option<&Value>, param: &str) -> Result<(ToolChoice, Option
             _ => return Err(bad()),
         },
         Some(v) if v.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
-            let allowed = v.get("allowed_tools").ok_or_else(bad)?;
+            // Nested under `allowed_tools` in Chat Completions, flat in the Responses API.
+            let allowed = v.get("allowed_tools").unwrap_or(v);
             let names: Vec<String> = allowed
                 .get("tools")
                 .and_then(Value::as_array)
@@ -349,12 +354,17 @@ pub fn output_format(value: Option<&Value>, param: &str) -> Result<OutputFormat,
         "json_object" => Ok(OutputFormat::JsonObject),
         "json_schema" => {
             let spec = value.get("json_schema").unwrap_or(value);
+            let schema_param = if value.get("json_schema").is_some() {
+                format!("{param}.json_schema.schema")
+            } else {
+                format!("{param}.schema")
+            };
             let name = spec.get("name").and_then(Value::as_str).unwrap_or("response").to_string();
             match spec.get("schema") {
                 Some(schema) if schema.is_object() || schema.is_boolean() => {
                     jsonschema::validator_for(schema).map_err(|e| {
-                        ApiError::invalid_request(format!("`{param}` has a schema that cannot be used: {e}"))
-                            .param(format!("{param}.json_schema.schema"))
+                        ApiError::invalid_request(format!("`{schema_param}` is a schema that cannot be used: {e}"))
+                            .param(schema_param.clone())
                     })?;
                     Ok(OutputFormat::JsonSchema {
                         name,
@@ -363,10 +373,8 @@ pub fn output_format(value: Option<&Value>, param: &str) -> Result<OutputFormat,
                     })
                 }
                 None => Ok(OutputFormat::JsonObject),
-                Some(_) => {
-                    Err(ApiError::invalid_request(format!("`{param}.json_schema.schema` must be a JSON Schema object"))
-                        .param(format!("{param}.json_schema.schema")))
-                }
+                Some(_) => Err(ApiError::invalid_request(format!("`{schema_param}` must be a JSON Schema object"))
+                    .param(schema_param)),
             }
         }
         other => Err(ApiError::invalid_request(format!(
@@ -432,8 +440,7 @@ fn part(item: &Value, param: &str) -> Result<Part, ApiError> {
                 Some(Value::Object(o)) => str_field(o.get("url"), "image_url.url")?,
                 _ => return Err(bad(format!("`{param}.image_url` must be an object with a `url`"))),
             };
-            let lower = url.get(..8).unwrap_or(&url).to_ascii_lowercase();
-            if !(lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("data:")) {
+            if !is_fetchable(&url) {
                 return Err(bad(format!("`{param}.image_url.url` must be an http(s) URL or a data: URL")));
             }
             Ok(Part::Image { url })
@@ -463,6 +470,12 @@ fn part(item: &Value, param: &str) -> Result<Part, ApiError> {
             Err(bad(format!("`{param}` has unsupported type {other:?}; supported: text, image_url, file, input_audio")))
         }
     }
+}
+
+/// An http(s) or `data:` URL: what an image or file can be given as.
+pub fn is_fetchable(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("data:")
 }
 
 pub fn finish_reason(reason: FinishReason) -> &'static str {

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod models;
 pub mod openai;
+pub mod responses;
 
 use axum::response::Response;
 use serde::de::DeserializeOwned;

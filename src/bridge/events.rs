@@ -43,6 +43,11 @@ pub trait StreamEncoder: Sink + Send + 'static {
     fn start(&mut self);
     /// Everything written since the last call.
     fn take(&mut self) -> bytes::Bytes;
+    /// The answer as one document, once it has ended, for dialects whose answers are kept
+    /// (a Responses API response object).
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why an answer ended.

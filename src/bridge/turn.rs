@@ -149,6 +149,9 @@ pub struct Turn {
     pub user: Option<String>,
     /// An explicit Dify conversation to continue.
     pub conversation_id: Option<String>,
+    /// A stored response whose conversation this turn continues (the Responses API's
+    /// `previous_response_id`): the input is then only what is new.
+    pub previous_response_id: Option<String>,
     /// Values for the Dify app's input form, passed through.
     pub inputs: Option<Map<String, Value>>,
     pub tools: Tools,

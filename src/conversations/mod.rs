@@ -11,6 +11,6 @@ pub mod sqlite;
 pub mod store;
 
 pub use identity::{Identity, IdentityRules, IdentitySource, first_header};
-pub use record::{StoreError, now_secs};
+pub use record::{ResponseRecord, StoreError, now_secs};
 pub use resolver::{Continuity, Conversations, Decision, Recorder, RequestView};
 pub use store::Store;

@@ -11,7 +11,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::finish::{End, Finisher};
+use super::finish::{End, Finisher, Keeper};
 use super::gate::{GenerationLabels, USER_HEADER, UpstreamTime};
 use super::relay::{Relay, StopGuard, StopTarget, chase_task, drain};
 use super::trim::Busy;
@@ -27,7 +27,8 @@ use crate::bridge::{
     ToolChoice, Tools, Translator, TranslatorOptions, Turn, Usage,
 };
 use crate::config::ToolCalls;
-use crate::conversations::{Continuity, Decision, Identity, RequestView, first_header};
+use crate::conversations::fingerprint::app_id;
+use crate::conversations::{Continuity, Decision, Identity, RequestView, ResponseRecord, first_header};
 use crate::dify::{DifyError, EventStream};
 use crate::logging::Shown;
 use crate::secret::Secret;
@@ -49,6 +50,8 @@ pub struct Exchange {
     passthrough: bool,
     /// The client's tools, when they are emulated for this request.
     emulated: Option<Tools>,
+    /// Keeps a streamed answer's summary once it is over.
+    keeper: Option<Keeper>,
 }
 
 /// One collected answer and how it ended.
@@ -76,7 +79,7 @@ impl Exchange {
     pub async fn prepare(
         state: &SharedState,
         headers: &HeaderMap,
-        turn: Turn,
+        mut turn: Turn,
         client_key: Option<Secret>,
         dialect: Dialect,
     ) -> Result<Exchange, ApiError> {
@@ -94,7 +97,14 @@ impl Exchange {
             route = Arc::new(AppRoute { key, ..(*route).clone() });
         }
         let identity = live.identity.resolve(headers, turn.user.as_deref())?;
-        let decision = decide(state, &live, headers, &turn, &route, &identity).await?;
+        let previous = match turn.previous_response_id.as_deref() {
+            Some(id) => Some(previous_response(state, &route, &identity, &turn.model, id).await?),
+            None => None,
+        };
+        if let Some(previous) = &previous {
+            name_tool_results(&mut turn, &previous.body);
+        }
+        let decision = decide(state, &live, headers, &turn, &route, &identity, previous.as_ref()).await?;
         tracing::debug!(
             model = %Shown(&turn.model),
             continuity = decision.continuity.as_str(),
@@ -113,6 +123,7 @@ impl Exchange {
             dialect,
             passthrough,
             emulated: None,
+            keeper: None,
         })
         .and_then(|mut exchange| {
             exchange.plan_emulation(headers)?;
@@ -236,7 +247,7 @@ impl Exchange {
                 continue;
             }
             let transcript = transcript_of(&attempt.collected);
-            self.finisher().finish(&attempt.end, &transcript).await;
+            self.finisher().finish(&attempt.end, &transcript, None).await;
             let mut response = match attempt.end.outcome {
                 Outcome::Finished { usage, .. } => {
                     let answer = Answer {
@@ -455,7 +466,26 @@ impl Exchange {
             continuity: self.decision.continuity,
             started: self.started,
             stream: self.turn.stream,
+            keeper: self.keeper.take(),
         }
+    }
+
+    /// What keeps this turn's answer under `id` (a Responses API response), for this app
+    /// and user only.
+    pub fn keeper(&self, id: &str) -> Keeper {
+        Keeper {
+            state: self.state.clone(),
+            id: id.to_string(),
+            app: app_id(self.route.key.expose()),
+            user: self.identity.user.clone(),
+            tools: self.decision.recorder.as_ref().and_then(|r| r.tools),
+        }
+    }
+
+    /// A streamed answer's summary is kept by `keeper` once the stream is over.
+    pub fn keep_stream(mut self, keeper: Keeper) -> Self {
+        self.keeper = Some(keeper);
+        self
     }
 
     /// The headers every answer carries: who the user was, and the labels for the metrics.
@@ -477,7 +507,67 @@ fn echo_encoded(user: &str) -> std::borrow::Cow<'_, str> {
     percent_encoding::utf8_percent_encode(user, ENCODED).into()
 }
 
-/// The conversation decision: chat-family apps keep conversations, the others none.
+/// The stored response `previous_response_id` names: only the app and user that made it
+/// may continue it; to anyone else it does not exist.
+async fn previous_response(
+    state: &SharedState,
+    route: &AppRoute,
+    identity: &Identity,
+    model: &str,
+    id: &str,
+) -> Result<ResponseRecord, ApiError> {
+    if !route.mode.is_chat_family() {
+        return Err(ApiError::invalid_request(format!(
+            "`previous_response_id` cannot be used with model `{model}`: it is a Dify {} app, which keeps no \
+             conversation; send the whole conversation in `input` instead",
+            route.mode
+        ))
+        .param("previous_response_id"));
+    }
+    let record = state.conversations.store().response(id).await.map_err(|e| {
+        tracing::warn!("❌ reading a stored response failed: {e}");
+        ApiError::server(StatusCode::SERVICE_UNAVAILABLE, format!("The conversation store could not be read: {e}"))
+            .retryable()
+    })?;
+    match record {
+        Some(record) if record.app == app_id(route.key.expose()) && record.user == identity.user => Ok(record),
+        _ => Err(ApiError::not_found(format!(
+            "Previous response with id '{id}' not found. Responses are kept for CONVERSATION_TTL and only for the \
+             app and user that created them (and not at all with `store: false`)."
+        ))
+        .param("previous_response_id")
+        .code("previous_response_not_found")),
+    }
+}
+
+/// Tool results continuing a stored response name their tools from its `function_call` items.
+fn name_tool_results(turn: &mut Turn, previous_body: &str) {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        call_id: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        output: Vec<Item>,
+    }
+    let Ok(previous) = serde_json::from_str::<Body>(previous_body) else { return };
+    for message in turn.messages.iter_mut().filter(|m| m.name.is_none()) {
+        let Some(call_id) = message.tool_call_id.as_deref() else { continue };
+        let call = previous.output.iter().find(|i| i.kind == "function_call" && i.call_id.as_deref() == Some(call_id));
+        if let Some(name) = call.and_then(|c| c.name.clone()) {
+            message.name = Some(name);
+        }
+    }
+}
+
+/// The conversation decision: chat-family apps keep conversations, the others none. A
+/// previous response continues its conversation, with the tool definitions it had.
 async fn decide(
     state: &SharedState,
     live: &Live,
@@ -485,6 +575,7 @@ async fn decide(
     turn: &Turn,
     route: &AppRoute,
     identity: &Identity,
+    previous: Option<&ResponseRecord>,
 ) -> Result<Decision, ApiError> {
     if !route.mode.is_chat_family() {
         return Ok(Decision {
@@ -495,8 +586,15 @@ async fn decide(
             recorder: None,
         });
     }
-    let explicit = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER)?
-        .or_else(|| turn.conversation_id.clone());
+    let header = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER)?;
+    if previous.is_some() && (header.is_some() || turn.conversation_id.is_some()) {
+        return Err(ApiError::invalid_request(
+            "A request continues either a previous response or a named conversation, not both: \
+             drop the X-Dify-Conversation-Id header or `previous_response_id`",
+        )
+        .param("previous_response_id"));
+    }
+    let explicit = previous.and_then(|p| p.conversation_id.clone()).or(header).or_else(|| turn.conversation_id.clone());
     let chat_id = first_header(headers, &live.config.chat_id_headers)?;
     let lookup = Instant::now();
     let decision = state
@@ -511,6 +609,10 @@ async fn decide(
         })
         .await;
     state.metrics.observe_store(lookup.elapsed());
+    let mut decision = decision;
+    if let Some(previous) = previous {
+        decision.tools_sent = previous.tools;
+    }
     Ok(decision)
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::SharedState;
 use crate::bridge::{Outcome, Translator};
-use crate::conversations::{Continuity, Recorder};
+use crate::conversations::{Continuity, Recorder, ResponseRecord};
 use crate::logging::Shown;
 
 /// What the log line and the recorder need once an answer is over.
@@ -37,6 +37,38 @@ pub struct Finisher {
     pub continuity: Continuity,
     pub started: Instant,
     pub stream: bool,
+    /// Keeps the answer's summary (a Responses API response) once it is over.
+    pub keeper: Option<Keeper>,
+}
+
+/// Keeps a Responses API response once it is over, so that `previous_response_id` continues
+/// its Dify conversation and `GET /v1/responses/{id}` shows it again. Only the app and the
+/// user that made it can do either.
+#[derive(Clone)]
+pub struct Keeper {
+    pub state: SharedState,
+    pub id: String,
+    /// `app_id` of the app key.
+    pub app: String,
+    pub user: String,
+    /// The tool definitions the conversation has after this turn.
+    pub tools: Option<u64>,
+}
+
+impl Keeper {
+    pub async fn keep(&self, conversation_id: Option<String>, body: String) {
+        let record = ResponseRecord {
+            id: self.id.clone(),
+            app: self.app.clone(),
+            user: self.user.clone(),
+            conversation_id,
+            tools: self.tools,
+            body,
+        };
+        if let Err(e) = self.state.conversations.store().put_response(record).await {
+            tracing::warn!(response = %self.id, "could not keep the response, so previous_response_id will not find it: {e}");
+        }
+    }
 }
 
 impl Finisher {
@@ -44,13 +76,17 @@ impl Finisher {
         self.recorder.is_some()
     }
 
-    pub async fn finish(self, end: &End, answer: &str) {
+    /// `summary`: the answer as one document, kept when the finisher has a keeper.
+    pub async fn finish(self, end: &End, answer: &str, summary: Option<String>) {
         if let (Outcome::Finished { .. }, Some(recorder), Some(conversation)) =
             (&end.outcome, self.recorder, end.conversation_id.as_deref())
         {
             let recording = Instant::now();
             self.state.conversations.record(recorder, conversation, end.message_id.as_deref(), answer).await;
             self.state.metrics.observe_store(recording.elapsed());
+        }
+        if let (Some(keeper), Some(body)) = (&self.keeper, summary) {
+            keeper.keep(end.conversation_id.clone(), body).await;
         }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let (model, user) = (Shown(&self.model), Shown(&self.user));

@@ -19,6 +19,7 @@ mod ops;
 mod raw_errors;
 mod relay;
 mod reload;
+mod responses;
 mod smoothing;
 mod stream;
 mod trim;
@@ -147,6 +148,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         // Clients configured with a bare base URL (no `/v1`).
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/responses", post(responses::create))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
@@ -157,6 +160,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/models", get(list_models))
         .route("/models/{*id}", get(get_model))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .merge(generations)
         .fallback(not_found)
         // The gate reads bodies within MAX_BODY_MB (as of now: it may be reloaded).
@@ -175,7 +180,7 @@ async fn health() -> impl IntoResponse {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     let error = ApiError::not_found(
-        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/models and /health".to_string(),
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/responses, /v1/models and /health".to_string(),
     )
     .code("unknown_url");
     Dialect::of_path(uri.path()).error_response(&error)

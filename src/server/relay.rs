@@ -253,7 +253,8 @@ impl<E: StreamEncoder> Relay<E> {
             Outcome::Running => {}
         }
         if let Some(finisher) = self.finisher.take() {
-            finisher.finish(&end, self.pipeline.transcript()).await;
+            let summary = self.pipeline.sink().summary();
+            finisher.finish(&end, self.pipeline.transcript(), summary).await;
         }
         self.pipeline.sink().take()
     }

@@ -18,6 +18,7 @@ mod load;
 mod metrics;
 mod modes;
 mod reliability;
+mod responses;
 mod serve;
 mod shutdown;
 mod stops;
