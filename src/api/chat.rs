@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::openai::error_json;
 use super::parse_json;
 use crate::bridge::{
-    ApiError, Collected, FinishReason, Message, OutputFormat, Part, Role, Sink, StreamEncoder, ToolCall, ToolChoice,
-    ToolSpec, Tools, Turn, Usage,
+    ApiError, Collected, Facts, FinishReason, Message, OutputFormat, OwnedFacts, Part, Progress, Role, Sink,
+    StreamEncoder, ToolCall, ToolChoice, ToolSpec, Tools, Turn, Usage,
 };
 use crate::json_text::kind_of;
 
@@ -175,6 +175,10 @@ pub struct ChatFunction {
 pub struct ChatOptions {
     pub model: String,
     pub include_usage: bool,
+    /// Open WebUI's events (status, sources) and usage in the stream.
+    pub events: bool,
+    /// A `dify` object in the final chunk or the completion (DIFY_METADATA).
+    pub metadata: bool,
 }
 
 /// Parses a request body into the neutral turn and the options its answer is written with.
@@ -203,6 +207,8 @@ pub fn parse(body: &[u8]) -> Result<(Turn, ChatOptions), ApiError> {
     let options = ChatOptions {
         model: request.model.clone(),
         include_usage: request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+        events: false,
+        metadata: false,
     };
     let turn = Turn {
         model: request.model,
@@ -527,6 +533,8 @@ struct Completion<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<UsageBody>,
     system_fingerprint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dify: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -588,6 +596,7 @@ pub fn completion(
         }],
         usage: usage.map(UsageBody::from),
         system_fingerprint: None,
+        dify: options.metadata.then(|| super::dify_object(&answer.facts.view(), usage)),
     };
     serde_json::to_value(&body).unwrap_or(Value::Null)
 }
@@ -602,7 +611,13 @@ struct Chunk<'a> {
     choices: &'a [ChunkChoice<'a>],
     /// Absent unless the client asked for usage; then `null` on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<UsageBody>>,
+    usage: Option<Value>,
+    /// An Open WebUI event (see `open_webui`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a Value>,
+    /// DIFY_METADATA, on the closing chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dify: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -655,6 +670,12 @@ pub struct ChatEncoder {
     out: BytesMut,
     sent_text: bool,
     tool_calls: usize,
+    events: bool,
+    metadata: bool,
+    /// Open WebUI: the latest status line, marked done when the answer ends.
+    status: Option<String>,
+    /// What Dify reported besides the text, when it is rendered (events or metadata).
+    facts: Option<OwnedFacts>,
 }
 
 impl ChatEncoder {
@@ -685,10 +706,23 @@ impl ChatEncoder {
             out: BytesMut::new(),
             sent_text: false,
             tool_calls: 0,
+            events: options.events,
+            metadata: options.metadata,
+            status: None,
+            facts: None,
         }
     }
 
-    fn frame(&mut self, choices: &[ChunkChoice<'_>], usage: Option<Option<UsageBody>>) {
+    /// The `usage` of a chunk that carries none: `null` when the client asked for usage.
+    fn no_usage(&self) -> Option<Value> {
+        self.include_usage.then_some(Value::Null)
+    }
+
+    fn frame(&mut self, choices: &[ChunkChoice<'_>], usage: Option<Value>) {
+        self.chunk(choices, usage, None, None);
+    }
+
+    fn chunk(&mut self, choices: &[ChunkChoice<'_>], usage: Option<Value>, event: Option<&Value>, dify: Option<Value>) {
         let chunk = Chunk {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -697,6 +731,8 @@ impl ChatEncoder {
             system_fingerprint: None,
             choices,
             usage,
+            event,
+            dify,
         };
         self.out.put_slice(b"data: ");
         // Serialising plain structs into memory cannot fail.
@@ -763,20 +799,59 @@ impl Sink for ChatEncoder {
         self.out.put_slice(b": keep-alive\n\n");
     }
 
-    /// The closing choice chunk, the usage chunk when asked for, and `[DONE]`.
+    /// Open WebUI: a status line when a step begins (one per step: its end is not a line of
+    /// its own; the last one is marked done when the answer ends).
+    fn progress(&mut self, step: &Progress) {
+        if !self.events || step.done {
+            return;
+        }
+        let event = super::open_webui::status(&step.label, false);
+        let usage = self.no_usage();
+        self.chunk(&[], usage, Some(&event), None);
+        self.status = Some(step.label.clone());
+    }
+
+    fn facts(&mut self, facts: &Facts<'_>) {
+        if self.events || self.metadata {
+            self.facts = Some(facts.owned());
+        }
+    }
+
+    /// Open WebUI's sources and closing status, the closing choice chunk (with the `dify`
+    /// object for DIFY_METADATA), the usage chunk when asked for (always for Open WebUI), and
+    /// `[DONE]`.
     fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>) {
+        let facts = self.facts.take();
+        if self.events {
+            for event in super::open_webui::sources(facts.as_ref().map_or(&[][..], |f| &f.citations)) {
+                let usage = self.no_usage();
+                self.chunk(&[], usage, Some(&event), None);
+            }
+            if let Some(label) = self.status.take() {
+                let event = super::open_webui::status(&label, true);
+                let usage = self.no_usage();
+                self.chunk(&[], usage, Some(&event), None);
+            }
+        }
         let choice = ChunkChoice {
             index: 0,
             delta: Delta::default(),
             logprobs: None,
             finish_reason: Some(finish_reason(reason)),
         };
-        let slot = self.include_usage.then_some(None);
-        self.frame(std::slice::from_ref(&choice), slot);
-        if self.include_usage
-            && let Some(usage) = usage
-        {
-            self.frame(&[], Some(Some(usage.into())));
+        let dify = match (&facts, self.metadata) {
+            (Some(facts), true) => Some(super::dify_object(&facts.view(), usage)),
+            (None, true) => Some(super::dify_object(&Facts::default(), usage)),
+            _ => None,
+        };
+        let slot = self.no_usage();
+        self.chunk(std::slice::from_ref(&choice), slot, None, dify);
+        if let Some(usage) = usage {
+            if self.events {
+                self.frame(&[], Some(super::open_webui::usage(usage)));
+            } else if self.include_usage {
+                self.frame(&[], Some(json_of(&UsageBody::from(usage))));
+            }
         }
         self.out.put_slice(b"data: [DONE]\n\n");
     }
@@ -787,6 +862,10 @@ impl Sink for ChatEncoder {
         self.out.put_slice(error_json(error).as_bytes());
         self.out.put_slice(b"\n\ndata: [DONE]\n\n");
     }
+}
+
+fn json_of(usage: &UsageBody) -> Value {
+    serde_json::to_value(usage).unwrap_or(Value::Null)
 }
 
 impl StreamEncoder for ChatEncoder {
@@ -844,7 +923,10 @@ mod tests {
     #[test]
     fn chunks_have_openai_shape_and_usage_only_when_asked() {
         let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, price: None };
-        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: false }, 7);
+        let mut w = ChatEncoder::new(
+            &ChatOptions { model: "m".into(), include_usage: false, events: false, metadata: false },
+            7,
+        );
         w.start();
         w.text("Hé\"");
         w.finish(FinishReason::Stop, Some(&usage));
@@ -858,7 +940,10 @@ mod tests {
         assert!(!frames.concat().contains("usage"));
         assert_eq!(frames[3], "data: [DONE]");
 
-        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: true }, 7);
+        let mut w = ChatEncoder::new(
+            &ChatOptions { model: "m".into(), include_usage: true, events: false, metadata: false },
+            7,
+        );
         w.text("x");
         w.finish(FinishReason::Stop, Some(&usage));
         let text = frames_of(&mut w).concat();
@@ -869,7 +954,7 @@ mod tests {
     #[test]
     fn delta_frames_are_the_bytes_the_whole_chunk_serialises_to() {
         for include_usage in [false, true] {
-            let options = ChatOptions { model: "m/\\\"x".into(), include_usage };
+            let options = ChatOptions { model: "m/\\\"x".into(), include_usage, events: false, metadata: false };
             let mut w = ChatEncoder::new(&options, 1_700_000_000);
             for text in ["", "Hé\"\n\t\u{7f}\u{1f} 👋</script>", "\\think"] {
                 w.delta(Delta { content: Some(text), ..Delta::default() });
@@ -880,7 +965,7 @@ mod tests {
                     logprobs: None,
                     finish_reason: None,
                 };
-                w.frame(std::slice::from_ref(&choice), include_usage.then_some(None));
+                w.frame(std::slice::from_ref(&choice), include_usage.then_some(Value::Null));
                 let whole = w.take();
                 assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&whole));
             }
@@ -889,7 +974,10 @@ mod tests {
 
     #[test]
     fn tool_calls_stream_as_openai_does_id_and_name_first_then_arguments() {
-        let mut w = ChatEncoder::new(&ChatOptions { model: "m".into(), include_usage: false }, 7);
+        let mut w = ChatEncoder::new(
+            &ChatOptions { model: "m".into(), include_usage: false, events: false, metadata: false },
+            7,
+        );
         let call = ToolCall { id: "call_1".into(), name: "weather".into(), arguments: "{\"city\":\"Oslo\"}".into() };
         w.tool_call(&call);
         w.finish(FinishReason::ToolCalls, None);

@@ -6,13 +6,14 @@
 pub mod anthropic;
 pub mod chat;
 pub mod models;
+pub mod open_webui;
 pub mod openai;
 pub mod responses;
 
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 
-use crate::bridge::ApiError;
+use crate::bridge::{ApiError, Facts, Usage};
 use crate::json_text::reason;
 
 /// Which family of APIs a request speaks: decides the shape of its errors, including the
@@ -85,4 +86,24 @@ pub use crate::bridge::random_id;
 
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The `dify` object DIFY_METADATA (or `X-Dify-Metadata: true`) adds to an answer: which Dify
+/// conversation and message it was, the passages it drew on as Dify reported them, and the
+/// usage with its price.
+pub fn dify_object(facts: &Facts<'_>, usage: Option<&Usage>) -> serde_json::Value {
+    let usage = usage.map(|u| {
+        let (total_price, currency) = match &u.price {
+            Some((total, currency)) => (Some(total.as_str()), Some(currency.as_str())),
+            None => (None, None),
+        };
+        serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens, "total_price": total_price, "currency": currency})
+    });
+    serde_json::json!({
+        "conversation_id": facts.conversation_id,
+        "message_id": facts.message_id,
+        "retriever_resources": facts.citations.iter().map(|c| &c.raw).collect::<Vec<_>>(),
+        "usage": usage,
+    })
 }

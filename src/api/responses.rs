@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 use super::chat::{function_spec, is_fetchable, output_format, tool_choice};
 use super::{parse_json, random_id};
 use crate::bridge::{
-    ApiError, Collected, FinishReason, Message, OutputFormat, Part, Role, Sink, StreamEncoder, ToolCall, ToolChoice,
-    Tools, Turn, Usage,
+    ApiError, Collected, Facts, FinishReason, Message, OutputFormat, OwnedFacts, Part, Role, Sink, StreamEncoder,
+    ToolCall, ToolChoice, Tools, Turn, Usage,
 };
 use crate::json_text::kind_of;
 
@@ -116,6 +116,8 @@ pub struct ResponseOptions {
     pub model: String,
     /// Keep the response for `previous_response_id` and `GET /v1/responses/{id}` (default).
     pub store: bool,
+    /// A `dify` object in the response (DIFY_METADATA).
+    pub metadata: bool,
     /// The request's own settings, echoed in every response object (`instructions`,
     /// `tools`, `tool_choice`, `text`, `metadata`…).
     echo: Map<String, Value>,
@@ -183,7 +185,7 @@ pub fn parse(body: &[u8]) -> Result<(Turn, ResponseOptions), ApiError> {
         tools,
         output,
     };
-    Ok((turn, ResponseOptions { model, store: request.store.unwrap_or(true), echo }))
+    Ok((turn, ResponseOptions { model, store: request.store.unwrap_or(true), metadata: false, echo }))
 }
 
 /// What a client may ask for that opendify cannot give: a 400 naming the field.
@@ -499,6 +501,8 @@ pub struct ResponsesEncoder {
     sent_text: bool,
     /// The response object as it ended.
     last: Option<Value>,
+    /// What Dify reported besides the text, for the `dify` object.
+    facts: Option<OwnedFacts>,
 }
 
 impl ResponsesEncoder {
@@ -514,6 +518,7 @@ impl ResponsesEncoder {
             open: Open::None,
             sent_text: false,
             last: None,
+            facts: None,
         }
     }
 
@@ -532,6 +537,7 @@ impl ResponsesEncoder {
         for call in &answer.tool_calls {
             encoder.tool_call(call);
         }
+        encoder.facts(&answer.facts.view());
         encoder.finish(reason, usage);
         encoder.last.take().unwrap_or(Value::Null)
     }
@@ -557,6 +563,11 @@ impl ResponsesEncoder {
 
     /// The response object now: `status`, the output so far, usage and error.
     fn response(&self, status: &str, usage: Option<&Usage>, error: Option<Value>, incomplete: Option<&str>) -> Value {
+        let dify = match (&self.facts, self.options.metadata && status != "in_progress") {
+            (Some(facts), true) => Some(super::dify_object(&facts.view(), usage)),
+            (None, true) => Some(super::dify_object(&Facts::default(), usage)),
+            (_, false) => None,
+        };
         let mut body = Map::with_capacity(32);
         body.insert("id".into(), json!(self.id));
         body.insert("object".into(), json!("response"));
@@ -569,6 +580,9 @@ impl ResponsesEncoder {
         body.insert("usage".into(), usage.map_or(Value::Null, usage_json));
         for (key, value) in &self.options.echo {
             body.insert(key.clone(), value.clone());
+        }
+        if let Some(dify) = dify {
+            body.insert("dify".into(), dify);
         }
         Value::Object(body)
     }
@@ -721,6 +735,12 @@ impl Sink for ResponsesEncoder {
         let done = item("completed", &call.arguments);
         self.event("response.output_item.done", json!({"output_index": index, "item": done}));
         self.output.push(done);
+    }
+
+    fn facts(&mut self, facts: &Facts<'_>) {
+        if self.options.metadata {
+            self.facts = Some(facts.owned());
+        }
     }
 
     fn keep_alive(&mut self) {

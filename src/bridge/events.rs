@@ -29,6 +29,9 @@ pub trait Sink {
     fn tool_call(&mut self, call: &ToolCall);
     /// A step of the app's work (a workflow node, an agent's tool) began or ended.
     fn progress(&mut self, _step: &Progress) {}
+    /// What Dify reported about the answer besides its text (ids, citations), just before a
+    /// successful [`Sink::finish`]; encoders render it with the end.
+    fn facts(&mut self, _facts: &Facts<'_>) {}
     fn keep_alive(&mut self) {}
     /// The answer is complete.
     fn finish(&mut self, reason: FinishReason, usage: Option<&Usage>);
@@ -93,6 +96,105 @@ pub struct Progress {
     /// What a person reads: `Searching knowledge base: Handbook`, `Using tool: web_search`.
     pub label: String,
     pub done: bool,
+}
+
+/// A knowledge-base passage the answer drew on (one of Dify's `retriever_resources`, or a
+/// result of a knowledge-retrieval node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Citation {
+    /// The document's name (what a person recognises).
+    pub document: String,
+    pub document_id: Option<String>,
+    /// The knowledge base's name.
+    pub dataset: Option<String>,
+    /// The passage itself.
+    pub content: String,
+    pub score: Option<f64>,
+    pub position: Option<u64>,
+    pub segment_id: Option<String>,
+    /// The resource as Dify sent it (for DIFY_METADATA).
+    pub raw: Value,
+}
+
+impl Citation {
+    /// One of `message_end.metadata.retriever_resources`.
+    pub fn from_resource(resource: &Value) -> Option<Citation> {
+        Self::read(resource, resource, resource.get("content"))
+    }
+
+    /// One of a knowledge-retrieval node's `outputs.result` (fields under `metadata`).
+    pub fn from_retrieval_result(result: &Value) -> Option<Citation> {
+        let metadata = result.get("metadata")?;
+        let mut citation = Self::read(metadata, result, result.get("content"))?;
+        if citation.document.is_empty()
+            && let Some(title) = result.get("title").and_then(Value::as_str)
+        {
+            citation.document = title.to_string();
+        }
+        Some(citation)
+    }
+
+    fn read(fields: &Value, raw: &Value, content: Option<&Value>) -> Option<Citation> {
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+        let content = content.and_then(Value::as_str).unwrap_or("").to_string();
+        let document = text("document_name").or_else(|| text("title")).unwrap_or_default();
+        if content.is_empty() && document.is_empty() {
+            return None;
+        }
+        Some(Citation {
+            document,
+            document_id: text("document_id"),
+            dataset: text("dataset_name"),
+            content,
+            score: fields.get("score").and_then(Value::as_f64),
+            position: fields.get("position").and_then(Value::as_u64),
+            segment_id: text("segment_id"),
+            raw: raw.clone(),
+        })
+    }
+
+    fn same_passage(&self, other: &Citation) -> bool {
+        match (&self.segment_id, &other.segment_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.document == other.document && self.content == other.content,
+        }
+    }
+}
+
+/// What Dify reported about a finished answer besides its text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    pub conversation_id: Option<&'a str>,
+    pub message_id: Option<&'a str>,
+    pub citations: &'a [Citation],
+}
+
+impl Facts<'_> {
+    pub fn owned(&self) -> OwnedFacts {
+        OwnedFacts {
+            conversation_id: self.conversation_id.map(str::to_string),
+            message_id: self.message_id.map(str::to_string),
+            citations: self.citations.to_vec(),
+        }
+    }
+}
+
+/// [`Facts`], kept (a collected answer's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnedFacts {
+    pub conversation_id: Option<String>,
+    pub message_id: Option<String>,
+    pub citations: Vec<Citation>,
+}
+
+impl OwnedFacts {
+    pub fn view(&self) -> Facts<'_> {
+        Facts {
+            conversation_id: self.conversation_id.as_deref(),
+            message_id: self.message_id.as_deref(),
+            citations: &self.citations,
+        }
+    }
 }
 
 /// Why opendify itself stopped reading an answer Dify may still be generating: Dify is
@@ -194,6 +296,8 @@ pub struct Translator {
     /// Chatflow: `workflow_finished` already told us how the run ended.
     workflow_done: Option<Result<(), String>>,
     reported_thoughts: Vec<(String, u8)>,
+    /// The passages the answer drew on, in the order Dify reported them.
+    citations: Vec<Citation>,
     outcome: Outcome,
     /// Number of Dify events seen, for logs and the doctor.
     pub events: u64,
@@ -213,6 +317,7 @@ impl Translator {
             agent_answer,
             workflow_done: None,
             reported_thoughts: Vec::new(),
+            citations: Vec::new(),
             outcome: Outcome::Running,
             events: 0,
         }
@@ -270,8 +375,11 @@ impl Translator {
             }
             "message_end" => {
                 self.flush(sink);
-                if let Some(usage) = event.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
-                    self.usage = Some(usage.into());
+                if let Some(metadata) = &event.metadata {
+                    if let Some(usage) = &metadata.usage {
+                        self.usage = Some(usage.into());
+                    }
+                    self.cite(metadata.retriever_resources.iter().filter_map(Citation::from_resource));
                 }
                 self.finish(sink);
             }
@@ -340,6 +448,11 @@ impl Translator {
     }
 
     fn finish(&mut self, sink: &mut impl Sink) {
+        sink.facts(&Facts {
+            conversation_id: self.conversation_id.as_deref(),
+            message_id: self.message_id.as_deref(),
+            citations: &self.citations,
+        });
         sink.finish(self.finish_reason, self.usage.as_ref());
         self.outcome = Outcome::Finished { reason: self.finish_reason, usage: self.usage.clone() };
     }
@@ -426,8 +539,24 @@ impl Translator {
         }
     }
 
+    /// Adds passages not seen yet (a chatflow reports them from its retrieval node and again
+    /// at the end).
+    fn cite(&mut self, found: impl Iterator<Item = Citation>) {
+        for citation in found {
+            if !self.citations.iter().any(|c| c.same_passage(&citation)) {
+                self.citations.push(citation);
+            }
+        }
+    }
+
     fn on_node(&mut self, event: &Event<'_>, sink: &mut impl Sink) {
         let Some(data) = event.data.as_ref() else { return };
+        if event.event == "node_finished"
+            && data.get("node_type").and_then(Value::as_str) == Some("knowledge-retrieval")
+            && let Some(results) = data.get("outputs").and_then(|o| o.get("result")).and_then(Value::as_array)
+        {
+            self.cite(results.iter().filter_map(Citation::from_retrieval_result));
+        }
         let title = data.get("title").and_then(Value::as_str).unwrap_or("").trim();
         let started = event.event == "node_started";
         match self.opts.progress {
@@ -588,6 +717,7 @@ pub struct Collected {
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub progress: Vec<Progress>,
+    pub facts: OwnedFacts,
     workflow_final: Option<String>,
 }
 
@@ -620,6 +750,9 @@ impl Sink for Collected {
     }
     fn progress(&mut self, step: &Progress) {
         self.progress.push(step.clone());
+    }
+    fn facts(&mut self, facts: &Facts<'_>) {
+        self.facts = facts.owned();
     }
     fn finish(&mut self, _reason: FinishReason, _usage: Option<&Usage>) {}
     fn fail(&mut self, _error: &ApiError) {}

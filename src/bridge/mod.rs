@@ -19,8 +19,8 @@ pub mod uploads;
 pub use apps::{AppRoute, ModeSource, Registry};
 pub use error::{ApiError, ErrorType};
 pub use events::{
-    Collected, FinishReason, Outcome, Progress, ProgressMode, Sink, StopReason, StreamEncoder, Translator,
-    TranslatorOptions, Usage,
+    Citation, Collected, Facts, FinishReason, Outcome, OwnedFacts, Progress, ProgressMode, Sink, StopReason,
+    StreamEncoder, Translator, TranslatorOptions, Usage,
 };
 pub use request::{BuildOptions, ConversationPlan};
 pub use turn::{Message, OutputFormat, Part, Role, ToolCall, ToolChoice, ToolSpec, Tools, Turn};

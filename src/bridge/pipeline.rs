@@ -6,7 +6,7 @@
 //! answer.
 
 use super::error::ApiError;
-use super::events::{FinishReason, Progress, Sink, Usage};
+use super::events::{Facts, FinishReason, Progress, Sink, Usage};
 use super::structured::JsonAnswer;
 use super::tools::{self, ToolCallParser};
 use super::turn::ToolCall;
@@ -47,6 +47,9 @@ impl<S: Sink> Sink for Next<'_, S> {
     }
     fn progress(&mut self, step: &Progress) {
         self.out.progress(step);
+    }
+    fn facts(&mut self, facts: &Facts<'_>) {
+        self.out.facts(facts);
     }
     fn keep_alive(&mut self) {
         self.out.keep_alive();
@@ -172,6 +175,9 @@ impl<S: Sink> Sink for Tap<S> {
     fn progress(&mut self, step: &Progress) {
         self.sink.progress(step);
     }
+    fn facts(&mut self, facts: &Facts<'_>) {
+        self.sink.facts(facts);
+    }
     fn keep_alive(&mut self) {
         self.sink.keep_alive();
     }
@@ -218,6 +224,9 @@ impl<S: Sink> Sink for Pipeline<S> {
     }
     fn progress(&mut self, step: &Progress) {
         self.out.progress(step);
+    }
+    fn facts(&mut self, facts: &Facts<'_>) {
+        self.out.facts(facts);
     }
     fn keep_alive(&mut self) {
         self.out.keep_alive();

@@ -126,6 +126,17 @@ pub enum ReasoningMode {
     Strip,
 }
 
+/// Which requests get Open WebUI's events (citations, progress, usage) in their stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenWebUiEvents {
+    /// Requests from Open WebUI (its `X-OpenWebUI-*` headers).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 /// Whether client tools (`tools` in a request) are emulated for an app.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,6 +210,11 @@ pub struct Config {
     /// OPENWEBUI_TOOLS=emulate: Open WebUI's requests get tool emulation too.
     pub openwebui_tools: bool,
     pub structured_output_retries: u32,
+    pub openwebui_events: OpenWebUiEvents,
+    /// DIFY_METADATA: every answer carries a `dify` object.
+    pub dify_metadata: bool,
+    /// TASK_CONVERSATIONS=delete: conversations made for `### Task:` calls are deleted.
+    pub delete_task_conversations: bool,
 }
 
 impl Config {

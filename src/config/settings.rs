@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::models::{is_placeholder, parse_model_config, warn_key_prefix};
-use super::{Config, LogFormat, ReasoningMode, ToolCalls};
+use super::{Config, LogFormat, OpenWebUiEvents, ReasoningMode, ToolCalls};
 use crate::finding::Finding;
 use crate::secret::{Secret, mask_url_credentials};
 
@@ -323,6 +323,37 @@ pub const SETTINGS: &[Setting] = &[
         "Open WebUI's tools with TOOL_CALLS=auto: ignore (the Dify app has its own tools) or emulate",
         |v, c, _| {
             c.openwebui_tools = one_of("OPENWEBUI_TOOLS", v, &[("ignore", false), ("emulate", true)])?;
+            Ok(())
+        },
+    ),
+    setting(
+        "OPENWEBUI_EVENTS",
+        Some("auto"),
+        "Citations, progress and usage as Open WebUI events: auto (requests from Open WebUI), on or off",
+        |v, c, _| {
+            c.openwebui_events = one_of(
+                "OPENWEBUI_EVENTS",
+                v,
+                &[("auto", OpenWebUiEvents::Auto), ("on", OpenWebUiEvents::On), ("off", OpenWebUiEvents::Off)],
+            )?;
+            Ok(())
+        },
+    ),
+    setting(
+        "DIFY_METADATA",
+        Some("false"),
+        "Add a `dify` object (conversation, message, retriever resources, usage with price) to every answer",
+        |v, c, _| {
+            c.dify_metadata = flag("DIFY_METADATA", v)?;
+            Ok(())
+        },
+    ),
+    setting(
+        "TASK_CONVERSATIONS",
+        Some("delete"),
+        "Dify conversations made only to answer Open WebUI's ### Task: calls: delete (right after) or keep",
+        |v, c, _| {
+            c.delete_task_conversations = one_of("TASK_CONVERSATIONS", v, &[("delete", true), ("keep", false)])?;
             Ok(())
         },
     ),

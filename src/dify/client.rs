@@ -254,6 +254,48 @@ impl DifyClient {
         serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("/files/upload: {e}")))
     }
 
+    /// Deletes a conversation of this user (Dify answers 204, older releases 200).
+    pub async fn delete_conversation(&self, key: &Secret, conversation_id: &str, user: &str) -> Result<(), DifyError> {
+        let url = self.url(&format!("/conversations/{conversation_id}"));
+        let response = self
+            .http
+            .delete(&url)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .json(&serde_json::json!({ "user": user }))
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        check_status(response).await.map(drop)
+    }
+
+    /// The questions Dify suggests after a message (`GET /messages/{id}/suggested`), when the
+    /// app has "suggested questions after answer" on.
+    pub async fn suggested(&self, key: &Secret, message_id: &str, user: &str) -> Result<Vec<String>, DifyError> {
+        #[derive(serde::Deserialize)]
+        struct Suggested {
+            #[serde(default)]
+            data: Vec<String>,
+        }
+        let path = format!("/messages/{message_id}/suggested");
+        let mut parsed = reqwest::Url::parse(&self.url(&path)).map_err(|e| DifyError::Request(e.to_string()))?;
+        parsed.query_pairs_mut().append_pair("user", user);
+        let url = parsed.to_string();
+        let response = self
+            .http
+            .get(parsed)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        let response = check_status(response).await?;
+        let bytes = read_body(response, self.request_timeout).await?;
+        let suggested: Suggested =
+            serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("{path}: {e}")))?;
+        Ok(suggested.data)
+    }
+
     /// Whether a conversation still exists for this user (`GET /messages` answers 404 when not).
     pub async fn conversation_exists(
         &self,

@@ -107,6 +107,9 @@ impl Event<'_> {
 pub struct Metadata {
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The knowledge-base passages the answer drew on.
+    #[serde(default)]
+    pub retriever_resources: Vec<Value>,
 }
 
 /// Token counts and price as Dify reports them (`message_end.metadata.usage`).
@@ -160,6 +163,12 @@ pub struct InputField {
 }
 
 impl AppParameters {
+    /// "Suggested questions after answer" is on: Dify has questions for each answer.
+    pub fn suggests_after_answer(&self) -> bool {
+        self.0.get("suggested_questions_after_answer").and_then(|s| s.get("enabled")).and_then(Value::as_bool)
+            == Some(true)
+    }
+
     pub fn input_fields(&self) -> Vec<InputField> {
         let Some(items) = self.0.get("user_input_form").and_then(Value::as_array) else {
             return Vec::new();

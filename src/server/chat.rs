@@ -22,7 +22,7 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let dialect = Dialect::OpenAi;
-    let (turn, options) = match chat::parse(&body) {
+    let (turn, mut options) = match chat::parse(&body) {
         Ok(parsed) => parsed,
         Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
     };
@@ -32,6 +32,8 @@ pub async fn chat_completions(
         Ok(exchange) => exchange,
         Err(error) => return rejected(dialect, error),
     };
+    options.events = exchange.extras.events;
+    options.metadata = exchange.extras.metadata;
     if stream {
         exchange.stream(ChatEncoder::new(&options, unix_now())).await
     } else {

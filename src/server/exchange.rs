@@ -11,7 +11,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::finish::{End, Finisher, Keeper};
+use super::finish::{Discard, End, Finisher, Keeper};
 use super::gate::{GenerationLabels, USER_HEADER, UpstreamTime};
 use super::relay::{Relay, StopGuard, StopTarget, chase_task, drain};
 use super::trim::Busy;
@@ -26,7 +26,7 @@ use crate::bridge::{
     ApiError, AppRoute, Collected, FinishReason, Outcome, OutputFormat, ProgressMode, Sink, StopReason, StreamEncoder,
     ToolChoice, Tools, Translator, TranslatorOptions, Turn, Usage,
 };
-use crate::config::ToolCalls;
+use crate::config::{OpenWebUiEvents, ToolCalls};
 use crate::conversations::fingerprint::app_id;
 use crate::conversations::{Continuity, Decision, Identity, RequestView, ResponseRecord, first_header};
 use crate::dify::{DifyError, EventStream};
@@ -35,6 +35,8 @@ use crate::secret::Secret;
 
 pub const CONVERSATION_HEADER: &str = "x-dify-conversation-id";
 pub const MESSAGE_HEADER: &str = "x-dify-message-id";
+/// `true`: this answer carries the `dify` object, whatever DIFY_METADATA says.
+pub const METADATA_HEADER: &str = "x-dify-metadata";
 
 /// A turn whose app, user and conversation are known.
 pub struct Exchange {
@@ -52,6 +54,44 @@ pub struct Exchange {
     emulated: Option<Tools>,
     /// Keeps a streamed answer's summary once it is over.
     keeper: Option<Keeper>,
+    /// What the answer carries besides itself (Open WebUI events, the `dify` object).
+    pub extras: Extras,
+    /// Open WebUI's follow-up task for this chat, answered from Dify's suggested questions.
+    follow_ups_of: Option<String>,
+}
+
+/// What an answer carries besides itself, decided per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Open WebUI's events (status, sources) and usage in the stream (OPENWEBUI_EVENTS).
+    pub events: bool,
+    /// The `dify` object (DIFY_METADATA, or the request's `X-Dify-Metadata`).
+    pub metadata: bool,
+}
+
+impl Extras {
+    fn of(config: &crate::config::Config, headers: &HeaderMap) -> Result<Extras, ApiError> {
+        let from_open_webui = headers.keys().any(|k| k.as_str().starts_with("x-openwebui-"));
+        let events = match config.openwebui_events {
+            OpenWebUiEvents::Auto => from_open_webui,
+            OpenWebUiEvents::On => true,
+            OpenWebUiEvents::Off => false,
+        };
+        let metadata = match headers.get(METADATA_HEADER).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
+        {
+            None => config.dify_metadata,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+            Some(v) => {
+                return Err(ApiError::invalid_request(format!(
+                    "The {METADATA_HEADER} header must be true or false, got {:?}",
+                    crate::logging::Shown(&v).to_string()
+                ))
+                .param(METADATA_HEADER));
+            }
+        };
+        Ok(Extras { events, metadata })
+    }
 }
 
 /// One collected answer and how it ended.
@@ -105,6 +145,12 @@ impl Exchange {
             name_tool_results(&mut turn, &previous.body);
         }
         let decision = decide(state, &live, headers, &turn, &route, &identity, previous.as_ref()).await?;
+        let extras = Extras::of(&live.config, headers)?;
+        let follow_ups_of = if extras.events && is_follow_up_task(&turn, &route) {
+            first_header(headers, &live.config.chat_id_headers)?
+        } else {
+            None
+        };
         tracing::debug!(
             model = %Shown(&turn.model),
             continuity = decision.continuity.as_str(),
@@ -124,6 +170,8 @@ impl Exchange {
             passthrough,
             emulated: None,
             keeper: None,
+            extras,
+            follow_ups_of,
         })
         .and_then(|mut exchange| {
             exchange.plan_emulation(headers)?;
@@ -226,6 +274,15 @@ impl Exchange {
     /// conversation) up to STRUCTURED_OUTPUT_RETRIES times, then refused with a 502.
     pub async fn complete(mut self, render: impl AsyncFnOnce(&Answer) -> Response) -> Response {
         let _busy = Busy::begin();
+        if let Some(follow_ups) = self.dify_follow_ups().await {
+            let mut collected = Collected::default();
+            collected.content = serde_json::json!({ "follow_ups": follow_ups }).to_string();
+            let answer =
+                Answer { collected, reason: FinishReason::Stop, usage: None, conversation_id: None, message_id: None };
+            tracing::info!(model = %Shown(&self.turn.model), "💡 follow-ups answered with Dify's suggested questions");
+            let response = render(&answer).await;
+            return self.reply(response);
+        }
         let mut retries_left =
             if self.turn.output == OutputFormat::Text { 0 } else { self.live.config.structured_output_retries };
         let mut retry: Option<String> = None;
@@ -434,13 +491,46 @@ impl Exchange {
         }
     }
 
+    /// Open WebUI's follow-up task for a chat whose app suggests questions itself: Dify's
+    /// suggestions for the chat's latest answer, asked as the same user. `None` (the task is
+    /// then answered as any other) when there is no such chat or Dify has none.
+    async fn dify_follow_ups(&self) -> Option<Vec<String>> {
+        let chat_id = self.follow_ups_of.as_deref()?;
+        let store = self.state.conversations.store();
+        let app = app_id(self.route.key.expose());
+        let conversation = store.chat(&app, &self.identity.user, chat_id).await.ok().flatten()?;
+        let message_id = store.conversation(&conversation).await.ok().flatten()?.latest_message_id?;
+        match self.live.client.suggested(&self.route.key, &message_id, &self.identity.user).await {
+            Ok(questions) if !questions.is_empty() => Some(questions),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!("Dify's suggested questions are not available ({e}); generating follow-ups");
+                None
+            }
+        }
+    }
+
+    /// The answer without Open WebUI's events, for dialects that have none.
+    pub fn without_events(mut self) -> Self {
+        self.extras.events = false;
+        self
+    }
+
     fn translator(&self) -> Translator {
         let config = &self.live.config;
+        // Open WebUI shows progress as status lines; other clients may get it as reasoning.
+        let progress = if self.extras.events {
+            ProgressMode::Events
+        } else if config.reasoning_progress {
+            ProgressMode::Reasoning
+        } else {
+            ProgressMode::Off
+        };
         Translator::new(TranslatorOptions {
             mode: self.route.mode,
             model: self.turn.model.clone(),
             reasoning: config.reasoning_mode,
-            progress: if config.reasoning_progress { ProgressMode::Reasoning } else { ProgressMode::Off },
+            progress,
             output: self.route.output.clone(),
         })
     }
@@ -467,7 +557,21 @@ impl Exchange {
             started: self.started,
             stream: self.turn.stream,
             keeper: self.keeper.take(),
+            discard: self.discard(),
         }
+    }
+
+    /// A conversation made only for an Open WebUI task is deleted once answered
+    /// (TASK_CONVERSATIONS=delete), so the user's Dify history holds only their chats.
+    fn discard(&self) -> Option<Discard> {
+        let wanted = self.decision.continuity == Continuity::Task
+            && self.live.config.delete_task_conversations
+            && self.route.mode.is_chat_family();
+        wanted.then(|| Discard {
+            client: self.live.client.clone(),
+            key: self.route.key.clone(),
+            user: self.identity.user.clone(),
+        })
     }
 
     /// What keeps this turn's answer under `id` (a Responses API response), for this app
@@ -498,6 +602,15 @@ impl Exchange {
             .insert(GenerationLabels { model: Some(self.route.name.clone()), stream: self.turn.stream });
         response
     }
+}
+
+/// Open WebUI's follow-up task (`### Task:` … `follow_ups`) for an app that suggests
+/// questions after its answers.
+fn is_follow_up_task(turn: &Turn, route: &AppRoute) -> bool {
+    route.mode.is_chat_family()
+        && route.parameters.as_ref().is_some_and(|p| p.suggests_after_answer())
+        && crate::conversations::resolver::is_background_task(turn)
+        && turn.input().first().is_some_and(|m| m.joined_text().contains("follow_ups"))
 }
 
 /// The user as a header value: percent-encoded beyond printable ASCII (and `%` itself), the

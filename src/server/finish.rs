@@ -39,6 +39,15 @@ pub struct Finisher {
     pub stream: bool,
     /// Keeps the answer's summary (a Responses API response) once it is over.
     pub keeper: Option<Keeper>,
+    /// Deletes the answer's Dify conversation once it is over (Open WebUI's tasks).
+    pub discard: Option<Discard>,
+}
+
+/// What deletes a conversation in Dify: the app's key and the user it belongs to.
+pub struct Discard {
+    pub client: crate::dify::DifyClient,
+    pub key: crate::secret::Secret,
+    pub user: String,
 }
 
 /// Keeps a Responses API response once it is over, so that `previous_response_id` continues
@@ -87,6 +96,16 @@ impl Finisher {
         }
         if let (Some(keeper), Some(body)) = (&self.keeper, summary) {
             keeper.keep(end.conversation_id.clone(), body).await;
+        }
+        if let (Some(discard), Some(conversation)) = (self.discard, end.conversation_id.clone()) {
+            // In the background: the client has its answer; a failure is only logged.
+            let deleting = async move {
+                match discard.client.delete_conversation(&discard.key, &conversation, &discard.user).await {
+                    Ok(()) => tracing::debug!(conversation, "🧹 deleted the task's Dify conversation"),
+                    Err(e) => tracing::warn!(conversation, "could not delete the task's Dify conversation: {e}"),
+                }
+            };
+            tokio::spawn(tracing::Instrument::in_current_span(deleting));
         }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let (model, user) = (Shown(&self.model), Shown(&self.user));

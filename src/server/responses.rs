@@ -26,16 +26,18 @@ pub async fn create(
     body: Bytes,
 ) -> Response {
     let dialect = Dialect::OpenAi;
-    let (turn, options) = match responses::parse(&body) {
+    let (turn, mut options) = match responses::parse(&body) {
         Ok(parsed) => parsed,
         Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
     let exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
-        Ok(exchange) => exchange,
+        // Open WebUI's events are a Chat Completions extension.
+        Ok(exchange) => exchange.without_events(),
         Err(error) => return rejected(dialect, error),
     };
+    options.metadata = exchange.extras.metadata;
     let id = random_id("resp_");
     let keeper = options.store.then(|| exchange.keeper(&id));
     let created_at = unix_now();

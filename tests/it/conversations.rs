@@ -146,8 +146,19 @@ async fn open_webui_background_tasks_stay_out_of_the_chat() {
     let chat = conversations_with(&mock, "task first");
     assert_eq!(chat.len(), 1);
     assert_eq!(chat[0].queries, ["task first", "task second"]);
-    let tasks = conversations_with(&mock, "### Task:");
-    assert_eq!(tasks.len(), 2, "each task is answered on its own");
+    let tasks: Vec<_> = mock
+        .generations()
+        .into_iter()
+        .filter(|r| r.body["query"].as_str().is_some_and(|q| q.contains("### Task:")))
+        .collect();
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().all(|t| t.body["conversation_id"].as_str().unwrap_or("").is_empty()), "each task on its own");
+    // And its conversation is deleted (TASK_CONVERSATIONS=delete): the chat is all that is left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !conversations_with(&mock, "### Task:").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.conversations().len(), 1, "{:?}", mock.conversations());
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod doctor;
 mod load;
 mod metrics;
 mod modes;
+mod open_webui;
 mod reliability;
 mod responses;
 mod serve;

@@ -612,7 +612,7 @@ fn mangled_requests_are_refused_with_a_400_never_a_panic() {
 async fn adaptive_smoothing_keeps_every_chunk_and_never_caps_throughput() {
     // 3000 one-character events as fast as the mock can send them: the original's pacing
     // (1 ms per character when buffered) would add 3 s; smoothing may add at most its lag.
-    let settings = MockSettings { chunk_chars: 1, events: Some(3000), delay: Duration::ZERO };
+    let settings = MockSettings { chunk_chars: 1, events: Some(3000), delay: Duration::ZERO, fail_deletes: false };
     let fast = MockDify::start_with(all_apps(), settings, "127.0.0.1:0").await.expect("mock");
     let plain = gateway(&fast, &[]).await;
     let smooth = gateway(&fast, &[("STREAM_SMOOTHING", "adaptive")]).await;

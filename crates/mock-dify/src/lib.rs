@@ -38,6 +38,8 @@ pub struct MockApp {
     pub parameters: Value,
     /// Old Dify releases have no `mode` in `/info`.
     pub info_has_mode: bool,
+    /// A knowledge-base app: every answer cites passages (as `[[mock:rag]]` does).
+    pub knowledge: bool,
 }
 
 impl MockApp {
@@ -49,7 +51,20 @@ impl MockApp {
             answer: None,
             parameters: default_parameters(mode),
             info_has_mode: true,
+            knowledge: false,
         }
+    }
+
+    /// Answers cite passages of two handbook documents, like a knowledge-base app.
+    pub fn knowledge(mut self) -> Self {
+        self.knowledge = true;
+        self
+    }
+
+    /// "Suggested questions after answer" on: `GET /messages/{id}/suggested` answers.
+    pub fn suggestions(mut self) -> Self {
+        self.parameters["suggested_questions_after_answer"] = json!({"enabled": true});
+        self
     }
 
     pub fn answer(mut self, answer: &str) -> Self {
@@ -73,6 +88,7 @@ fn default_parameters(mode: &str) -> Value {
         "opening_statement": "",
         "user_input_form": form,
         "file_upload": {"image": {"enabled": true, "number_limits": 3, "detail": "high", "transfer_methods": ["remote_url", "local_file"]}},
+        "suggested_questions_after_answer": {"enabled": false},
         "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10}
     })
 }
@@ -86,11 +102,13 @@ pub struct MockSettings {
     pub events: Option<usize>,
     /// Pause between events.
     pub delay: Duration,
+    /// `DELETE /conversations/{id}` fails with a 500 (a Dify having a bad moment).
+    pub fail_deletes: bool,
 }
 
 impl Default for MockSettings {
     fn default() -> Self {
-        MockSettings { chunk_chars: 4, events: None, delay: Duration::ZERO }
+        MockSettings { chunk_chars: 4, events: None, delay: Duration::ZERO, fail_deletes: false }
     }
 }
 
@@ -300,6 +318,9 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/v1/workflows/tasks/{task}/stop", post(stop))
         .route("/v1/files/upload", post(upload))
         .route("/v1/messages", get(messages))
+        .route("/v1/messages/{id}/suggested", get(suggested))
+        .route("/v1/conversations", get(list_conversations))
+        .route("/v1/conversations/{id}", axum::routing::delete(delete_conversation))
         .with_state(state)
 }
 
@@ -359,6 +380,102 @@ async fn messages(
     let shared = state.lock();
     match shared.conversations.get(&id) {
         Some(c) if c.user == user => axum::Json(json!({"limit": 1, "has_more": false, "data": []})).into_response(),
+        _ => dify_error(404, "not_found", "Conversation Not Exists."),
+    }
+}
+
+/// Three questions about the message's query, for its own user, when the app suggests them.
+async fn suggested(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let user = q.get("user").cloned().unwrap_or_default();
+    let mut shared = state.lock();
+    shared.requests.push(Recorded {
+        method: "GET".into(),
+        path: format!("messages/{id}/suggested"),
+        key: app.key.clone(),
+        body: json!({"user": user}),
+    });
+    if app.parameters["suggested_questions_after_answer"]["enabled"] != json!(true) {
+        return dify_error(400, "bad_request", "Suggested Questions Is Disabled.");
+    }
+    let query = shared.conversations.values().find_map(|c| {
+        let at = c.message_ids.iter().position(|m| *m == id)?;
+        (c.user == user && c.app_key == app.key).then(|| c.queries[at].clone())
+    });
+    let Some(query) = query else { return dify_error(404, "not_found", "Message Not Exists.") };
+    let topic: String = query.chars().take(40).collect();
+    axum::Json(json!({"result": "success", "data": [
+        format!("Tell me more about {topic}"), "Can you give an example?", "What should I do next?"
+    ]}))
+    .into_response()
+}
+
+/// The user's conversations with this app, newest first (`GET /conversations?user=`).
+async fn list_conversations(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let Some(user) = q.get("user").filter(|u| !u.is_empty()) else {
+        return dify_error(400, "invalid_param", "user is required");
+    };
+    let shared = state.lock();
+    let mut mine: Vec<(&String, &Conversation)> =
+        shared.conversations.iter().filter(|(_, c)| &c.user == user && c.app_key == app.key).collect();
+    mine.sort_by_key(|(_, c)| std::cmp::Reverse(c.last_turn));
+    let data: Vec<Value> = mine
+        .iter()
+        .map(|(id, c)| {
+            let name: String = c.queries.first().map(|q| q.chars().take(40).collect()).unwrap_or_default();
+            json!({"id": id, "name": name, "inputs": {}, "status": "normal", "introduction": "",
+                   "created_at": now(), "updated_at": now(), "turns": c.queries.len()})
+        })
+        .collect();
+    axum::Json(json!({"limit": 100, "has_more": false, "data": data})).into_response()
+}
+
+/// Deletes a conversation of the user the body names (204), like Dify.
+async fn delete_conversation(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let user = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("user").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    let mut shared = state.lock();
+    shared.requests.push(Recorded {
+        method: "DELETE".into(),
+        path: format!("conversations/{id}"),
+        key: app.key.clone(),
+        body: json!({"user": user}),
+    });
+    if state.settings.fail_deletes {
+        return dify_error(500, "internal_server_error", "Internal Server Error, please contact support.");
+    }
+    match shared.conversations.get(&id) {
+        Some(c) if c.user == user && c.app_key == app.key => {
+            shared.conversations.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
         _ => dify_error(404, "not_found", "Conversation Not Exists."),
     }
 }
@@ -449,6 +566,8 @@ pub enum Directive {
     Fail,
     /// 50 ms between events.
     Slow,
+    /// The answer cites knowledge-base passages (and a chatflow retrieves them in a node).
+    Rag,
     /// Dify rejects the key with 401 (as for a key that was revoked).
     Http401,
     /// The stream is sent one byte per second.
@@ -479,6 +598,7 @@ impl Directive {
             "file" => Directive::File,
             "fail" => Directive::Fail,
             "slow" => Directive::Slow,
+            "rag" => Directive::Rag,
             "http-401" => Directive::Http401,
             "trickle" => Directive::Trickle,
             "huge" => Directive::Huge,
@@ -700,7 +820,7 @@ fn blocking(s: &Script) -> Response {
     }
     axum::Json(json!({"event": "message", "task_id": s.task_id, "id": s.message_id, "message_id": s.message_id,
         "conversation_id": s.conversation_id, "mode": s.app.mode, "answer": s.answer,
-        "metadata": {"usage": usage(10, tokens), "retriever_resources": []}, "created_at": now()}))
+        "metadata": {"usage": usage(10, tokens), "retriever_resources": s.resources()}, "created_at": now()}))
     .into_response()
 }
 
@@ -714,7 +834,27 @@ struct Script {
     task_id: String,
 }
 
+/// Passages of two handbook documents, as Dify's `retriever_resources` list them.
+fn passages() -> Vec<Value> {
+    let passage = |position: u64, document: &str, segment: &str, score: f64, content: &str| {
+        json!({"position": position, "dataset_id": "ds-handbook", "dataset_name": "Handbook",
+               "document_id": format!("doc-{document}"), "document_name": document, "data_source_type": "upload_file",
+               "segment_id": segment, "retriever_from": "api", "score": score, "hit_count": 1, "word_count": 12,
+               "segment_position": position, "index_node_hash": "h", "content": content})
+    };
+    vec![
+        passage(1, "leave-policy.pdf", "seg-1", 0.91, "Employees get 25 days of paid leave a year."),
+        passage(2, "payroll.md", "seg-2", 0.84, "Salaries are paid on the 25th of each month."),
+        passage(3, "leave-policy.pdf", "seg-3", 0.77, "Unused leave carries over until March."),
+    ]
+}
+
 impl Script {
+    /// The passages this answer cites (none unless asked for).
+    fn resources(&self) -> Vec<Value> {
+        if self.directive == Directive::Rag || self.app.knowledge { passages() } else { Vec::new() }
+    }
+
     fn chunks(&self) -> Vec<String> {
         let chars: Vec<char> = self.answer.chars().collect();
         let size = self.settings.chunk_chars.max(1);
@@ -787,6 +927,22 @@ impl Script {
             let run = json!({"workflow_run_id": uuid(), "data": {"id": uuid(), "workflow_id": uuid(), "inputs": {}, "created_at": now()}});
             if !send(self.frame("workflow_started", run)).await {
                 return;
+            }
+            let resources = self.resources();
+            if !resources.is_empty() {
+                // A knowledge-retrieval node, reporting its results as Dify's node does.
+                let started = json!({"data": {"id": uuid(), "node_id": "knowledge", "node_type": "knowledge-retrieval", "title": "Handbook", "index": 1, "inputs": {}, "created_at": now()}});
+                if !send(self.frame("node_started", started)).await {
+                    return;
+                }
+                let results: Vec<Value> = resources.iter().map(|r| json!({"metadata": {
+                    "_source": "knowledge", "dataset_id": r["dataset_id"], "dataset_name": r["dataset_name"],
+                    "document_id": r["document_id"], "document_name": r["document_name"], "segment_id": r["segment_id"],
+                    "score": r["score"], "position": r["position"]}, "title": r["document_name"], "content": r["content"]})).collect();
+                let finished = json!({"data": {"id": uuid(), "node_id": "knowledge", "node_type": "knowledge-retrieval", "title": "Handbook", "index": 1, "status": "succeeded", "outputs": {"result": results}, "elapsed_time": 0.05, "created_at": now(), "finished_at": now()}});
+                if !send(self.frame("node_finished", finished)).await {
+                    return;
+                }
             }
             let node = json!({"data": {"id": uuid(), "node_id": "llm", "node_type": "llm", "title": "LLM", "index": 1, "inputs": {}, "created_at": now()}});
             if !send(self.frame("node_started", node)).await {
@@ -904,7 +1060,7 @@ impl Script {
             }
         }
         drop(answering);
-        let end = json!({"id": self.message_id, "metadata": {"usage": usage(10, tokens), "retriever_resources": []}, "files": null});
+        let end = json!({"id": self.message_id, "metadata": {"usage": usage(10, tokens), "retriever_resources": self.resources()}, "files": null});
         let _ = send(self.frame("message_end", end)).await;
     }
 }

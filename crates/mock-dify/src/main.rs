@@ -1,6 +1,6 @@
 //! The mock Dify as a standalone process, for benchmarks and for trying opendify without a
-//! Dify: `mock-dify --port 5001` serves a chat app with key `app-mock-chat`, and one app of
-//! every other mode (`app-mock-<mode>`).
+//! Dify: `mock-dify --port 5001` serves a chat app with key `app-mock-chat`, one app of every
+//! other mode (`app-mock-<mode>`), and a knowledge-base chat app (`app-mock-knowledge`).
 
 use std::time::Duration;
 
@@ -44,16 +44,22 @@ fn main() -> std::io::Result<()> {
             .iter()
             .map(|mode| {
                 let app = MockApp::new(&format!("app-mock-{mode}"), &format!("Mock {mode}"), mode);
+                // Chat apps suggest follow-up questions, as many Dify apps do.
+                let app =
+                    if matches!(*mode, "chat" | "advanced-chat" | "agent-chat") { app.suggestions() } else { app };
                 match &args.answer {
                     Some(a) => app.answer(a),
                     None => app,
                 }
             })
-            .collect();
+            // A knowledge-base app: every answer cites handbook passages.
+            .chain([MockApp::new("app-mock-knowledge", "Mock knowledge", "chat").knowledge().suggestions()])
+            .collect::<Vec<_>>();
         let settings = MockSettings {
             chunk_chars: args.chunk_chars,
             events: args.events,
             delay: Duration::from_secs_f64(args.delay_ms.max(0.0) / 1000.0),
+            fail_deletes: false,
         };
         let mock = MockDify::start_with(apps, settings, &format!("{}:{}", args.host, args.port)).await?;
         println!("mock Dify listening on {}", mock.base_url());
