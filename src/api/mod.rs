@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod completions;
 pub mod models;
 pub mod openai;
 

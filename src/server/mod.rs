@@ -9,6 +9,7 @@
 
 mod auth;
 mod chat;
+mod completions;
 mod exchange;
 mod finish;
 mod gate;
@@ -145,8 +146,10 @@ pub fn router(state: SharedState) -> Router {
     // Dify generations: each holds an upstream slot and is counted by model.
     let generations = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         // Clients configured with a bare base URL (no `/v1`).
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/completions", post(completions::completions))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
@@ -175,7 +178,7 @@ async fn health() -> impl IntoResponse {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     let error = ApiError::not_found(
-        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/models and /health".to_string(),
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/completions, /v1/models and /health".to_string(),
     )
     .code("unknown_url");
     Dialect::of_path(uri.path()).error_response(&error)

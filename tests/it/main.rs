@@ -11,6 +11,7 @@ mod architecture;
 mod auth;
 mod cli;
 mod cli_doctor;
+mod completions;
 mod conversations;
 mod docs;
 mod doctor;
