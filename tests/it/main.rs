@@ -8,6 +8,7 @@ mod common;
 
 mod agents;
 mod architecture;
+mod audio;
 mod auth;
 mod cli;
 mod cli_doctor;
