@@ -4,7 +4,9 @@
 //! [`crate::bridge::ApiError`] its error shape. No codec talks to Dify or to the store.
 
 pub mod anthropic;
+pub mod audio;
 pub mod chat;
+pub mod completions;
 pub mod models;
 pub mod open_webui;
 pub mod openai;

@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::AppMode;
+use super::audio::{AudioStream, not_audio};
 use super::error::{DifyError, check_status, error_chain, read_body};
 use super::stream::EventStream;
-use super::types::{AppInfo, AppParameters, GenerateRequest, UploadedFile};
+use super::types::{AppInfo, AppParameters, GenerateRequest, TextToAudioRequest, Transcript, UploadedFile};
 use crate::secret::Secret;
 
 /// What the client needs to know: where Dify is and how long to wait for it.
@@ -294,6 +295,63 @@ impl DifyClient {
         let suggested: Suggested =
             serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("{path}: {e}")))?;
         Ok(suggested.data)
+    }
+
+    /// Transcribes an audio file (`POST /audio-to-text`, multipart `file` and `user`). Dify
+    /// checks the part's MIME type (current releases: `audio/mp3`, `audio/m4a`, `audio/wav`,
+    /// `audio/amr`, `audio/mpga`), so `mime` must be one it knows.
+    pub async fn audio_to_text(
+        &self,
+        key: &Secret,
+        user: &str,
+        filename: &str,
+        mime: &str,
+        audio: Bytes,
+    ) -> Result<Transcript, DifyError> {
+        let url = self.url("/audio-to-text");
+        let length = audio.len() as u64;
+        let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(audio), length)
+            .file_name(filename.to_string())
+            .mime_str(mime)
+            .map_err(|e| DifyError::Request(format!("bad MIME type {mime:?}: {e}")))?;
+        let form = reqwest::multipart::Form::new().part("file", part).text("user", user.to_string());
+        let response = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, Self::auth(key)?)
+            .multipart(form)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
+        let response = check_status(response).await?;
+        let bytes = read_body(response, self.request_timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("/audio-to-text: {e}")))
+    }
+
+    /// Reads a text aloud (`POST /text-to-audio`): the audio as Dify streams it, once its
+    /// response head has come (within REQUEST_TIMEOUT). An answer that is not audio (Dify
+    /// answers `null` when its text-to-speech produced nothing) is an error.
+    pub async fn text_to_audio(&self, key: &Secret, request: &TextToAudioRequest) -> Result<AudioStream, DifyError> {
+        let url = self.url("/text-to-audio");
+        let sent = self.http.post(&url).header(AUTHORIZATION, Self::auth(key)?).json(request).send();
+        let response = match tokio::time::timeout(self.request_timeout, sent).await {
+            Err(_) => return Err(DifyError::Timeout(self.request_timeout)),
+            Ok(result) => result.map_err(|e| DifyError::from_reqwest(e, &url, self.connect_timeout))?,
+        };
+        let response = check_status(response).await?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| "audio/mpeg".to_string());
+        let lower = content_type.to_ascii_lowercase();
+        if lower.starts_with("application/json") || lower.starts_with("text/") {
+            let bytes = read_body(response, self.request_timeout).await?;
+            return Err(not_audio(&content_type, &bytes));
+        }
+        Ok(AudioStream::new(response, content_type, self.idle_timeout))
     }
 
     /// Whether a conversation still exists for this user (`GET /messages` answers 404 when not).

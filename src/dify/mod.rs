@@ -1,6 +1,7 @@
 //! Dify's service API as opendify speaks it: the app modes, the request and event types, the
 //! SSE framing, and the one HTTP client that `serve` and `doctor` share.
 
+pub mod audio;
 pub mod client;
 pub mod error;
 pub mod sse;
@@ -12,6 +13,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+pub use audio::AudioStream;
 pub use client::{ClientOptions, DifyClient};
 pub use error::{DifyError, ErrorKind, ForeignBody};
 pub use stream::EventStream;

@@ -193,6 +193,16 @@ impl AppParameters {
         Some((enabled, image.get("number_limits").and_then(Value::as_u64)))
     }
 
+    /// The app's Features > Speech to Text switch, when `/parameters` says.
+    pub fn speech_to_text_enabled(&self) -> Option<bool> {
+        self.0.get("speech_to_text")?.get("enabled")?.as_bool()
+    }
+
+    /// The app's Features > Text to Speech switch, when `/parameters` says.
+    pub fn text_to_speech_enabled(&self) -> Option<bool> {
+        self.0.get("text_to_speech")?.get("enabled")?.as_bool()
+    }
+
     /// Whether any file upload is switched on (images or the newer generic file settings).
     pub fn file_upload_enabled(&self) -> bool {
         let Some(upload) = self.0.get("file_upload") else { return false };
@@ -214,6 +224,21 @@ pub struct UploadedFile {
     pub name: Option<String>,
     #[serde(default)]
     pub mime_type: Option<String>,
+}
+
+/// `POST /audio-to-text` answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Transcript {
+    pub text: String,
+}
+
+/// `POST /text-to-audio` body. Without `voice`, the app's configured voice speaks.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextToAudioRequest {
+    pub text: String,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
 }
 
 /// Dify's error body: `{"code": "...", "message": "...", "status": 400}`.

@@ -104,6 +104,51 @@ struct Attempt {
     refused: Option<String>,
 }
 
+/// Whether an API keeps conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// The continuity rules: explicit id, chat id, fingerprint; the turn is recorded.
+    Conversation,
+    /// Every request stands alone (legacy completions).
+    None,
+}
+
+/// The app that serves a model, with the client's own app key when it sent one
+/// (DIFY_KEY_PASSTHROUGH): shared by every handler that calls Dify.
+pub struct ClientRoute {
+    pub route: Arc<AppRoute>,
+    /// The app key is the client's own: Dify refusing it is the client's 401.
+    pub passthrough: bool,
+}
+
+impl ClientRoute {
+    /// The model's route (asking Dify again when the registry is stale), or a 404 listing
+    /// the models.
+    pub async fn find(live: &Live, model: &str, client_key: Option<Secret>) -> Result<ClientRoute, ApiError> {
+        let mut route = match live.registry.get(model) {
+            Some(route) => route,
+            None => {
+                live.registry.refresh_if_stale().await;
+                live.registry.get(model).ok_or_else(|| unknown_model(model, &live.registry.names()))?
+            }
+        };
+        let passthrough = client_key.is_some();
+        if let Some(key) = client_key {
+            route = Arc::new(AppRoute { key, ..(*route).clone() });
+        }
+        Ok(ClientRoute { route, passthrough })
+    }
+}
+
+/// Dify refused the app key the client sent (DIFY_KEY_PASSTHROUGH): the client's 401.
+pub fn client_key_refused() -> ApiError {
+    tracing::warn!("❌ Dify rejected the app key the client sent (DIFY_KEY_PASSTHROUGH)");
+    ApiError::unauthorized(
+        "Dify rejected the app key you sent (DIFY_KEY_PASSTHROUGH): check that it is a valid key of this model's app",
+    )
+    .code("invalid_api_key")
+}
+
 /// How a collected answer ended, for the dialect to render.
 pub struct Answer {
     pub collected: Collected,
@@ -119,23 +164,37 @@ impl Exchange {
     pub async fn prepare(
         state: &SharedState,
         headers: &HeaderMap,
-        mut turn: Turn,
+        turn: Turn,
         client_key: Option<Secret>,
         dialect: Dialect,
     ) -> Result<Exchange, ApiError> {
+        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::Conversation).await
+    }
+
+    /// Like [`Exchange::prepare`], for an API without conversations (legacy completions):
+    /// every request is a new Dify conversation, nothing is looked up, locked or recorded.
+    pub async fn prepare_stateless(
+        state: &SharedState,
+        headers: &HeaderMap,
+        turn: Turn,
+        client_key: Option<Secret>,
+        dialect: Dialect,
+    ) -> Result<Exchange, ApiError> {
+        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::None).await
+    }
+
+    async fn prepare_with(
+        state: &SharedState,
+        headers: &HeaderMap,
+        mut turn: Turn,
+        client_key: Option<Secret>,
+        dialect: Dialect,
+        memory: Memory,
+    ) -> Result<Exchange, ApiError> {
         let started = Instant::now();
         let live = state.live();
-        let mut route = match live.registry.get(&turn.model) {
-            Some(route) => route,
-            None => {
-                live.registry.refresh_if_stale().await;
-                live.registry.get(&turn.model).ok_or_else(|| unknown_model(&turn.model, &live.registry.names()))?
-            }
-        };
-        let passthrough = client_key.is_some();
-        if let Some(key) = client_key {
-            route = Arc::new(AppRoute { key, ..(*route).clone() });
-        }
+        let client_route = ClientRoute::find(&live, &turn.model, client_key).await?;
+        let (route, passthrough) = (client_route.route, client_route.passthrough);
         let identity = live.identity.resolve(headers, turn.user.as_deref())?;
         let previous = match turn.previous_response_id.as_deref() {
             Some(id) => Some(previous_response(state, &route, &identity, &turn.model, id).await?),
@@ -144,7 +203,10 @@ impl Exchange {
         if let Some(previous) = &previous {
             name_tool_results(&mut turn, &previous.body);
         }
-        let decision = decide(state, &live, headers, &turn, &route, &identity, previous.as_ref()).await?;
+        let decision = match memory {
+            Memory::Conversation => decide(state, &live, headers, &turn, &route, &identity, previous.as_ref()).await?,
+            Memory::None => no_conversation(),
+        };
         let extras = Extras::of(&live.config, headers)?;
         let follow_ups_of = if extras.events && is_follow_up_task(&turn, &route) {
             first_header(headers, &live.config.chat_id_headers)?
@@ -443,13 +505,7 @@ impl Exchange {
                     self.decision.from_store = false;
                     healed = true;
                 }
-                Err(DifyError::Unauthorized { .. }) if self.passthrough => {
-                    tracing::warn!("❌ Dify rejected the app key the client sent (DIFY_KEY_PASSTHROUGH)");
-                    return Err(ApiError::unauthorized(
-                        "Dify rejected the app key you sent (DIFY_KEY_PASSTHROUGH): check that it is a valid key of this model's app",
-                    )
-                    .code("invalid_api_key"));
-                }
+                Err(DifyError::Unauthorized { .. }) if self.passthrough => return Err(client_key_refused()),
                 Err(e) => {
                     tracing::warn!(model = %Shown(&self.turn.model), kind = %e.kind(), "❌ Dify API error: {e}");
                     return Err(ApiError::from_dify(&e, &self.turn.model));
@@ -615,9 +671,20 @@ fn is_follow_up_task(turn: &Turn, route: &AppRoute) -> bool {
 
 /// The user as a header value: percent-encoded beyond printable ASCII (and `%` itself), the
 /// way Open WebUI sends it, so `josé` is echoed as `jos%C3%A9`.
-fn echo_encoded(user: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn echo_encoded(user: &str) -> std::borrow::Cow<'_, str> {
     const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
     percent_encoding::utf8_percent_encode(user, ENCODED).into()
+}
+
+/// A new Dify conversation (or none: completion and workflow apps), with nothing recorded.
+fn no_conversation() -> Decision {
+    Decision {
+        plan: ConversationPlan::default(),
+        continuity: Continuity::New,
+        from_store: false,
+        tools_sent: None,
+        recorder: None,
+    }
 }
 
 /// The stored response `previous_response_id` names: only the app and user that made it
@@ -691,13 +758,7 @@ async fn decide(
     previous: Option<&ResponseRecord>,
 ) -> Result<Decision, ApiError> {
     if !route.mode.is_chat_family() {
-        return Ok(Decision {
-            plan: ConversationPlan::default(),
-            continuity: Continuity::New,
-            from_store: false,
-            tools_sent: None,
-            recorder: None,
-        });
+        return Ok(no_conversation());
     }
     let header = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER)?;
     if previous.is_some() && (header.is_some() || turn.conversation_id.is_some()) {

@@ -29,7 +29,8 @@ pub const OVERHEAD_HEADER: &str = "x-opendify-overhead-ms";
 /// The user opendify resolved, on every generation's response.
 pub const USER_HEADER: &str = "x-opendify-user";
 
-/// Set on a generation's response: what the metrics label the request with.
+/// Set on a generation's response: what the metrics label the request with. `stream`: the
+/// body is relayed as Dify produces it, and holds the upstream slot until it ends.
 #[derive(Clone)]
 pub struct GenerationLabels {
     pub model: Option<String>,
@@ -109,9 +110,11 @@ pub async fn generation(State(state): State<SharedState>, request: Request, next
     let stream = labels.as_ref().is_some_and(|l| l.stream);
     let status = response.status();
     state.metrics.count_request(labels.as_ref().and_then(|l| l.model.as_deref()), stream, status.as_u16());
-    if status == StatusCode::OK && is_event_stream(response.headers()) {
+    // A streamed answer (SSE, or speech relayed as Dify sends it) holds the slot to its end.
+    let events = is_event_stream(response.headers());
+    if status == StatusCode::OK && (events || stream) {
         let (parts, body) = response.into_parts();
-        let body = if live.config.stream_smoothing { smoothing::adaptive(body) } else { body };
+        let body = if live.config.stream_smoothing && events { smoothing::adaptive(body) } else { body };
         let tracked = TrackedStream::new(body, state.metrics.clone(), span, started, permit);
         return Response::from_parts(parts, Body::new(tracked));
     }

@@ -7,8 +7,10 @@
 //! registry, auth, limits). A request takes the `Live` current when it arrives and keeps it
 //! to its end, so open streams finish on what they started with.
 
+mod audio;
 mod auth;
 mod chat;
+mod completions;
 mod exchange;
 mod finish;
 mod gate;
@@ -146,10 +148,16 @@ pub fn router(state: SharedState) -> Router {
     // Dify generations: each holds an upstream slot and is counted by model.
     let generations = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
+        .route("/v1/audio/speech", post(audio::speech))
         // Clients configured with a bare base URL (no `/v1`).
         .route("/chat/completions", post(chat::chat_completions))
         .route("/v1/responses", post(responses::create))
         .route("/responses", post(responses::create))
+        .route("/completions", post(completions::completions))
+        .route("/audio/transcriptions", post(audio::transcriptions))
+        .route("/audio/speech", post(audio::speech))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
@@ -180,7 +188,7 @@ async fn health() -> impl IntoResponse {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     let error = ApiError::not_found(
-        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/responses, /v1/models and /health".to_string(),
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/responses, /v1/completions, /v1/audio/transcriptions, /v1/audio/speech, /v1/models and /health".to_string(),
     )
     .code("unknown_url");
     Dialect::of_path(uri.path()).error_response(&error)

@@ -155,7 +155,12 @@ impl StreamResult {
 }
 
 pub async fn stream_chat(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -> StreamResult {
-    let mut request = client().post(gw.url("/v1/chat/completions")).json(body);
+    stream_post(gw, "/v1/chat/completions", body, headers).await
+}
+
+/// POSTs `body` to `path` and reads the answer as an OpenAI-style SSE stream.
+pub async fn stream_post(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> StreamResult {
+    let mut request = client().post(gw.url(path)).json(body);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -187,7 +192,17 @@ pub async fn post_chat(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = client().post(gw.url("/v1/chat/completions")).json(body);
+    post_json(gw, "/v1/chat/completions", body, headers).await
+}
+
+/// POSTs `body` to `path` and reads a JSON answer.
+pub async fn post_json(
+    gw: &Gateway,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = client().post(gw.url(path)).json(body);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -206,6 +221,18 @@ pub fn assert_openai_error(body: &Value) -> &Value {
     assert!(error["type"].is_string(), "error without type: {body}");
     assert!(error.get("param").is_some() && error.get("code").is_some(), "error without param/code: {body}");
     error
+}
+
+/// `GET /metrics` as text.
+pub async fn scrape_metrics(gw: &Gateway) -> String {
+    let response = client().get(gw.url("/metrics")).send().await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("text")
+}
+
+/// The value of one sample line of `/metrics`, e.g. `opendify_active_streams`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A real redis-server on a free port, started by the test and stopped on drop.

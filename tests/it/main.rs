@@ -8,9 +8,11 @@ mod common;
 
 mod agents;
 mod architecture;
+mod audio;
 mod auth;
 mod cli;
 mod cli_doctor;
+mod completions;
 mod conversations;
 mod docs;
 mod doctor;

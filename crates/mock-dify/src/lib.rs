@@ -76,19 +76,46 @@ impl MockApp {
         self.parameters = parameters;
         self
     }
+
+    /// Switches the app's Features > Speech to Text (`speech_to_text.enabled` in
+    /// `/parameters`; `/audio-to-text` refuses when it is off).
+    pub fn speech_to_text(mut self, enabled: bool) -> Self {
+        if let Some(parameters) = self.parameters.as_object_mut() {
+            parameters.insert("speech_to_text".into(), json!({"enabled": enabled}));
+        }
+        self
+    }
+
+    /// Switches the app's Features > Text to Speech (`text_to_speech.enabled` in
+    /// `/parameters`; `/text-to-audio` refuses when it is off).
+    pub fn text_to_speech(mut self, enabled: bool) -> Self {
+        if let Some(parameters) = self.parameters.as_object_mut() {
+            parameters.insert(
+                "text_to_speech".into(),
+                json!({"enabled": enabled, "voice": "", "language": "", "autoPlay": "disabled"}),
+            );
+        }
+        self
+    }
 }
 
+/// What `/parameters` says by default: chat-family apps have both speech features on (so
+/// the audio endpoints work out of the box); completion and workflow apps have them off, as
+/// a new Dify app does.
 fn default_parameters(mode: &str) -> Value {
     let form = if mode == "workflow" {
         json!([{"paragraph": {"label": "Question", "variable": "question", "required": true, "default": ""}}])
     } else {
         json!([])
     };
+    let speech = !matches!(mode, "completion" | "workflow");
     json!({
         "opening_statement": "",
         "user_input_form": form,
         "file_upload": {"image": {"enabled": true, "number_limits": 3, "detail": "high", "transfer_methods": ["remote_url", "local_file"]}},
         "suggested_questions_after_answer": {"enabled": false},
+        "speech_to_text": {"enabled": speech},
+        "text_to_speech": {"enabled": speech, "voice": "", "language": "", "autoPlay": "disabled"},
         "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10}
     })
 }
@@ -252,6 +279,17 @@ impl MockDify {
         self.requests()
             .into_iter()
             .filter(|r| r.method == "POST" && !r.path.contains("/stop") && !r.path.contains("/files"))
+            .filter(|r| !r.path.ends_with("/audio-to-text") && !r.path.ends_with("/text-to-audio"))
+            .collect()
+    }
+
+    /// `/audio-to-text` and `/text-to-audio` requests: for a transcription the body records
+    /// `user`, `filename`, `content_type` (the audio part's) and `bytes`; for speech it is
+    /// the JSON received.
+    pub fn audio_requests(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/audio-to-text") || r.path.ends_with("/text-to-audio"))
             .collect()
     }
 
@@ -317,6 +355,8 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/v1/completion-messages/{task}/stop", post(stop))
         .route("/v1/workflows/tasks/{task}/stop", post(stop))
         .route("/v1/files/upload", post(upload))
+        .route("/v1/audio-to-text", post(audio_to_text))
+        .route("/v1/text-to-audio", post(text_to_audio))
         .route("/v1/messages", get(messages))
         .route("/v1/messages/{id}/suggested", get(suggested))
         .route("/v1/conversations", get(list_conversations))
@@ -531,6 +571,162 @@ async fn upload(State(state): State<Arc<MockState>>, headers: HeaderMap, body: B
     state.lock().uploads.push((user, filename.clone(), body.len()));
     axum::Json(json!({"id": id, "name": filename, "size": body.len(), "extension": "png", "mime_type": "image/png"}))
         .into_response()
+}
+
+/// Whether a feature (`speech_to_text`, `text_to_speech`) is on in the app's parameters; as
+/// in Dify, a feature the app does not configure is off.
+fn feature_enabled(app: &MockApp, feature: &str) -> bool {
+    app.parameters.get(feature).and_then(|f| f.get("enabled")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// One part of a multipart form.
+struct FormPart {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    data: Vec<u8>,
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// The parts of a `multipart/form-data` body (binary-safe); `None` when it is not one.
+fn form_parts(content_type: &str, body: &[u8]) -> Option<Vec<FormPart>> {
+    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
+    let delimiter = format!("--{boundary}").into_bytes();
+    let separator = [b"\r\n".as_slice(), &delimiter].concat();
+    let mut rest = &body[find(body, &delimiter)? + delimiter.len()..];
+    let mut parts = Vec::new();
+    while !rest.starts_with(b"--") {
+        rest = rest.strip_prefix(b"\r\n")?;
+        let head_end = find(rest, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
+        let after = &rest[head_end + 4..];
+        let end = find(after, &separator)?;
+        let (mut name, mut filename, mut content_type) = (String::new(), None, None);
+        for line in head.split("\r\n") {
+            let (key, value) = line.split_once(':')?;
+            match key.trim().to_ascii_lowercase().as_str() {
+                "content-disposition" => {
+                    for attribute in value.split(';').map(str::trim) {
+                        if let Some(v) = attribute.strip_prefix("name=") {
+                            name = v.trim_matches('"').to_string();
+                        } else if let Some(v) = attribute.strip_prefix("filename=") {
+                            filename = Some(v.trim_matches('"').to_string());
+                        }
+                    }
+                }
+                "content-type" => content_type = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        parts.push(FormPart { name, filename, content_type, data: after[..end].to_vec() });
+        rest = &after[end + separator.len()..];
+    }
+    Some(parts)
+}
+
+/// `POST /audio-to-text`, as current Dify releases check it: the user, the app's Speech to
+/// Text switch, a file, its size, and the part's MIME type (only `audio/mp3`, `audio/m4a`,
+/// `audio/x-m4a`, `audio/wav`, `audio/amr`, `audio/mpga`: not even `audio/mpeg`).
+async fn audio_to_text(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let parts = if content_type.starts_with("multipart/form-data") {
+        form_parts(content_type, &body).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let text_of = |name: &str| {
+        parts.iter().find(|p| p.name == name).map(|p| String::from_utf8_lossy(&p.data).into_owned()).unwrap_or_default()
+    };
+    let user = text_of("user");
+    let file = parts.iter().find(|p| p.name == "file");
+    let audio_type = file.and_then(|f| f.content_type.clone()).unwrap_or_default();
+    let filename = file.and_then(|f| f.filename.clone()).unwrap_or_default();
+    let size = file.map_or(0, |f| f.data.len());
+    state.lock().requests.push(Recorded {
+        method: "POST".into(),
+        path: "/v1/audio-to-text".into(),
+        key: app.key.clone(),
+        body: json!({"user": user, "filename": filename, "content_type": audio_type, "bytes": size}),
+    });
+    if user.is_empty() {
+        return dify_error(400, "invalid_param", "Arg user must be provided.");
+    }
+    if !feature_enabled(&app, "speech_to_text") {
+        return dify_error(400, "speech_to_text_disabled", "Speech to text is disabled.");
+    }
+    if file.is_none() {
+        return dify_error(400, "no_audio_uploaded", "Please upload your audio.");
+    }
+    if size > 30 * 1024 * 1024 {
+        return dify_error(413, "audio_too_large", "Audio size exceeded. Audio size larger than 30 mb");
+    }
+    let accepted = audio_type
+        .strip_prefix("audio/")
+        .is_some_and(|ext| ["mp3", "m4a", "x-m4a", "wav", "amr", "mpga"].contains(&ext.to_ascii_lowercase().as_str()));
+    if !accepted {
+        return dify_error(415, "unsupported_audio_type", "Audio type not allowed.");
+    }
+    axum::Json(json!({"text": format!("transcript of {size} bytes of {filename}")})).into_response()
+}
+
+/// `POST /text-to-audio`: some MP3-looking bytes (`ID3`…) as `audio/mpeg`, sent in two
+/// pieces. `[[mock:null]]` in the text answers a JSON `null` with 200, as Dify does when its
+/// text-to-speech produced nothing; `[[mock:wav]]` answers `audio/wav`; `[[mock:slow]]`
+/// sends the second piece 500 ms after the first.
+async fn text_to_audio(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let app = match authorise(&state, &headers) {
+        Ok(a) => a.clone(),
+        Err(r) => return r,
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return dify_error(
+            400,
+            "bad_request",
+            "The browser (or proxy) sent a request that this server could not understand.",
+        );
+    };
+    state.lock().requests.push(Recorded {
+        method: "POST".into(),
+        path: "/v1/text-to-audio".into(),
+        key: app.key.clone(),
+        body: body.clone(),
+    });
+    if body.get("user").and_then(Value::as_str).unwrap_or("").is_empty() {
+        return dify_error(400, "invalid_param", "Arg user must be provided.");
+    }
+    if !feature_enabled(&app, "text_to_speech") {
+        return dify_error(400, "invalid_param", "TTS is not enabled");
+    }
+    let text = body.get("text").and_then(Value::as_str).unwrap_or("");
+    if text.is_empty() && body.get("message_id").is_none() {
+        return dify_error(400, "invalid_param", "Text is required");
+    }
+    if text.contains("[[mock:null]]") {
+        return ([("content-type", "application/json")], "null\n").into_response();
+    }
+    let (content_type, head): (&str, &[u8]) = if text.contains("[[mock:wav]]") {
+        ("audio/wav", b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    } else {
+        ("audio/mpeg", b"ID3\x04\x00\x00\x00\x00\x00\x00")
+    };
+    let frames: Vec<u8> = text.bytes().flat_map(|b| [0xFF, 0xFB, b]).collect();
+    let pause = if text.contains("[[mock:slow]]") { Duration::from_millis(500) } else { Duration::ZERO };
+    let pieces = [(Duration::ZERO, Bytes::copy_from_slice(head)), (pause, Bytes::from(frames))];
+    let audio = futures_util::StreamExt::then(futures_util::stream::iter(pieces), |(pause, bytes)| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, Infallible>(bytes)
+    });
+    Response::builder()
+        .header("content-type", content_type)
+        .body(Body::from_stream(audio))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// What a query asks the mock to do, from `[[mock:NAME]]` in its text.
