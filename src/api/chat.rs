@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::openai::error_json;
-use super::parse_json;
+use super::{parse_json, tool_spec, tools};
 use crate::bridge::{
     ApiError, Collected, Facts, FinishReason, Message, OutputFormat, OwnedFacts, Part, Progress, Role, Sink,
     StreamEncoder, ToolCall, ToolChoice, ToolSpec, Tools, Turn, Usage,
@@ -269,12 +269,12 @@ fn tools_of(request: &ChatRequest) -> Result<Tools, ApiError> {
                     .param(format!("{param}.type")));
                 }
             }
-            specs.push(function_spec(tool.get("function"), &format!("{param}.function"))?);
+            specs.push(tool_spec(tool.get("function"), "parameters", &format!("{param}.function"))?);
         }
     }
     if let Some(functions) = &request.functions {
         for (i, function) in functions.iter().enumerate() {
-            specs.push(function_spec(Some(function), &format!("functions[{i}]"))?);
+            specs.push(tool_spec(Some(function), "parameters", &format!("functions[{i}]"))?);
         }
     }
     let choice_value = request.tool_choice.as_ref().or(request.function_call.as_ref());
@@ -283,29 +283,13 @@ fn tools_of(request: &ChatRequest) -> Result<Tools, ApiError> {
     if let Some(allowed) = allowed {
         specs.retain(|s| allowed.contains(&s.name));
     }
-    if let ToolChoice::Named(name) = &choice
-        && !specs.iter().any(|s| &s.name == name)
-    {
-        return Err(ApiError::invalid_request(format!(
-            "`tool_choice` names `{name}`, which is not one of the `tools`"
-        ))
-        .param("tool_choice"));
-    }
-    Ok(Tools { specs, choice, parallel: request.parallel_tool_calls.unwrap_or(true) })
+    tools(specs, choice, request.parallel_tool_calls.unwrap_or(true), "tool_choice")
 }
 
 /// A function tool's definition (`{name, description, parameters}`: the Chat Completions
 /// `function` object, or the Responses API's flat tool).
 pub fn function_spec(function: Option<&Value>, param: &str) -> Result<ToolSpec, ApiError> {
-    let bad = |why: &str| ApiError::invalid_request(format!("`{param}` {why}")).param(param.to_string());
-    let Some(function) = function.and_then(Value::as_object) else { return Err(bad("must be an object")) };
-    let name = function.get("name").and_then(Value::as_str).filter(|n| !n.trim().is_empty());
-    let Some(name) = name else { return Err(bad("needs a `name`")) };
-    Ok(ToolSpec {
-        name: name.to_string(),
-        description: function.get("description").and_then(Value::as_str).map(str::to_string),
-        parameters: function.get("parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"})),
-    })
+    tool_spec(function, "parameters", param)
 }
 
 /// `tool_choice`: `none`, `auto`, `required`, a named function (nested under `function` in
@@ -350,8 +334,9 @@ pub fn tool_choice(value: Option<&Value>, param: &str) -> Result<(ToolChoice, Op
     })
 }
 
-/// `response_format` (Chat Completions) or `text.format` (Responses): text, `json_object`, or
-/// `json_schema` (nested under `json_schema` here, flat in the Responses API).
+/// `response_format` (Chat Completions), `text.format` (Responses) or `output_config.format`
+/// (Anthropic Messages): text, `json_object`, or `json_schema` (nested under `json_schema`
+/// in Chat Completions, flat in the others).
 pub fn output_format(value: Option<&Value>, param: &str) -> Result<OutputFormat, ApiError> {
     let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(OutputFormat::Text) };
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");

@@ -234,15 +234,7 @@ fn tools_of(request: &ResponsesRequest) -> Result<Tools, ApiError> {
     if let Some(allowed) = allowed {
         specs.retain(|s| allowed.contains(&s.name));
     }
-    if let ToolChoice::Named(name) = &choice
-        && !specs.iter().any(|s| &s.name == name)
-    {
-        return Err(ApiError::invalid_request(format!(
-            "`tool_choice` names `{name}`, which is not one of the `tools`"
-        ))
-        .param("tool_choice"));
-    }
-    Ok(Tools { specs, choice, parallel: request.parallel_tool_calls.unwrap_or(true) })
+    super::tools(specs, choice, request.parallel_tool_calls.unwrap_or(true), "tool_choice")
 }
 
 /// The request's settings as every response object repeats them. Settings the Dify app

@@ -129,17 +129,27 @@ pub fn build(
     body
 }
 
-/// The new input as text: the user's message, or the tool results as framed blocks.
+/// The new input as text: the user's message, or the tool results as framed blocks (and
+/// after them, the user's message that follows them).
 pub fn input_text(turn: &Turn) -> String {
     let input = turn.input();
     match input.first() {
         Some(m) if m.role == Role::User => m.joined_text(),
-        _ => input
-            .iter()
-            .filter(|m| m.role == Role::Tool)
-            .map(|m| tools::response_block(m, turn))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        _ => {
+            let mut text = input
+                .iter()
+                .filter(|m| m.role == Role::Tool)
+                .map(|m| tools::response_block(m, turn))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for note in input.iter().filter(|m| m.role == Role::User).map(Message::joined_text) {
+                if !note.trim().is_empty() {
+                    text.push_str("\n\n");
+                    text.push_str(&note);
+                }
+            }
+            text
+        }
     }
 }
 
@@ -259,6 +269,14 @@ mod tests {
         assert_eq!(
             body.query.as_deref(),
             Some("<tool_response>\n{\"name\":\"weather\",\"content\":\"sunny\"}\n</tool_response>")
+        );
+        // A note after the results goes with them.
+        let mut noted = t.clone();
+        noted.messages.push(Message::text(Role::User, "and be quick", "messages[3]"));
+        let body = build(&noted, &route(AppMode::Chat), &plan, vec![], &OPTS);
+        assert_eq!(
+            body.query.as_deref(),
+            Some("<tool_response>\n{\"name\":\"weather\",\"content\":\"sunny\"}\n</tool_response>\n\nand be quick")
         );
         let seeded = ConversationPlan { seed_from: Some(0), ..Default::default() };
         let body = build(&t, &route(AppMode::Chat), &seeded, vec![], &OPTS);

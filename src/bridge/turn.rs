@@ -160,10 +160,19 @@ pub struct Turn {
 
 impl Turn {
     /// Where the new input starts: the trailing tool results when the history ends with
-    /// them (an agent returning what its tools said), else the last user message. What comes
-    /// before is the history Dify already has, or has to be told.
+    /// them (an agent returning what its tools said), or with them and a user message right
+    /// after them (Anthropic's clients put a note after the results in the same message),
+    /// else the last user message. What comes before is the history Dify already has, or
+    /// has to be told.
     pub fn input_start(&self) -> usize {
-        let last = self.messages.iter().rposition(|m| m.role != Role::System);
+        let last_of = |end: usize| self.messages[..end].iter().rposition(|m| m.role != Role::System);
+        let last = match last_of(self.messages.len()) {
+            Some(last) if self.messages[last].role == Role::User => match last_of(last) {
+                Some(results) if self.messages[results].role == Role::Tool => Some(results),
+                _ => Some(last),
+            },
+            other => other,
+        };
         match last {
             Some(last) if self.messages[last].role == Role::Tool => {
                 let mut start = last;
@@ -180,7 +189,8 @@ impl Turn {
         }
     }
 
-    /// The new input's messages (one user message, or a run of tool results).
+    /// The new input's messages (one user message, or a run of tool results and the user
+    /// message that may follow them).
     pub fn input(&self) -> &[Message] {
         let start = self.input_start();
         let end = match self.messages[start..].iter().position(|m| m.role == Role::User) {
@@ -192,14 +202,14 @@ impl Turn {
     }
 
     /// How many inputs the client's history holds up to this one: user messages and runs
-    /// of tool results each count once.
+    /// of tool results (with the user message that may follow them) each count once.
     pub fn turn_number(&self) -> u32 {
         let end = self.input_start();
         let mut count = 0;
         let mut previous = None;
         for m in &self.messages[..=end.min(self.messages.len().saturating_sub(1))] {
             match m.role {
-                Role::User => count += 1,
+                Role::User if previous != Some(Role::Tool) => count += 1,
                 Role::Tool if previous != Some(Role::Tool) => count += 1,
                 _ => {}
             }
@@ -238,5 +248,10 @@ mod tests {
         assert_eq!((next.input_start(), next.turn_number()), (4, 3));
         let system_between = turn(&[User, Assistant, System, Tool]);
         assert_eq!(system_between.input_start(), 3);
+        // Results and a note after them are one input, counted once.
+        let noted = turn(&[User, Assistant, Tool, Tool, User]);
+        assert_eq!((noted.input_start(), noted.input().len(), noted.turn_number()), (2, 3, 2));
+        let after = turn(&[User, Assistant, Tool, User, Assistant, User]);
+        assert_eq!((after.input_start(), after.input().len(), after.turn_number()), (5, 1, 3));
     }
 }

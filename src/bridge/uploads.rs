@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::apps::AppRoute;
 use super::error::ApiError;
-use super::turn::{Part, Role, Turn};
+use super::turn::{Message, Part, Role, Turn};
 use crate::dify::{DifyClient, FileRef};
 
 /// Uploaded files by (app key, user, content hash): a history image is not uploaded again
@@ -35,8 +35,9 @@ impl UploadCache {
     }
 }
 
-/// Turns the new input's image, file and audio parts into Dify files, uploading inline
-/// data. Checks the app's upload settings first, with a clear 400 when violated.
+/// Turns the new input's image, file and audio parts (a user message's, and a tool
+/// result's: a screenshot tool returns one) into Dify files, uploading inline data. Checks
+/// the app's upload settings first, with a clear 400 when violated.
 pub async fn resolve_files(
     turn: &Turn,
     route: &AppRoute,
@@ -44,7 +45,20 @@ pub async fn resolve_files(
     client: &DifyClient,
     cache: &UploadCache,
 ) -> Result<Vec<FileRef>, ApiError> {
-    let Some(message) = turn.input().iter().find(|m| m.role == Role::User) else { return Ok(Vec::new()) };
+    let mut files = Vec::new();
+    for message in turn.input().iter().filter(|m| matches!(m.role, Role::User | Role::Tool)) {
+        files.extend(message_files(message, route, user, client, cache).await?);
+    }
+    Ok(files)
+}
+
+async fn message_files(
+    message: &Message,
+    route: &AppRoute,
+    user: &str,
+    client: &DifyClient,
+    cache: &UploadCache,
+) -> Result<Vec<FileRef>, ApiError> {
     let origin = &message.origin;
     let attachments: Vec<(usize, &Part)> =
         message.content.iter().enumerate().filter(|(_, p)| !matches!(p, Part::Text(_))).collect();

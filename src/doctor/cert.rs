@@ -230,32 +230,15 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Unix seconds as `2036-11-23T05:52:48Z`.
-pub(crate) fn iso(unix: i64) -> String {
-    let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
-    let secs = unix.rem_euclid(86_400);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-}
+/// Unix seconds as `2036-11-23T05:52:48Z` (shared with the APIs' timestamps).
+pub(crate) use crate::api::iso;
 
 #[cfg(test)]
 mod tests {
     use base64::Engine;
 
     use super::*;
+    use crate::api::civil_from_days;
 
     /// `openssl req -x509 -subj "/O=Example Org/CN=dify.example.com"` with two DNS names.
     const SELF_SIGNED: &str = "MIIB5zCCAYygAwIBAgIUCVbZWnW9pjOU7ILy9CGePeQbAqgwCgYIKoZIzj0EAwIwMTEUMBIGA1UECgwLRXhhbXBsZSBPcmcxGTAXBgNVBAMMEGRpZnkuZXhhbXBsZS5jb20wHhcNMjYxMTI2MDU1MjQ4WhcNMzYxMTIzMDU1MjQ4WjAxMRQwEgYDVQQKDAtFeGFtcGxlIE9yZzEZMBcGA1UEAwwQZGlmeS5leGFtcGxlLmNvbTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABIjJrySXL/E6zsOcVjWOxkIki7RG9LvW/SHbUfyc01SLOKJwAd/OauUpbC8qEEpeKHEhRDUEQVI0e3l7INrQ3wSjgYEwfzAdBgNVHQ4EFgQUvXJRNiGk/K5tAV+6ij9uMZooiuwwHwYDVR0jBBgwFoAUvXJRNiGk/K5tAV+6ij9uMZooiuwwDwYDVR0TAQH/BAUwAwEB/zAsBgNVHREEJTAjghBkaWZ5LmV4YW1wbGUuY29tgg9hcGkuZXhhbXBsZS5jb20wCgYIKoZIzj0EAwIDSQAwRgIhAPdzKzUI2hBJY1syVcguhgV9llwrQZNw3lJ6mR4QNC29AiEA7Ve+ho0YyNQ+35pkuDvJ9vnw/DGShqeWerXz8+uFC+U=";

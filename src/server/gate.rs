@@ -61,7 +61,7 @@ pub async fn gate(State(state): State<SharedState>, request: Request, next: Next
 async fn admit(state: &SharedState, mut request: Request, next: Next) -> Response {
     let live = state.live();
     let path = request.uri().path();
-    let dialect = Dialect::of_path(path);
+    let dialect = Dialect::of_request(path, request.headers());
     if !open_path(path) {
         match live.auth.check(request.headers()) {
             Ok(Access::Granted) => {}

@@ -16,6 +16,7 @@ mod finish;
 mod gate;
 mod limits;
 mod listen;
+mod messages;
 mod metrics;
 mod ops;
 mod raw_errors;
@@ -33,13 +34,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::models::{ModelList, ModelObject};
+use crate::api::models::{ModelInfo, ModelList, ModelObject, ModelPage, PageQuery};
 use crate::api::{Dialect, unix_now};
 use crate::bridge::{ApiError, Registry, UploadCache};
 use crate::config::{Config, LoadOptions, Loaded, SettingView};
@@ -158,12 +160,16 @@ pub fn router(state: SharedState) -> Router {
         .route("/completions", post(completions::completions))
         .route("/audio/transcriptions", post(audio::transcriptions))
         .route("/audio/speech", post(audio::speech))
+        .route("/v1/messages", post(messages::create_message))
+        .route("/messages", post(messages::create_message))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/admin/reload", post(reload::admin_reload))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/models", get(list_models))
@@ -188,24 +194,39 @@ async fn health() -> impl IntoResponse {
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     let error = ApiError::not_found(
-        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/responses, /v1/completions, /v1/audio/transcriptions, /v1/audio/speech, /v1/models and /health".to_string(),
+        "Unknown endpoint; opendify serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/completions, \
+         /v1/audio/transcriptions, /v1/audio/speech, /v1/models and /health"
+            .to_string(),
     )
     .code("unknown_url");
     Dialect::of_path(uri.path()).error_response(&error)
 }
 
-async fn list_models(State(state): State<SharedState>) -> Response {
+/// The configured models: in Anthropic's shape (paged) for Anthropic's clients, which send
+/// `anthropic-version`, else in OpenAI's.
+async fn list_models(State(state): State<SharedState>, headers: HeaderMap, Query(page): Query<PageQuery>) -> Response {
     let live = state.live();
     live.registry.refresh_if_stale().await;
     let routes = live.registry.list();
+    if Dialect::of_request("/v1/models", &headers) == Dialect::Anthropic {
+        let models = routes.iter().map(|r| ModelInfo::new(&r.name, r.app_name.as_deref(), state.started_at)).collect();
+        return match ModelPage::new(models, &page) {
+            Ok(page) => axum::Json(page).into_response(),
+            Err(error) => Dialect::Anthropic.error_response(&error),
+        };
+    }
     axum::Json(ModelList::new(routes.iter().map(|r| r.name.as_str()), state.started_at)).into_response()
 }
 
-async fn get_model(State(state): State<SharedState>, Path(id): Path<String>) -> Response {
+async fn get_model(State(state): State<SharedState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let live = state.live();
-    match live.registry.get(&id) {
-        Some(route) => axum::Json(ModelObject::new(&route.name, state.started_at)).into_response(),
-        None => Dialect::OpenAi.error_response(&unknown_model(&id, &live.registry.names())),
+    let dialect = Dialect::of_request("/v1/models", &headers);
+    match (live.registry.get(&id), dialect) {
+        (Some(route), Dialect::Anthropic) => {
+            axum::Json(ModelInfo::new(&route.name, route.app_name.as_deref(), state.started_at)).into_response()
+        }
+        (Some(route), Dialect::OpenAi) => axum::Json(ModelObject::new(&route.name, state.started_at)).into_response(),
+        (None, dialect) => dialect.error_response(&unknown_model(&id, &live.registry.names())),
     }
 }
 
