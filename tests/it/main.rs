@@ -17,6 +17,7 @@ mod conversations;
 mod docs;
 mod doctor;
 mod load;
+mod messages;
 mod metrics;
 mod modes;
 mod open_webui;
