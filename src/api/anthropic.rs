@@ -13,7 +13,18 @@ struct ErrorObject<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'a>>,
 }
+
+#[derive(Serialize)]
+struct Details<'a> {
+    error_code: &'a str,
+}
+
+/// Error codes Anthropic's SDKs act on, sent as `error.details.error_code` when an error
+/// carries one (a tool runner sends the full history when threads are unsupported).
+const SDK_CODES: &[&str] = &["thread_unsupported_request"];
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -37,7 +48,8 @@ pub fn error_type(error: &ApiError) -> &'static str {
 }
 
 fn body(error: &ApiError) -> ErrorBody<'_> {
-    ErrorBody { kind: "error", error: ErrorObject { kind: error_type(error), message: &error.message } }
+    let details = error.code.as_deref().filter(|c| SDK_CODES.contains(c)).map(|error_code| Details { error_code });
+    ErrorBody { kind: "error", error: ErrorObject { kind: error_type(error), message: &error.message, details } }
 }
 
 /// The error as JSON text (a body, or the data of an `error` stream event).

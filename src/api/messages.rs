@@ -50,6 +50,10 @@ pub struct MessagesRequest {
     /// Remote MCP servers Anthropic would call itself: refused, no Dify app can.
     #[serde(default)]
     pub mcp_servers: Option<Vec<IgnoredAny>>,
+    /// Message threads (the server keeping the conversation between turns): refused with
+    /// the code Anthropic's SDKs take as "send the full history instead".
+    #[serde(default)]
+    pub thread: Option<IgnoredAny>,
     // Accepted and ignored: the Dify app's own model settings decide these ([`MessagesRequest::app_owned`]).
     #[serde(default)]
     temperature: Option<IgnoredAny>,
@@ -169,6 +173,14 @@ pub fn parse(body: &[u8]) -> Result<(Turn, MessagesOptions), ApiError> {
             "`mcp_servers` is not available: a Dify app cannot call remote MCP servers for you (give the Dify app the tools, or pass them as `tools`)",
         )
         .param("mcp_servers"));
+    }
+    if request.thread.is_some() {
+        return Err(ApiError::invalid_request(
+            "`thread` is not available: opendify does not keep message threads; send the full `messages` (the Dify \
+             conversation is continued from the re-sent history all the same)",
+        )
+        .param("thread")
+        .code("thread_unsupported_request"));
     }
     let ignored = request.app_owned();
     tracing::debug!("ignored (the Dify app's own settings decide): {}", ignored.join(", "));
@@ -937,6 +949,11 @@ mod tests {
         let mut body = base(user.clone());
         body["output_config"] = serde_json::json!({"format": {"type": "json_schema", "schema": 3}});
         assert_eq!(err(body).param.as_deref(), Some("output_config.format.schema"));
+        let mut body = base(user.clone());
+        body["thread"] = serde_json::json!({"type": "create"});
+        let e = err(body);
+        assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("thread"), Some("thread_unsupported_request")));
+        assert!(super::anthropic::error_json(&e).contains(r#""details":{"error_code":"thread_unsupported_request"}"#));
         let mut body = base(user);
         body["mcp_servers"] = serde_json::json!([{"type": "url", "url": "https://mcp.example", "name": "x"}]);
         assert_eq!(err(body).param.as_deref(), Some("mcp_servers"));

@@ -15,7 +15,11 @@ fn ask(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "max_tokens": 1024, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
 
-async fn post_messages(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post_messages(
+    gw: &Gateway,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut request = client().post(gw.url("/v1/messages")).header(VERSION.0, VERSION.1).json(body);
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -66,8 +70,7 @@ async fn stream_messages(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -
     }
     let response = request.send().await.expect("send");
     let status = response.status().as_u16();
-    let content_type =
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let raw = response.text().await.expect("body");
     let mut streamed =
         Streamed { status, content_type, names: Vec::new(), message: Value::Null, error: None, raw: raw.clone() };
@@ -222,9 +225,7 @@ async fn a_resent_history_continues_one_dify_conversation_sending_only_the_new_m
     let mock = mock().await;
     let gw = gateway(&mock, &[]).await;
     let mut messages = vec![json!({"role": "user", "content": "anth first"})];
-    let body = |messages: &[Value], stream: bool| {
-        json!({"model": "chat", "max_tokens": 100, "system": "Be terse.", "stream": stream, "messages": messages})
-    };
+    let body = |messages: &[Value], stream: bool| json!({"model": "chat", "max_tokens": 100, "system": "Be terse.", "stream": stream, "messages": messages});
     let (_, _, first) = post_messages(&gw, &body(&messages, false), &[]).await;
     // The answer goes back as the SDK gives it: content blocks.
     messages.push(json!({"role": "assistant", "content": first["content"]}));
@@ -259,9 +260,7 @@ async fn a_tool_round_continues_the_conversation_sending_only_the_result() {
     for stream in [false, true] {
         let question = format!("What's the weather in Oslo? (round {stream})");
         let mut messages = vec![json!({"role": "user", "content": question})];
-        let body = |messages: &[Value], stream: bool| {
-            json!({"model": "chat", "max_tokens": 100, "tools": weather_tools(), "stream": stream, "messages": messages})
-        };
+        let body = |messages: &[Value], stream: bool| json!({"model": "chat", "max_tokens": 100, "tools": weather_tools(), "stream": stream, "messages": messages});
         let first = if stream {
             let streamed = stream_messages(&gw, &body(&messages, true), &[]).await;
             assert!(streamed.error.is_none(), "{}", streamed.raw);
@@ -306,7 +305,9 @@ async fn a_tool_round_continues_the_conversation_sending_only_the_result() {
         let note = if stream { "\n\nAnswer briefly." } else { "" };
         assert_eq!(
             queries[1],
-            format!("<tool_response>\n{{\"name\":\"get_weather\",\"content\":\"sunny, 21 °C\"}}\n</tool_response>{note}"),
+            format!(
+                "<tool_response>\n{{\"name\":\"get_weather\",\"content\":\"sunny, 21 °C\"}}\n</tool_response>{note}"
+            ),
             "only the result is sent"
         );
     }
@@ -381,6 +382,14 @@ async fn errors_are_anthropics_shape_and_status() {
     assert_eq!(response.status(), 400);
     assert_eq!(anthropic_error(&response.json().await.expect("json")), "invalid_request_error");
 
+    // Message threads: refused with the code Anthropic's tool runner takes as "send the
+    // whole history instead" (e2e/messages.py runs that fallback).
+    let mut threaded = ask("chat", "hi", false);
+    threaded["thread"] = json!({"type": "create"});
+    let (status, _, body) = post_messages(&gw, &threaded, &[]).await;
+    assert_eq!((status, anthropic_error(&body)), (400, "invalid_request_error".into()), "{body}");
+    assert_eq!(body["error"]["details"], json!({"error_code": "thread_unsupported_request"}));
+
     let (status, _, body) = post_messages(&gw, &ask("claude-nope", "hi", false), &[]).await;
     assert_eq!((status, anthropic_error(&body)), (404, "not_found_error".into()), "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("chat"), "lists the models: {body}");
@@ -417,13 +426,8 @@ async fn metadata_user_id_is_the_dify_user_and_a_client_leaving_stops_dify() {
 
     let mut body = ask("chat", "[[mock:hang]] and then?", true);
     body["metadata"] = json!({"user_id": "leaver"});
-    let mut response = client()
-        .post(gw.url("/v1/messages"))
-        .header(VERSION.0, VERSION.1)
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let mut response =
+        client().post(gw.url("/v1/messages")).header(VERSION.0, VERSION.1).json(&body).send().await.expect("send");
     assert_eq!(response.status(), 200);
     let mut seen = String::new();
     while !seen.contains("text_delta") {
@@ -458,7 +462,10 @@ async fn images_and_documents_reach_dify_as_files() {
     assert_eq!(uploads[0].1, "image.png");
     let files = mock.generations()[0].body["files"].clone();
     assert_eq!(files[0]["transfer_method"], "local_file", "{files}");
-    assert_eq!(files[1], json!({"type": "image", "transfer_method": "remote_url", "url": "https://example.com/cat.png"}));
+    assert_eq!(
+        files[1],
+        json!({"type": "image", "transfer_method": "remote_url", "url": "https://example.com/cat.png"})
+    );
 }
 
 #[tokio::test]
