@@ -627,12 +627,16 @@ pub fn message(options: &MessagesOptions, answer: &Collected, reason: FinishReas
 }
 
 #[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum Delta<'a> {
-    TextDelta { text: &'a str },
-    ThinkingDelta { thinking: &'a str },
-    SignatureDelta { signature: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 #[derive(Debug, Serialize)]
@@ -742,7 +746,7 @@ impl MessagesEncoder {
     fn close(&mut self) {
         let Some((kind, index)) = self.open.take() else { return };
         if kind == Open::Thinking {
-            self.event(&Event::ContentBlockDelta { index, delta: Delta::SignatureDelta { signature: "" } });
+            self.event(&Event::ContentBlockDelta { index, delta: Delta::Signature { signature: "" } });
         }
         self.event(&Event::ContentBlockStop { index });
     }
@@ -755,7 +759,7 @@ impl Sink for MessagesEncoder {
         }
         self.sent_text = true;
         let index = self.open(Open::Text);
-        self.event(&Event::ContentBlockDelta { index, delta: Delta::TextDelta { text } });
+        self.event(&Event::ContentBlockDelta { index, delta: Delta::Text { text } });
     }
 
     fn reasoning(&mut self, text: &str) {
@@ -763,7 +767,7 @@ impl Sink for MessagesEncoder {
             return;
         }
         let index = self.open(Open::Thinking);
-        self.event(&Event::ContentBlockDelta { index, delta: Delta::ThinkingDelta { thinking: text } });
+        self.event(&Event::ContentBlockDelta { index, delta: Delta::Thinking { thinking: text } });
     }
 
     fn replace(&mut self, text: &str) {
@@ -783,7 +787,7 @@ impl Sink for MessagesEncoder {
         let index = self.next_index();
         let block = ContentBlock::ToolUse { id: tool_use_id(call), name: &call.name, input: serde_json::json!({}) };
         self.event(&Event::ContentBlockStart { index, content_block: block });
-        let delta = Delta::InputJsonDelta { partial_json: &call.arguments };
+        let delta = Delta::InputJson { partial_json: &call.arguments };
         self.event(&Event::ContentBlockDelta { index, delta });
         self.event(&Event::ContentBlockStop { index });
     }
