@@ -190,6 +190,14 @@ async fn a_text_answer_has_anthropics_message_shape_streamed_or_not() {
     assert_eq!(streamed.message["usage"]["input_tokens"], 10);
     assert!(streamed.message["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
 
+    // Clients configured without `/v1`, like every API endpoint; errors there are Anthropic's too.
+    let response = client().post(gw.url("/messages")).json(&ask("chat", "no v1", false)).send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.expect("json")["content"][0]["text"], "Echo: no v1");
+    let response = client().post(gw.url("/messages")).json(&json!({"model": "chat"})).send().await.expect("send");
+    assert_eq!(response.status(), 400);
+    assert_eq!(anthropic_error(&response.json().await.expect("json")), "invalid_request_error");
+
     // Dify's pings are Anthropic's.
     let pinged = stream_messages(&gw, &ask("chat", "[[mock:ping]] hi", true), &[]).await;
     assert!(pinged.names.iter().any(|n| n == "ping"), "{}", pinged.raw);
@@ -483,6 +491,9 @@ async fn count_tokens_is_an_honest_404() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(anthropic_error(&body), "not_found_error");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("cannot count tokens"), "{body}");
+    let response = client().post(gw.url("/messages/count_tokens")).json(&json!({})).send().await.expect("send");
+    assert_eq!(response.status(), 404);
+    assert_eq!(anthropic_error(&response.json().await.expect("json")), "not_found_error");
     assert!(mock.generations().is_empty());
 }
 
