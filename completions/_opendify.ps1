@@ -158,6 +158,7 @@ Register-ArgumentCompleter -Native -CommandName 'opendify' -ScriptBlock {
             [CompletionResult]::new('--via', '--via', [CompletionResultType]::ParameterName, 'Go through a running opendify at this URL (e.g. http://127.0.0.1:5000) instead of to Dify')
             [CompletionResult]::new('--message', '--message', [CompletionResultType]::ParameterName, 'The message to send')
             [CompletionResult]::new('--user', '--user', [CompletionResultType]::ParameterName, 'The user to send as (X-OpenWebUI-User-Id with --via, Dify''s `user` without)')
+            [CompletionResult]::new('--api', '--api', [CompletionResultType]::ParameterName, 'The client API to test through opendify; other than chat it goes through the opendify at --via, or at SERVER_HOST:SERVER_PORT without it')
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Longest wait, in seconds, for each network step [default: 10]')
             [CompletionResult]::new('--network-errors', '--network-errors', [CompletionResultType]::ParameterName, 'Report network failures as failures or, for flaky CI, as warnings')
             [CompletionResult]::new('--env-file', '--env-file', [CompletionResultType]::ParameterName, 'Read settings from this file instead of ./.env')
@@ -166,8 +167,8 @@ Register-ArgumentCompleter -Native -CommandName 'opendify' -ScriptBlock {
             [CompletionResult]::new('--no-color', '--no-color', [CompletionResultType]::ParameterName, 'Never colour the output (NO_COLOR is honoured too)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Show every check''s details, not only its problems')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Show every check''s details, not only its problems')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break

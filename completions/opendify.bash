@@ -508,7 +508,7 @@ _opendify() {
             return 0
             ;;
         opendify__subcmd__doctor__subcmd__test__subcmd__stream)
-            opts="-v -h -V --via --message --user --json --timeout --strict --network-errors --no-color --verbose --env-file --help --version"
+            opts="-v -h -V --via --message --user --api --json --timeout --strict --network-errors --no-color --verbose --env-file --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -524,6 +524,10 @@ _opendify() {
                     ;;
                 --user)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -W "chat responses messages" -- "${cur}"))
                     return 0
                     ;;
                 --timeout)

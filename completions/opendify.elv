@@ -147,6 +147,7 @@ set edit:completion:arg-completer[opendify] = {|@words|
             cand --via 'Go through a running opendify at this URL (e.g. http://127.0.0.1:5000) instead of to Dify'
             cand --message 'The message to send'
             cand --user 'The user to send as (X-OpenWebUI-User-Id with --via, Dify''s `user` without)'
+            cand --api 'The client API to test through opendify; other than chat it goes through the opendify at --via, or at SERVER_HOST:SERVER_PORT without it'
             cand --timeout 'Longest wait, in seconds, for each network step [default: 10]'
             cand --network-errors 'Report network failures as failures or, for flaky CI, as warnings'
             cand --env-file 'Read settings from this file instead of ./.env'
@@ -155,8 +156,8 @@ set edit:completion:arg-completer[opendify] = {|@words|
             cand --no-color 'Never colour the output (NO_COLOR is honoured too)'
             cand -v 'Show every check''s details, not only its problems'
             cand --verbose 'Show every check''s details, not only its problems'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }

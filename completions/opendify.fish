@@ -125,6 +125,9 @@ complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_see
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l via -d 'Go through a running opendify at this URL (e.g. http://127.0.0.1:5000) instead of to Dify' -r
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l message -d 'The message to send' -r
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l user -d 'The user to send as (X-OpenWebUI-User-Id with --via, Dify\'s `user` without)' -r
+complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l api -d 'The client API to test through opendify; other than chat it goes through the opendify at --via, or at SERVER_HOST:SERVER_PORT without it' -r -f -a "chat\t'OpenAI Chat Completions, POST /v1/chat/completions'
+responses\t'OpenAI Responses, POST /v1/responses'
+messages\t'Anthropic Messages, POST /v1/messages'"
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l timeout -d 'Longest wait, in seconds, for each network step [default: 10]' -r
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l network-errors -d 'Report network failures as failures or, for flaky CI, as warnings' -r -f -a "fail\t''
 warn\t''"
@@ -133,7 +136,7 @@ complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_see
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l strict -d 'Count warnings as failures (exit code 1)'
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -l no-color -d 'Never colour the output (NO_COLOR is honoured too)'
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -s v -l verbose -d 'Show every check\'s details, not only its problems'
-complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -s h -l help -d 'Print help'
+complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from test-stream" -s V -l version -d 'Print version'
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from report" -s o -l output -d 'Write the report to this file instead of stdout' -r -F
 complete -c opendify -n "__fish_opendify_using_subcommand doctor; and __fish_seen_subcommand_from report" -l log-lines -d 'How many lines of the log file to include' -r

@@ -313,6 +313,22 @@ pub struct TestStreamArgs {
     /// The user to send as (X-OpenWebUI-User-Id with --via, Dify's `user` without)
     #[arg(long, value_name = "USER", default_value = "opendify-doctor")]
     pub user: String,
+    /// The client API to test through opendify; other than chat it goes through the
+    /// opendify at --via, or at SERVER_HOST:SERVER_PORT without it
+    #[arg(long, value_enum, default_value_t = TestApi::Chat)]
+    pub api: TestApi,
+}
+
+/// A client API opendify serves, as `doctor test-stream --api` sends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TestApi {
+    /// OpenAI Chat Completions, POST /v1/chat/completions
+    #[default]
+    Chat,
+    /// OpenAI Responses, POST /v1/responses
+    Responses,
+    /// Anthropic Messages, POST /v1/messages
+    Messages,
 }
 
 #[derive(Debug, Clone, Args)]

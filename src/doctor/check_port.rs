@@ -147,7 +147,7 @@ fn short(command: &str) -> String {
 }
 
 /// Where to reach a server listening on `host` from this machine.
-fn local_target(host: &str) -> String {
+pub(crate) fn local_target(host: &str) -> String {
     match host.trim_matches(['[', ']']).parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
         Ok(IpAddr::V6(ip)) if ip.is_unspecified() => format!("[{}]", Ipv6Addr::LOCALHOST),

@@ -191,6 +191,7 @@ impl Options {
                     via: a.via.clone(),
                     message: a.message.clone(),
                     user: a.user.clone(),
+                    api: a.api,
                 };
                 CheckId::TestStream
             }

@@ -3,8 +3,10 @@
 //! Dify it goes through serve's own request building and event translation, so "ended
 //! properly" means what serve means by it; `--via` sends it through a running opendify like
 //! Open WebUI would, with `X-OpenWebUI-User-Id`, and checks which user the server resolved
-//! (its `X-Opendify-User` header). The request is measured into a [`StreamRun`] first;
-//! [`judge`] then turns it into the verdict without any I/O.
+//! (its `X-Opendify-User` header). `--api responses|messages` sends it in that client API
+//! (through `--via`, or the configured SERVER_HOST:SERVER_PORT) and reads the stream as that
+//! API's SDK does. The request is measured into a [`StreamRun`] first; [`judge`] then turns
+//! it into the verdict without any I/O.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use serde_json::{Value, json};
 use super::context::{Context, Facts, Progress};
 use super::probe::{self, Clock, Ended, StreamRun, Usage, explain};
 use super::report::{CheckResult, Issue, format_duration, millis};
+use crate::cli::TestApi;
 use crate::config::{Config, ModelSpec};
 use crate::conversations::identity;
 use crate::dify::error::error_chain;
@@ -54,6 +57,7 @@ pub(crate) struct StreamOptions {
     pub via: Option<Url>,
     pub message: String,
     pub user: String,
+    pub api: TestApi,
 }
 
 impl Default for StreamOptions {
@@ -63,6 +67,7 @@ impl Default for StreamOptions {
             via: None,
             message: "Say hello in five words.".into(),
             user: "opendify-doctor".into(),
+            api: TestApi::Chat,
         }
     }
 }
@@ -71,6 +76,8 @@ impl Default for StreamOptions {
 struct Details {
     model: Option<String>,
     via: Option<String>,
+    /// `chat`, `responses` or `messages`.
+    api: &'static str,
     user_sent: String,
     user_resolved: Option<String>,
     time_to_headers_ms: Option<f64>,
@@ -93,6 +100,7 @@ impl Details {
         Details {
             model: options.model.clone(),
             via: options.via.as_ref().map(|u| u.to_string()),
+            api: api_name(options.api),
             user_sent: options.user.clone(),
             user_resolved: None,
             time_to_headers_ms: None,
@@ -131,16 +139,45 @@ fn gaps(list: &[Duration]) -> Gaps {
     Gaps { p50: rank(0.50), p95: rank(0.95), max: sorted.last().map(|d| millis(*d)) }
 }
 
+fn api_name(api: TestApi) -> &'static str {
+    match api {
+        TestApi::Chat => "chat",
+        TestApi::Responses => "responses",
+        TestApi::Messages => "messages",
+    }
+}
+
 pub(crate) async fn run(ctx: &Context, options: &StreamOptions, facts: &Facts) -> CheckResult {
-    let mut result = match &options.via {
-        Some(via) => run_via(ctx, options, via).await,
-        None => run_direct(ctx, options, facts).await,
+    let mut result = match (&options.via, options.api) {
+        (Some(via), _) => run_via(ctx, options, via).await,
+        (None, TestApi::Chat) => run_direct(ctx, options, facts).await,
+        // Only opendify speaks the other APIs: go through the one this configuration serves.
+        (None, api) => match ctx.require_config(ID).map(served_at) {
+            Err(result) => *result,
+            Ok(Some(url)) => run_via(ctx, options, &url).await,
+            Ok(None) => stopped(
+                format!("no opendify to send the {} request to", api_name(api)),
+                Issue::fail(Finding::with_fix(
+                    "only opendify speaks this API: give the URL of a running one",
+                    format!(
+                        "`opendify doctor test-stream --api {} --via http://HOST:PORT`, or fix the configuration so SERVER_HOST and SERVER_PORT name it",
+                        api_name(api)
+                    ),
+                )),
+            ),
+        },
     };
     // Every outcome carries the same detail keys, even when the request never started.
     if !result.is_skipped() && !result.has_details() {
         result.details(Details::empty(options));
     }
     result
+}
+
+/// The opendify this configuration serves, as a client on this machine reaches it.
+fn served_at(config: &Config) -> Option<Url> {
+    let host = super::check_port::local_target(&config.host);
+    Url::parse(&format!("http://{host}:{}", config.port)).ok()
 }
 
 /// A check that ended before a stream could be measured.
@@ -171,7 +208,7 @@ async fn run_direct(ctx: &Context, options: &StreamOptions, facts: &Facts) -> Ch
         return CheckResult::skipped(ID, format!("skipped: the key of `{}` failed (see test-key)", spec.name));
     }
     let route = crate::bridge::apps::describe(&client, &spec).await;
-    let target = Target { model: &spec.name, via: None, user: &options.user };
+    let target = Target { model: &spec.name, api: TestApi::Chat, via: None, user: &options.user };
     match probe::measure_direct(&ctx.progress, ID, config, &client, &route, &options.message, &options.user).await {
         Ok(run) => judge(&target, &run, ctx.doctor_config(config).stream_idle_timeout),
         Err(error) => not_started(&target, &error, &config.dify_api_base),
@@ -226,7 +263,11 @@ async fn run_via(ctx: &Context, options: &StreamOptions, url: &Url) -> CheckResu
     };
     let idle = ctx.config().map(|c| ctx.doctor_config(c).stream_idle_timeout).unwrap_or(Duration::from_secs(60));
     match via.measure(&ctx.progress, &model, options, ctx.step_timeout, idle).await {
-        Ok(run) => judge(&Target { model: &model, via: Some((base, via.sent())), user: &options.user }, &run, idle),
+        Ok(run) => judge(
+            &Target { model: &model, api: options.api, via: Some((base, via.sent())), user: &options.user },
+            &run,
+            idle,
+        ),
         Err(error) => via_refused(base, &model, via.jwt_secret.is_some(), error),
     }
 }
@@ -264,7 +305,7 @@ fn via_refused(base: &str, model: &str, jwt: bool, error: ViaError) -> CheckResu
             "the server requires a proxy key (PROXY_API_KEYS): set the same key in this machine's configuration"
                 .to_string()
         }
-        (404, Some("model_not_found")) => format!("`{model}` is not served there: name one from {base}/v1/models"),
+        (404, Some("model_not_found" | "not_found_error")) => format!("`{model}` is not served there: name one from {base}/v1/models"),
         (404, _) => format!("{base} does not look like opendify: check the --via URL"),
         _ => "see the message; `opendify doctor test-key` on the server machine tests the keys".to_string(),
     };
@@ -321,15 +362,34 @@ impl Via {
         body["data"].get(0)?["id"].as_str().map(str::to_string)
     }
 
-    /// The streaming chat request, with the user as this server expects it.
+    /// The streaming request in the API tested, with the user as this server expects it.
     fn request(&self, model: &str, options: &StreamOptions) -> Result<reqwest::RequestBuilder, ViaError> {
-        let body = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": options.message}],
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        let mut request = self.http.post(format!("{}/v1/chat/completions", self.base)).json(&body);
+        let message = &options.message;
+        let (path, body) = match options.api {
+            TestApi::Chat => (
+                "chat/completions",
+                json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": message}],
+                    "stream": true,
+                    "stream_options": {"include_usage": true},
+                }),
+            ),
+            TestApi::Responses => ("responses", json!({"model": model, "input": message, "stream": true})),
+            TestApi::Messages => (
+                "messages",
+                json!({
+                    "model": model,
+                    "max_tokens": 1024,
+                    "messages": [{"role": "user", "content": message}],
+                    "stream": true,
+                }),
+            ),
+        };
+        let mut request = self.http.post(format!("{}/v1/{path}", self.base)).json(&body);
+        if options.api == TestApi::Messages {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
         // In JWT mode serve trusts only a signed token: sign one with the configured secret.
         request = match &self.jwt_secret {
             Some(secret) => match identity::sign_user_token(secret, &options.user) {
@@ -340,9 +400,12 @@ impl Via {
             },
             None => request.header(OPENWEBUI_USER_HEADER, &options.user),
         };
-        if let Some(key) = &self.key {
-            request = request.bearer_auth(key.expose());
-        }
+        // Each API's SDK sends the key its own way.
+        request = match (&self.key, options.api) {
+            (Some(key), TestApi::Messages) => request.header("x-api-key", key.expose()),
+            (Some(key), _) => request.bearer_auth(key.expose()),
+            (None, _) => request,
+        };
         Ok(request)
     }
 
@@ -375,32 +438,34 @@ impl Via {
             return Err(ViaError::Status {
                 status,
                 message: error["message"].as_str().unwrap_or("(no message)").to_string(),
-                code: error["code"].as_str().map(str::to_string),
+                // Anthropic's errors carry a type, not a code.
+                code: error["code"].as_str().or(error["type"].as_str()).map(str::to_string),
             });
         }
         let mut clock = Clock::new(started);
-        let end = read_chunks(&mut response, &mut run, &mut clock, idle, |run| {
+        let end = read_events(options.api, &mut response, &mut run, &mut clock, idle, |run| {
             progress.set(format!("{ID}: {} events in {}", run.events, format_duration(started.elapsed())));
         })
         .await;
         run.total = started.elapsed();
-        record_end(&mut run, &end);
+        record_end(options.api, &mut run, &end);
         Ok(run)
     }
 }
 
-/// How reading an OpenAI stream stopped.
+/// How reading a stream stopped.
 #[derive(Debug, Default)]
 struct StreamEnd {
-    /// `data: [DONE]` arrived.
+    /// The API's closing event arrived: `data: [DONE]`, `response.completed`, `message_stop`.
     done: bool,
     /// The `code` of an error chunk.
     error_code: Option<String>,
 }
 
-/// Reads Chat Completions chunks until `[DONE]`, the end of the body, a network error or
-/// `idle` without a byte; each event is timed, the answer and usage are counted.
-async fn read_chunks(
+/// Reads the stream of the API tested until its closing event, the end of the body, a network
+/// error or `idle` without a byte; each event is timed, the answer and usage are counted.
+async fn read_events(
+    api: TestApi,
     response: &mut reqwest::Response,
     run: &mut StreamRun,
     clock: &mut Clock,
@@ -426,12 +491,22 @@ async fn read_chunks(
         while let Ok(Some(event)) = parser.next_event() {
             clock.tick(run);
             on_event(run);
-            if event.data == "[DONE]" {
+            if api == TestApi::Chat && event.data == "[DONE]" {
                 end.done = true;
                 return end;
             }
-            if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-                read_chunk(&chunk, run, &mut end);
+            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                let start: String = event.data.chars().take(80).collect();
+                run.error = Some(format!("an event that is not JSON: {start}"));
+                return end;
+            };
+            match api {
+                TestApi::Chat => read_chunk(&data, run, &mut end),
+                TestApi::Responses => read_response_event(&data, run, &mut end),
+                TestApi::Messages => read_message_event(&data, run, &mut end),
+            }
+            if end.done && api != TestApi::Chat {
+                return end;
             }
         }
     }
@@ -458,8 +533,82 @@ fn read_chunk(chunk: &Value, run: &mut StreamRun, end: &mut StreamEnd) {
     }
 }
 
-/// How a stream through opendify ended: properly only with a finish reason and `[DONE]`.
-fn record_end(run: &mut StreamRun, end: &StreamEnd) {
+/// One Responses API event (`type` in the data): text deltas, the final response with its
+/// usage and status, failures.
+fn read_response_event(event: &Value, run: &mut StreamRun, end: &mut StreamEnd) {
+    match event["type"].as_str().unwrap_or_default() {
+        "response.output_text.delta" | "response.reasoning_text.delta" | "response.reasoning_summary_text.delta" => {
+            run.answer_chars += event["delta"].as_str().map_or(0, |t| t.chars().count());
+        }
+        "response.completed" | "response.incomplete" => {
+            let response = &event["response"];
+            let usage = &response["usage"];
+            if usage.is_object() {
+                let count = |field: &str| usage[field].as_u64().unwrap_or_default();
+                run.usage = Some(Usage {
+                    prompt_tokens: count("input_tokens"),
+                    completion_tokens: count("output_tokens"),
+                    total_tokens: count("total_tokens"),
+                });
+            }
+            let reason = response["incomplete_details"]["reason"].as_str();
+            run.finish_reason = Some(reason.or(response["status"].as_str()).unwrap_or("completed").to_string());
+            end.done = true;
+        }
+        "response.failed" => {
+            let error = &event["response"]["error"];
+            run.error = Some(error["message"].as_str().unwrap_or("(no message)").to_string());
+            end.error_code = error["code"].as_str().map(str::to_string);
+            end.done = true;
+        }
+        "error" => {
+            // Sent before `response.failed`, which ends the stream.
+            run.error = Some(event["message"].as_str().unwrap_or("(no message)").to_string());
+            end.error_code = event["code"].as_str().map(str::to_string);
+        }
+        _ => {}
+    }
+}
+
+/// One Anthropic Messages event: text and thinking deltas, usage from `message_start` and
+/// `message_delta`, the stop reason, `message_stop`, errors.
+fn read_message_event(event: &Value, run: &mut StreamRun, end: &mut StreamEnd) {
+    match event["type"].as_str().unwrap_or_default() {
+        "message_start" => {
+            let input = event["message"]["usage"]["input_tokens"].as_u64().unwrap_or_default();
+            run.usage = Some(Usage { prompt_tokens: input, completion_tokens: 0, total_tokens: input });
+        }
+        "content_block_delta" => {
+            let delta = &event["delta"];
+            let text = delta["text"].as_str().or(delta["thinking"].as_str());
+            run.answer_chars += text.map_or(0, |t| t.chars().count());
+        }
+        "message_delta" => {
+            if let Some(reason) = event["delta"]["stop_reason"].as_str() {
+                run.finish_reason = Some(reason.to_string());
+            }
+            if let Some(output) = event["usage"]["output_tokens"].as_u64() {
+                // The final input count comes here when it was not known at `message_start`.
+                let started = run.usage.map(|u| u.prompt_tokens).unwrap_or_default();
+                let input = event["usage"]["input_tokens"].as_u64().unwrap_or(started);
+                run.usage =
+                    Some(Usage { prompt_tokens: input, completion_tokens: output, total_tokens: input + output });
+            }
+        }
+        "message_stop" => end.done = true,
+        "error" => {
+            let error = &event["error"];
+            run.error = Some(error["message"].as_str().unwrap_or("(no message)").to_string());
+            end.error_code = error["type"].as_str().map(str::to_string);
+            end.done = true;
+        }
+        _ => {}
+    }
+}
+
+/// How a stream through opendify ended: properly only with a finish reason and the API's
+/// closing event.
+fn record_end(api: TestApi, run: &mut StreamRun, end: &StreamEnd) {
     run.ended = match (&run.error, end.done, &run.finish_reason) {
         (None, true, Some(_)) => Ended::Finished,
         (Some(_), _, _) if end.error_code.as_deref() == Some("upstream_stream_cut") => Ended::Cut,
@@ -467,13 +616,19 @@ fn record_end(run: &mut StreamRun, end: &StreamEnd) {
         _ => Ended::Cut,
     };
     if run.ended == Ended::Cut && run.error.is_none() {
-        run.error = Some("the response ended without [DONE]".into());
+        let closing = match api {
+            TestApi::Chat => "[DONE]",
+            TestApi::Responses => "response.completed",
+            TestApi::Messages => "message_stop",
+        };
+        run.error = Some(format!("the response ended without {closing}"));
     }
 }
 
 /// What was sent, where, and as whom: what a verdict says besides the measurements.
 struct Target<'a> {
     model: &'a str,
+    api: TestApi,
     /// `--via`: the opendify it went through, and how the user was sent to it.
     via: Option<(&'a str, UserSent)>,
     user: &'a str,
@@ -483,7 +638,11 @@ impl Target<'_> {
     /// "directly to Dify" or "through opendify at URL".
     fn path(&self) -> String {
         match self.via {
-            Some((via, _)) => format!("through opendify at {via}"),
+            Some((via, _)) => match self.api {
+                TestApi::Chat => format!("through opendify at {via}"),
+                TestApi::Responses => format!("through opendify at {via} (Responses API)"),
+                TestApi::Messages => format!("through opendify at {via} (Anthropic Messages API)"),
+            },
             None => "directly to Dify".to_string(),
         }
     }
@@ -493,6 +652,7 @@ impl Target<'_> {
         Details {
             model: Some(self.model.to_string()),
             via: self.via.map(|(via, _)| via.to_string()),
+            api: api_name(self.api),
             user_sent: self.user.to_string(),
             ..Details::empty(&StreamOptions::default())
         }
@@ -694,7 +854,7 @@ mod tests {
 
     #[test]
     fn a_measured_run_is_judged_without_io() {
-        let direct = Target { model: "chat", via: None, user: "opendify-doctor" };
+        let direct = Target { model: "chat", api: TestApi::Chat, via: None, user: "opendify-doctor" };
         let idle = Duration::from_secs(60);
         let quick = judge(&direct, &finished(Duration::from_millis(80), vec![Duration::from_millis(3)]), idle);
         assert!(quick.issues.is_empty(), "{quick:?}");
@@ -710,7 +870,12 @@ mod tests {
         let verdict = judge(&direct, &cut, idle);
         assert!(verdict.issues[0].network, "a cut stream is a network failure: {verdict:?}");
 
-        let via = Target { model: "chat", via: Some(("http://127.0.0.1:5000", UserSent::Header)), user: "u1" };
+        let via = Target {
+            model: "chat",
+            api: TestApi::Chat,
+            via: Some(("http://127.0.0.1:5000", UserSent::Header)),
+            user: "u1",
+        };
         let mut run = finished(Duration::from_millis(80), vec![]);
         run.resolved_user = Some("default_user".into());
         let deaf = judge(&via, &run, idle);

@@ -138,6 +138,7 @@ fn detail_keys(id: &str) -> &'static [&'static str] {
         "test-stream" => &[
             "model",
             "via",
+            "api",
             "user_sent",
             "user_resolved",
             "time_to_headers_ms",
@@ -742,6 +743,71 @@ async fn test_stream_via_opendify_checks_which_user_it_resolved() {
     let nobody = setup.doctor(&["test-stream", "chat", "--via", &format!("http://127.0.0.1:{}", free_port())]).await;
     nobody.assert_code(1);
     assert!(nobody.stdout.contains("cannot reach opendify"), "{}", nobody.stdout);
+}
+
+/// `--api responses|messages` sends the request in that API through opendify and reads the
+/// stream as that API's SDK does; without `--via` it goes to the configured SERVER_PORT.
+#[tokio::test]
+async fn test_stream_checks_the_responses_and_messages_apis_end_to_end() {
+    let mock = mock().await;
+    let gateway = crate::common::gateway_with(&mock.base_url(), &models(), &[]).await;
+    let via = format!("http://{}", gateway.addr);
+    let setup = Setup::healthy(&mock);
+    for api in ["responses", "messages"] {
+        let run = setup.doctor(&["test-stream", "chat", "--api", api, "--via", &via, "--json"]).await;
+        run.assert_code(0);
+        assert_schema(&run.json());
+        let check = run.check("test-stream");
+        let details = &check["details"];
+        assert_eq!(details["api"], api);
+        assert_eq!(details["ended"], "finished", "{check:#}");
+        assert_eq!(details["user_resolved"], "opendify-doctor", "{check:#}");
+        assert!(details["answer_chars"].as_u64().unwrap() > 0, "{details:#}");
+        let usage = &details["usage"];
+        assert!(
+            usage["prompt_tokens"].as_u64().unwrap() > 0 && usage["completion_tokens"].as_u64().unwrap() > 0,
+            "{details:#}"
+        );
+        let reason = if api == "messages" { "end_turn" } else { "completed" };
+        assert_eq!(details["finish_reason"], reason, "{details:#}");
+        assert!(check["summary"].as_str().unwrap().contains("ended properly"), "{check:#}");
+    }
+    let paths: Vec<String> = mock.generations().iter().map(|g| g.body["user"].to_string()).collect();
+    assert_eq!(paths.len(), 2, "one Dify generation per API: {paths:?}");
+
+    // Without --via: the opendify this configuration serves.
+    let local = Setup::healthy(&mock).env("SERVER_PORT", &gateway.addr.port().to_string());
+    let run = local.doctor(&["test-stream", "--api", "messages", "--json"]).await;
+    run.assert_code(0);
+    let check = run.check("test-stream");
+    assert_eq!(check["details"]["ended"], "finished", "{check:#}");
+    assert!(check["summary"].as_str().unwrap().contains("Anthropic Messages API"), "{check:#}");
+
+    // A Dify error mid-stream is that API's error event, and named as one.
+    for api in ["responses", "messages"] {
+        let run = setup
+            .doctor(&[
+                "test-stream",
+                "chat",
+                "--api",
+                api,
+                "--via",
+                &via,
+                "--message",
+                "[[mock:error-mid]] hi",
+                "--json",
+            ])
+            .await;
+        run.assert_code(1);
+        let check = run.check("test-stream");
+        assert_eq!(check["details"]["ended"], "error", "{api}: {check:#}");
+        assert!(check["details"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{check:#}");
+    }
+
+    // A model the server does not have: Anthropic's not_found_error is read like OpenAI's.
+    let run = setup.doctor(&["test-stream", "nope", "--api", "messages", "--via", &via, "--json"]).await;
+    run.assert_code(1);
+    assert!(run.check("test-stream")["reason"].as_str().unwrap().contains("HTTP 404"), "{}", run.stdout);
 }
 
 /// In JWT mode serve ignores plain user headers: the doctor signs its own token with the
