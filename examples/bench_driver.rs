@@ -42,12 +42,20 @@ enum Command {
         #[arg(long, default_value = "bench")]
         model: String,
     },
-    /// One request at a time, alternately direct and through (non-streaming): latency.
+    /// One request at a time, in turn: direct (streamed, as opendify asks Dify), direct
+    /// blocking (as a client calling Dify itself would), through opendify, and through a peer
+    /// gateway when given (non-streaming): latency.
     Latency {
         #[arg(long)]
         direct: String,
         #[arg(long)]
         through: String,
+        /// Another gateway's base URL (`http://127.0.0.1:P/v1`), asked like opendify.
+        #[arg(long)]
+        peer: Option<String>,
+        /// The bearer token the peer gets (one that picks the app; default: the app key).
+        #[arg(long)]
+        peer_auth: Option<String>,
         #[arg(long, default_value_t = 2000)]
         requests: usize,
         #[arg(long, default_value = "app-mock-chat")]
@@ -117,38 +125,41 @@ async fn main() -> anyhow::Result<()> {
                 bail!("a stream through opendify did not carry one chunk per upstream event");
             }
         }
-        Command::Latency { direct, through, requests, key, model } => {
-            let dify = json!({"query": "Hello", "inputs": {}, "response_mode": "streaming", "user": "bench"});
+        Command::Latency { direct, through, peer, peer_auth, requests, key, model } => {
+            let streamed = json!({"query": "Hello", "inputs": {}, "response_mode": "streaming", "user": "bench"});
+            let blocking = json!({"query": "Hello", "inputs": {}, "response_mode": "blocking", "user": "bench"});
             let openai = json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]});
-            let (mut d, mut t) = (Vec::new(), Vec::new());
+            let peer_auth = peer_auth.unwrap_or_else(|| key.clone());
+            let mut sides: Vec<(&str, reqwest::RequestBuilder, Vec<f64>)> = vec![
+                (
+                    "direct",
+                    client.post(format!("{direct}/chat-messages")).bearer_auth(&key).json(&streamed),
+                    Vec::new(),
+                ),
+                (
+                    "direct_blocking",
+                    client.post(format!("{direct}/chat-messages")).bearer_auth(&key).json(&blocking),
+                    Vec::new(),
+                ),
+                ("through", client.post(format!("{through}/chat/completions")).json(&openai), Vec::new()),
+            ];
+            if let Some(peer) = &peer {
+                let request = client.post(format!("{peer}/chat/completions")).bearer_auth(&peer_auth).json(&openai);
+                sides.push(("peer", request, Vec::new()));
+            }
             for i in 0..requests + 100 {
-                let started = Instant::now();
-                client
-                    .post(format!("{direct}/chat-messages"))
-                    .bearer_auth(&key)
-                    .json(&dify)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await?;
-                let between = Instant::now();
-                client
-                    .post(format!("{through}/chat/completions"))
-                    .json(&openai)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await?;
-                if i >= 100 {
-                    d.push(ms(between - started));
-                    t.push(ms(between.elapsed()));
+                for (side, request, times) in &mut sides {
+                    let request = request.try_clone().ok_or_else(|| anyhow::anyhow!("{side}: cannot repeat"))?;
+                    let started = Instant::now();
+                    request.send().await?.error_for_status()?.bytes().await?;
+                    if i >= 100 {
+                        times.push(ms(started.elapsed()));
+                    }
                 }
             }
-            for (side, v) in [("direct", &mut d), ("through", &mut t)] {
-                println!("{side}_lat_p50_ms {:.4}", percentile(v, 50.0));
-                println!("{side}_lat_p99_ms {:.4}", percentile(v, 99.0));
+            for (side, _, times) in &mut sides {
+                println!("{side}_lat_p50_ms {:.4}", percentile(times, 50.0));
+                println!("{side}_lat_p99_ms {:.4}", percentile(times, 99.0));
             }
         }
         Command::Hold { through, streams, pids, model } => hold(&client, &through, streams, &pids, &model).await?,

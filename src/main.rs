@@ -43,7 +43,13 @@ fn serve(cli: &Cli) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("⚠️ {}", warning.message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker by default: opendify waits on sockets, and a second worker mostly wakes up to
+    // find nothing to steal (about 10% more CPU per request, and a second malloc arena).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server_threads.max(1))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{} cannot start the async runtime: {e}", "❌".red());

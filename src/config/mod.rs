@@ -181,6 +181,8 @@ pub struct Config {
     pub unnamed_keys: Vec<Secret>,
     pub host: String,
     pub port: u16,
+    /// Worker threads of the async runtime (SERVER_THREADS).
+    pub server_threads: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,

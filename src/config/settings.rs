@@ -107,6 +107,26 @@ pub const SETTINGS: &[Setting] = &[
         };
         Ok(())
     })),
+    restart(setting(
+        "SERVER_THREADS",
+        Some("1"),
+        "Threads serving requests: a number, or auto (one per CPU core)",
+        |v, c, _| {
+            c.server_threads = match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                other => match other.parse::<usize>() {
+                    Ok(n @ 1..=1024) => n,
+                    _ => {
+                        return Err(Finding::with_fix(
+                            format!("SERVER_THREADS must be a number of threads (1-1024) or auto, got {v:?}"),
+                            "SERVER_THREADS=1 (the default: an I/O-bound gateway needs no more), or SERVER_THREADS=auto",
+                        ));
+                    }
+                },
+            };
+            Ok(())
+        },
+    )),
     setting("LOG_LEVEL", Some("info"), "error, warn, info, debug or trace (RUST_LOG wins when set)", |v, c, _| {
         let level = v.to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {

@@ -251,6 +251,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     tracing::info!("Loaded {} models: {}", names.len(), names.join(", "));
     tracing::info!("🚀 opendify listening on http://{local} (Dify: {})", live.client.base());
     auth::warn_if_open(&live.auth, local);
+    trim::after_startup();
     let state = Arc::new(state);
     reload::on_sighup(state.clone());
     run(listener, state, shutdown_signal()).await
