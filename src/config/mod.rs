@@ -413,6 +413,21 @@ mod tests {
     }
 
     #[test]
+    fn server_threads_default_to_one_take_auto_and_refuse_zero_with_a_fix() {
+        let base = [("DIFY_API_BASE", "http://x/v1"), ("MODEL_CONFIG", r#"{"a":"app-aaaaaaaa"}"#)];
+        let default = load_with(&base).config.expect("config");
+        assert_eq!(default.server_threads, 1);
+        let auto = load_with(&[base[0], base[1], ("SERVER_THREADS", "auto")]).config.expect("config");
+        assert_eq!(auto.server_threads, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        for bad in ["0", "many", "-2"] {
+            let loaded = load_with(&[base[0], base[1], ("SERVER_THREADS", bad)]);
+            let p = loaded.problems.first().unwrap_or_else(|| panic!("SERVER_THREADS={bad} accepted"));
+            assert!(p.message.contains("SERVER_THREADS must be a number of threads"), "{}", p.message);
+            assert!(p.fix.as_deref().unwrap_or("").contains("SERVER_THREADS=auto"), "{p:?}");
+        }
+    }
+
+    #[test]
     fn bad_json_says_where_and_hints_at_quoting() {
         let loaded = load_with(&[("DIFY_API_BASE", "http://x/v1"), ("MODEL_CONFIG", r#"{"a" "app-x"}"#)]);
         let p = &loaded.problems[0];
