@@ -12,7 +12,7 @@ use super::openai::error_json;
 use super::{parse_json, tool_spec, tools};
 use crate::bridge::{
     ApiError, Collected, Facts, FinishReason, Message, OutputFormat, OwnedFacts, Part, Progress, Role, Sink,
-    StreamEncoder, ToolCall, ToolChoice, ToolSpec, Tools, Turn, Usage,
+    StreamEncoder, ToolCall, ToolChoice, ToolSpec, Tools, Turn, Usage, replacement,
 };
 use crate::json_text::kind_of;
 
@@ -749,9 +749,7 @@ impl Sink for ChatEncoder {
     }
 
     fn replace(&mut self, text: &str) {
-        // Text already sent cannot be taken back: the replacement follows after a blank line.
-        let separated = if self.sent_text { format!("\n\n{text}") } else { text.to_string() };
-        self.text(&separated);
+        self.text(&replacement(self.sent_text, text));
     }
 
     fn final_answer(&mut self, text: &str) {

@@ -26,7 +26,9 @@ use serde_json::{Map, Value};
 use super::chat::{StreamOptions, UsageBody};
 use super::openai::error_json;
 use super::parse_json;
-use crate::bridge::{ApiError, Collected, FinishReason, Message, Role, Sink, StreamEncoder, ToolCall, Turn, Usage};
+use crate::bridge::{
+    ApiError, Collected, FinishReason, Message, Role, Sink, StreamEncoder, ToolCall, Turn, Usage, replacement,
+};
 use crate::json_text::kind_of;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,9 +300,7 @@ impl Sink for CompletionEncoder {
     fn reasoning(&mut self, _text: &str) {}
 
     fn replace(&mut self, text: &str) {
-        // Text already sent cannot be taken back: the replacement follows after a blank line.
-        let separated = if self.sent_text { format!("\n\n{text}") } else { text.to_string() };
-        self.text(&separated);
+        self.text(&replacement(self.sent_text, text));
     }
 
     fn final_answer(&mut self, text: &str) {

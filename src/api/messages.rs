@@ -20,7 +20,7 @@ use super::{anthropic, parse_json, tool_spec, tools};
 use crate::bridge::uploads::extension_for;
 use crate::bridge::{
     ApiError, Collected, FinishReason, Message, Part, Role, Sink, StreamEncoder, ToolCall, ToolChoice, Tools, Turn,
-    Usage,
+    Usage, replacement,
 };
 use crate::json_text::kind_of;
 
@@ -771,9 +771,7 @@ impl Sink for MessagesEncoder {
     }
 
     fn replace(&mut self, text: &str) {
-        // Text already sent cannot be taken back: the replacement follows after a blank line.
-        let separated = if self.sent_text { format!("\n\n{text}") } else { text.to_string() };
-        self.text(&separated);
+        self.text(&replacement(self.sent_text, text));
     }
 
     fn final_answer(&mut self, text: &str) {

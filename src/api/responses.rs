@@ -14,7 +14,7 @@ use super::chat::{function_spec, is_fetchable, output_format, tool_choice};
 use super::{parse_json, random_id};
 use crate::bridge::{
     ApiError, Collected, Facts, FinishReason, Message, OutputFormat, OwnedFacts, Part, Role, Sink, StreamEncoder,
-    ToolCall, ToolChoice, Tools, Turn, Usage,
+    ToolCall, ToolChoice, Tools, Turn, Usage, replacement,
 };
 use crate::json_text::kind_of;
 
@@ -703,9 +703,7 @@ impl Sink for ResponsesEncoder {
     }
 
     fn replace(&mut self, text: &str) {
-        // Text already sent cannot be taken back: the replacement follows after a blank line.
-        let separated = if self.sent_text { format!("\n\n{text}") } else { text.to_string() };
-        self.text(&separated);
+        self.text(&replacement(self.sent_text, text));
     }
 
     fn final_answer(&mut self, text: &str) {

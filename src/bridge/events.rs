@@ -16,6 +16,12 @@ use crate::config::ReasoningMode;
 use crate::dify::sse::SseEvent;
 use crate::dify::{AppMode, DifyError, Event};
 
+/// What a stream shows for output moderation's replacement ([`Sink::replace`]): text already
+/// sent cannot be taken back, so the replacement follows it after a blank line.
+pub fn replacement(already_sent: bool, text: &str) -> std::borrow::Cow<'_, str> {
+    if already_sent { format!("\n\n{text}").into() } else { text.into() }
+}
+
 /// Where the events of one answer go: a dialect's encoder, a processing stage in front of
 /// one, or a collector.
 pub trait Sink {

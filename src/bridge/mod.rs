@@ -20,7 +20,7 @@ pub use apps::{AppRoute, ModeSource, Registry};
 pub use error::{ApiError, ErrorType};
 pub use events::{
     Citation, Collected, Facts, FinishReason, Outcome, OwnedFacts, Progress, ProgressMode, Sink, StopReason,
-    StreamEncoder, Translator, TranslatorOptions, Usage,
+    StreamEncoder, Translator, TranslatorOptions, Usage, replacement,
 };
 pub use request::{BuildOptions, ConversationPlan};
 pub use turn::{Message, OutputFormat, Part, Role, ToolCall, ToolChoice, ToolSpec, Tools, Turn};

@@ -235,8 +235,22 @@ impl DifyClient {
         mime: &str,
         bytes: Vec<u8>,
     ) -> Result<UploadedFile, DifyError> {
-        let url = self.url("/files/upload");
-        let part = reqwest::multipart::Part::bytes(bytes)
+        self.post_file(key, "/files/upload", user, filename, mime, reqwest::multipart::Part::bytes(bytes)).await
+    }
+
+    /// Posts one file as the multipart `file` field, with the `user` field beside it, to
+    /// `path`, and reads Dify's JSON answer.
+    async fn post_file<T: DeserializeOwned>(
+        &self,
+        key: &Secret,
+        path: &str,
+        user: &str,
+        filename: &str,
+        mime: &str,
+        part: reqwest::multipart::Part,
+    ) -> Result<T, DifyError> {
+        let url = self.url(path);
+        let part = part
             .file_name(filename.to_string())
             .mime_str(mime)
             .map_err(|e| DifyError::Request(format!("bad MIME type {mime:?}: {e}")))?;
@@ -252,7 +266,7 @@ impl DifyClient {
             .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
         let response = check_status(response).await?;
         let bytes = read_body(response, self.request_timeout).await?;
-        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("/files/upload: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("{path}: {e}")))
     }
 
     /// Deletes a conversation of this user (Dify answers 204, older releases 200).
@@ -308,25 +322,9 @@ impl DifyClient {
         mime: &str,
         audio: Bytes,
     ) -> Result<Transcript, DifyError> {
-        let url = self.url("/audio-to-text");
         let length = audio.len() as u64;
-        let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(audio), length)
-            .file_name(filename.to_string())
-            .mime_str(mime)
-            .map_err(|e| DifyError::Request(format!("bad MIME type {mime:?}: {e}")))?;
-        let form = reqwest::multipart::Form::new().part("file", part).text("user", user.to_string());
-        let response = self
-            .http
-            .post(&url)
-            .header(AUTHORIZATION, Self::auth(key)?)
-            .multipart(form)
-            .timeout(self.request_timeout)
-            .send()
-            .await
-            .map_err(|e| DifyError::from_reqwest(e, &url, self.request_timeout))?;
-        let response = check_status(response).await?;
-        let bytes = read_body(response, self.request_timeout).await?;
-        serde_json::from_slice(&bytes).map_err(|e| DifyError::Protocol(format!("/audio-to-text: {e}")))
+        let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(audio), length);
+        self.post_file(key, "/audio-to-text", user, filename, mime, part).await
     }
 
     /// Reads a text aloud (`POST /text-to-audio`): the audio as Dify streams it, once its
