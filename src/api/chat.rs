@@ -397,18 +397,21 @@ fn message_of(message: &ChatMessage, index: usize) -> Result<Message, ApiError> 
 
 /// The content as parts; `origin` is the message's place in the request, for errors.
 fn parts(content: Option<&Value>, origin: &str) -> Result<Vec<Part>, ApiError> {
-    let param = format!("{origin}.content");
+    // Written out only where it is used: most content is a plain string.
+    let param = || format!("{origin}.content");
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![Part::Text(s.clone())]),
         Some(Value::Array(items)) => {
+            let param = param();
             items.iter().enumerate().map(|(i, item)| part(item, &format!("{param}[{i}]"))).collect()
         }
         Some(other) => Err(ApiError::invalid_request(format!(
-            "`{param}` must be a string or an array of content parts, got {}",
+            "`{}` must be a string or an array of content parts, got {}",
+            param(),
             kind_of(other)
         ))
-        .param(param)),
+        .param(param())),
     }
 }
 
@@ -548,7 +551,7 @@ pub fn completion(
     reason: FinishReason,
     usage: Option<&Usage>,
     created: u64,
-) -> Value {
+) -> serde_json::Result<Vec<u8>> {
     let id = super::random_id("chatcmpl-");
     let text = answer.answer();
     let tool_calls: Vec<ToolCallBody<'_>> = answer
@@ -583,7 +586,8 @@ pub fn completion(
         system_fingerprint: None,
         dify: options.metadata.then(|| super::dify_object(&answer.facts.view(), usage)),
     };
-    serde_json::to_value(&body).unwrap_or(Value::Null)
+    // Written straight to bytes: no intermediate `Value` tree to build and drop.
+    serde_json::to_vec(&body)
 }
 
 #[derive(Debug, Serialize)]

@@ -41,7 +41,9 @@ impl Dialect {
     /// carries `anthropic-version` (Anthropic's SDKs send it on every request).
     pub fn of_request(path: &str, headers: &HeaderMap) -> Dialect {
         let bare = path.split('?').next().unwrap_or(path).trim_end_matches('/');
-        let models = ["/v1/models", "/models"].iter().any(|m| bare == *m || bare.starts_with(&format!("{m}/")));
+        let models = ["/v1/models", "/models"]
+            .iter()
+            .any(|m| bare.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')));
         if models && headers.contains_key("anthropic-version") { Dialect::Anthropic } else { Dialect::of_path(path) }
     }
 
@@ -63,6 +65,11 @@ impl Dialect {
 
 /// Parses a JSON request body; a rejection names the field at fault (`messages[1].content`).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Well-formed bodies (nearly all) are parsed once, without tracking the path; a rejected
+    // one is parsed again, tracked, to name the field at fault.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(describe_parse_error)?;
     de.end().map_err(|e| ApiError::invalid_request(format!("Request body is not valid JSON: {e}")))?;

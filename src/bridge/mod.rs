@@ -28,5 +28,24 @@ pub use uploads::UploadCache;
 
 /// `prefix` and 24 random hex digits: `chatcmpl-…`, `resp_…`, `msg_…`, `call_…`.
 pub fn random_id(prefix: &str) -> String {
-    format!("{prefix}{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+    // 24 hex digits, written directly (this runs for every answer).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (high, low) = (fastrand::u64(..), fastrand::u32(..));
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    id.extend((0..16).rev().map(|i| HEX[(high >> (i * 4)) as usize & 15] as char));
+    id.extend((0..8).rev().map(|i| HEX[(low >> (i * 4)) as usize & 15] as char));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_are_the_prefix_and_24_hex_digits() {
+        let id = super::random_id("chatcmpl-");
+        let digits = id.strip_prefix("chatcmpl-").expect("prefix");
+        assert_eq!(digits.len(), 24, "{id}");
+        assert!(digits.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+        assert_ne!(super::random_id("x"), super::random_id("x"));
+    }
 }

@@ -1,11 +1,21 @@
 //! The one HTTP client to Dify. `serve` and `doctor` both go through it, so a doctor check
 //! sees the same timeouts, TLS settings, proxies and error mapping that serving does.
+//!
+//! Generations to a plain-HTTP Dify reached without a proxy (the usual sidecar setup) go
+//! through hyper's pooled client directly ([`Direct`]): reqwest, which carries everything
+//! else, parses each request's URL again in its redirect layer and each response's URL once
+//! more, about a tenth of the CPU a proxied request costs. Both paths share the body, the
+//! headers, the connection retries and the error mapping below.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::ResponseBuilderExt;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -53,9 +63,83 @@ fn tls_version_name(version: reqwest::tls::Version) -> &'static str {
     }
 }
 
+/// hyper's pooled HTTP/1 client for generations to a plain-HTTP Dify without a proxy.
+#[derive(Clone)]
+struct Direct {
+    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// The generation endpoints as hyper takes them, with the URL reqwest's responses carry.
+    endpoints: Arc<Vec<(&'static str, axum::http::Uri, reqwest::Url)>>,
+}
+
+impl Direct {
+    /// `None` when reqwest must carry generations too: https (TLS), or a proxy variable set.
+    fn for_base(options: &ClientOptions, endpoints: &[(&'static str, reqwest::Url)]) -> Option<Direct> {
+        let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()));
+        if proxied || !options.base.starts_with("http://") {
+            return None;
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|(path, url)| Some((*path, url.as_str().parse::<axum::http::Uri>().ok()?, url.clone())))
+            .collect::<Option<Vec<_>>>()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Some(Direct { client, endpoints: Arc::new(endpoints) })
+    }
+
+    async fn post(&self, path: &str, auth: &HeaderValue, body: &Bytes) -> Option<Result<reqwest::Response, Sent>> {
+        let (_, uri, url) = self.endpoints.iter().find(|(p, _, _)| *p == path)?;
+        let request = axum::http::Request::post(uri.clone())
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .header(AUTHORIZATION, auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body.clone()));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Some(Err(Sent::Other(DifyError::Request(e.to_string())))),
+        };
+        Some(match self.client.request(request).await {
+            Ok(response) => {
+                // As reqwest's own response, so that everything after the head is one path.
+                let (parts, body) = response.into_parts();
+                let mut head =
+                    axum::http::Response::builder().status(parts.status).version(parts.version).url(url.clone());
+                if let Some(headers) = head.headers_mut() {
+                    *headers = parts.headers;
+                }
+                head.body(reqwest::Body::wrap(body))
+                    .map(reqwest::Response::from)
+                    .map_err(|e| Sent::Other(DifyError::Transport(e.to_string())))
+            }
+            Err(e) if e.is_connect() => Err(Sent::Connect(e)),
+            Err(e) => Err(Sent::Other(DifyError::Transport(error_chain(&e)))),
+        })
+    }
+}
+
+/// Why a direct generation call failed.
+enum Sent {
+    /// No connection could be opened: nothing was sent (retried like reqwest's connect errors).
+    Connect(hyper_util::client::legacy::Error),
+    Other(DifyError),
+}
+
+const USER_AGENT_VALUE: &str = concat!("opendify/", env!("CARGO_PKG_VERSION"));
+
 #[derive(Clone)]
 pub struct DifyClient {
     http: reqwest::Client,
+    direct: Option<Direct>,
     base: String,
     /// The generation endpoints, parsed once: reqwest parses a URL string on every request.
     endpoints: Arc<Vec<(&'static str, reqwest::Url)>>,
@@ -67,7 +151,7 @@ pub struct DifyClient {
 impl DifyClient {
     pub fn new(options: &ClientOptions) -> Result<Self, DifyError> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!("opendify/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT_VALUE)
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -81,9 +165,10 @@ impl DifyClient {
             .iter()
             .map(|mode| mode.generate_path())
             .filter_map(|path| Some((path, reqwest::Url::parse(&format!("{}{path}", options.base)).ok()?)))
-            .collect();
+            .collect::<Vec<_>>();
         Ok(DifyClient {
             http,
+            direct: Direct::for_base(options, &endpoints),
             base: options.base.clone(),
             endpoints: Arc::new(endpoints),
             connect_timeout: options.connect_timeout,
@@ -101,7 +186,10 @@ impl DifyClient {
     }
 
     fn auth(key: &Secret) -> Result<HeaderValue, DifyError> {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+        let mut bearer = String::with_capacity(7 + key.expose().len());
+        bearer.push_str("Bearer ");
+        bearer.push_str(key.expose());
+        let mut value = HeaderValue::try_from(bearer).map_err(|_| {
             DifyError::Request(format!("app key {} contains characters not allowed in a header", key.masked()))
         })?;
         value.set_sensitive(true);
@@ -117,7 +205,8 @@ impl DifyClient {
         mode: AppMode,
         request: &GenerateRequest,
     ) -> Result<EventStream, DifyError> {
-        let url = self.url(mode.generate_path());
+        // Written out only for an error message or the reqwest path.
+        let url = || self.url(mode.generate_path());
         let parsed = self.endpoints.iter().find(|(path, _)| *path == mode.generate_path()).map(|(_, url)| url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| DifyError::Request(e.to_string()))?);
         let auth = Self::auth(key)?;
@@ -126,37 +215,48 @@ impl DifyClient {
         let response = async {
             let mut attempt = 1;
             loop {
-                let post = match parsed {
-                    Some(parsed) => self.http.post(parsed.clone()),
-                    None => self.http.post(&url),
+                let direct = match &self.direct {
+                    Some(direct) => direct.post(mode.generate_path(), &auth, &body).await,
+                    None => None,
                 };
-                let sent = post
-                    .header(AUTHORIZATION, auth.clone())
-                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match sent {
-                    Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
-                        let backoff = Duration::from_millis(100 * 3u64.pow(attempt - 1) + fastrand::u64(0..50));
-                        tracing::warn!(
-                            attempt,
-                            "🔍 cannot connect to Dify ({}); retrying in {} ms",
-                            error_chain(&e),
-                            backoff.as_millis()
-                        );
-                        tokio::time::sleep(backoff).await;
+                let sent = match direct {
+                    Some(Ok(response)) => Ok(response),
+                    Some(Err(Sent::Other(e))) => Err(e),
+                    Some(Err(Sent::Connect(e))) if attempt < CONNECT_ATTEMPTS => {
+                        self.connect_backoff(attempt, &e).await;
                         attempt += 1;
+                        continue;
                     }
-                    other => return other,
-                }
+                    Some(Err(Sent::Connect(e))) => Err(DifyError::from_connect(&e, &url(), self.connect_timeout)),
+                    None => {
+                        let post = match parsed {
+                            Some(parsed) => self.http.post(parsed.clone()),
+                            None => self.http.post(url()),
+                        };
+                        match post
+                            .header(AUTHORIZATION, auth.clone())
+                            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                            .body(body.clone())
+                            .send()
+                            .await
+                        {
+                            Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
+                                self.connect_backoff(attempt, &e).await;
+                                attempt += 1;
+                                continue;
+                            }
+                            sent => sent.map_err(|e| DifyError::from_reqwest(e, &url(), self.connect_timeout)),
+                        }
+                    }
+                };
+                return sent;
             }
         };
         // Only the wait for response headers is bounded here; the body is bounded per event
         // by the idle timeout, because a healthy stream may last many minutes.
         let response = match tokio::time::timeout(self.request_timeout, response).await {
             Err(_) => return Err(DifyError::Timeout(self.request_timeout)),
-            Ok(result) => result.map_err(|e| DifyError::from_reqwest(e, &url, self.connect_timeout))?,
+            Ok(result) => result?,
         };
         let response = check_status(response).await?;
         let is_json = response
@@ -170,6 +270,18 @@ impl DifyClient {
             return Ok(EventStream::from_blocking(&bytes, self.idle_timeout, opened));
         }
         Ok(EventStream::new(response, self.idle_timeout, opened))
+    }
+
+    /// The pause before another connection attempt (nothing was sent by the failed one).
+    async fn connect_backoff(&self, attempt: u32, error: &(dyn std::error::Error + Send + Sync)) {
+        let backoff = Duration::from_millis(100 * 3u64.pow(attempt - 1) + fastrand::u64(0..50));
+        tracing::warn!(
+            attempt,
+            "🔍 cannot connect to Dify ({}); retrying in {} ms",
+            error_chain(error),
+            backoff.as_millis()
+        );
+        tokio::time::sleep(backoff).await;
     }
 
     pub async fn info(&self, key: &Secret) -> Result<AppInfo, DifyError> {

@@ -4,8 +4,9 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 
 use super::SharedState;
 use super::auth::ClientAppKey;
@@ -39,12 +40,23 @@ pub async fn chat_completions(
     } else {
         exchange
             .complete(async |answer| {
-                let body =
-                    chat::completion(&options, &answer.collected, answer.reason, answer.usage.as_ref(), unix_now());
-                axum::Json(body).into_response()
+                match chat::completion(&options, &answer.collected, answer.reason, answer.usage.as_ref(), unix_now()) {
+                    Ok(body) => json_body(body),
+                    Err(e) => dialect.error_response(&ApiError::server(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("The answer could not be written as JSON: {e}"),
+                    )),
+                }
             })
             .await
     }
+}
+
+/// A JSON body already written to bytes, as `application/json`.
+pub fn json_body(body: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// A request refused before Dify was called: logged, and answered in the dialect's shape.

@@ -51,9 +51,10 @@ pub async fn gate(State(state): State<SharedState>, request: Request, next: Next
     let request_id = request_id(request.headers());
     let span = tracing::info_span!("request", id = request_id.to_str().unwrap_or("-"));
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // A cheap clone (shared bytes): the path is only read again for an error answer.
+    let uri = request.uri().clone();
     let response = admit(&state, request, next).instrument(span.clone()).await;
-    let mut response = super::limits::api_shaped(response, &method, &path).await;
+    let mut response = super::limits::api_shaped(response, &method, uri.path()).await;
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     response
 }
@@ -124,7 +125,8 @@ pub async fn generation(State(state): State<SharedState>, request: Request, next
     if let Some(UpstreamTime(upstream)) = response.extensions_mut().remove::<UpstreamTime>() {
         let overhead = elapsed.saturating_sub(upstream);
         state.metrics.observe_overhead(overhead);
-        let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+        let micros = overhead.as_micros();
+        let ms = format!("{}.{:03}", micros / 1000, micros % 1000);
         if let Ok(value) = HeaderValue::from_str(&ms) {
             response.headers_mut().insert(OVERHEAD_HEADER, value);
         }
