@@ -45,6 +45,21 @@ pub async fn resolve_files(
     client: &DifyClient,
     cache: &UploadCache,
 ) -> Result<Vec<FileRef>, ApiError> {
+    let attached = turn.input().iter().any(|m| m.content.iter().any(|p| !matches!(p, Part::Text(_))));
+    if !attached {
+        return Ok(Vec::new());
+    }
+    // Boxed: the upload path's future is large, and most turns carry no file.
+    Box::pin(resolve_attached(turn, route, user, client, cache)).await
+}
+
+async fn resolve_attached(
+    turn: &Turn,
+    route: &AppRoute,
+    user: &str,
+    client: &DifyClient,
+    cache: &UploadCache,
+) -> Result<Vec<FileRef>, ApiError> {
     let mut files = Vec::new();
     for message in turn.input().iter().filter(|m| matches!(m.role, Role::User | Role::Tool)) {
         files.extend(message_files(message, route, user, client, cache).await?);

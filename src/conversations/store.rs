@@ -12,6 +12,8 @@ use super::record::{
 use super::redis_store::RedisStore;
 use super::sqlite::SqliteStore;
 
+/// The Redis calls are boxed where they are awaited: their futures are large, and unboxed
+/// they would size (and be copied with) every request's future, whichever store is in use.
 pub enum Store {
     Sqlite(SqliteStore),
     Redis(RedisStore),
@@ -60,21 +62,21 @@ impl Store {
                 }
                 None => Ok(None),
             },
-            Store::Redis(r) => r.turn_with_conversation(fp).await,
+            Store::Redis(r) => Box::pin(r.turn_with_conversation(fp)).await,
         }
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.conversation(id),
-            Store::Redis(r) => r.conversation(id).await,
+            Store::Redis(r) => Box::pin(r.conversation(id)).await,
         }
     }
 
     pub async fn chat(&self, app: &str, user: &str, chat_id: &str) -> Result<Option<String>, StoreError> {
         match self {
             Store::Sqlite(s) => s.chat(app, user, chat_id),
-            Store::Redis(r) => r.chat(app, user, chat_id).await,
+            Store::Redis(r) => Box::pin(r.chat(app, user, chat_id)).await,
         }
     }
 
@@ -88,7 +90,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.record(fp, turn, conversation),
-            Store::Redis(r) => r.record(fp, &turn, &conversation).await,
+            Store::Redis(r) => Box::pin(r.record(fp, &turn, &conversation)).await,
         }
     }
 
@@ -108,7 +110,7 @@ impl Store {
                 s.forget(conversation_id);
                 Ok(())
             }
-            Store::Redis(r) => r.forget(conversation_id).await,
+            Store::Redis(r) => Box::pin(r.forget(conversation_id)).await,
         }
     }
 
@@ -119,14 +121,14 @@ impl Store {
                 s.put_response(record);
                 Ok(())
             }
-            Store::Redis(r) => r.put_response(&record).await,
+            Store::Redis(r) => Box::pin(r.put_response(&record)).await,
         }
     }
 
     pub async fn response(&self, id: &str) -> Result<Option<ResponseRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.response(id),
-            Store::Redis(r) => r.response(id).await,
+            Store::Redis(r) => Box::pin(r.response(id)).await,
         }
     }
 
@@ -136,7 +138,7 @@ impl Store {
                 s.delete_response(id);
                 Ok(())
             }
-            Store::Redis(r) => r.delete_response(id).await,
+            Store::Redis(r) => Box::pin(r.delete_response(id)).await,
         }
     }
 
@@ -149,28 +151,28 @@ impl Store {
     ) -> Result<Option<super::redis_store::Acquired>, StoreError> {
         match self {
             Store::Sqlite(_) => Ok(None),
-            Store::Redis(r) => r.lease(lock, conversation).await.map(Some),
+            Store::Redis(r) => Box::pin(r.lease(lock, conversation)).await.map(Some),
         }
     }
 
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.health().await,
-            Store::Redis(r) => r.health().await,
+            Store::Redis(r) => Box::pin(r.health()).await,
         }
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         match self {
             Store::Sqlite(s) => s.stats().await,
-            Store::Redis(r) => r.stats().await,
+            Store::Redis(r) => Box::pin(r.stats()).await,
         }
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list(filter).await,
-            Store::Redis(r) => r.list(filter).await,
+            Store::Redis(r) => Box::pin(r.list(filter)).await,
         }
     }
 

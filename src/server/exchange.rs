@@ -336,7 +336,13 @@ impl Exchange {
     /// conversation) up to STRUCTURED_OUTPUT_RETRIES times, then refused with a 502.
     pub async fn complete(mut self, render: impl AsyncFnOnce(&Answer) -> Response) -> Response {
         let _busy = Busy::begin();
-        if let Some(follow_ups) = self.dify_follow_ups().await {
+        // Boxed, and only for Open WebUI's follow-up task: its future would otherwise size
+        // (and be copied with) every answer's.
+        let follow_ups = match self.follow_ups_of {
+            Some(_) => Box::pin(self.dify_follow_ups()).await,
+            None => None,
+        };
+        if let Some(follow_ups) = follow_ups {
             let mut collected = Collected::default();
             collected.content = serde_json::json!({ "follow_ups": follow_ups }).to_string();
             let answer =

@@ -95,7 +95,8 @@ impl Finisher {
             self.state.metrics.observe_store(recording.elapsed());
         }
         if let (Some(keeper), Some(body)) = (&self.keeper, summary) {
-            keeper.keep(end.conversation_id.clone(), body).await;
+            // Boxed: only Responses API answers are kept.
+            Box::pin(keeper.keep(end.conversation_id.clone(), body)).await;
         }
         if let (Some(discard), Some(conversation)) = (self.discard, end.conversation_id.clone()) {
             // In the background: the client has its answer; a failure is only logged.
