@@ -10,7 +10,9 @@
 //! `synchronous=NORMAL`, which WAL mode is made for, a power cut could already lose the last
 //! commits.)
 
-use std::collections::HashMap;
+/// The in-memory maps of pending turns: foldhash (randomly seeded per process) instead of
+/// SipHash, which showed in every turn's profile.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -622,30 +624,36 @@ fn commit(conn: &mut Connection, path: &Path, writes: &[Op]) {
 
 /// For each answered turn: the fingerprint, the conversation's new latest turn and, when the
 /// client sent a chat id, the chat mapping. For each forgotten conversation: every row of it.
+const PUT_TURN: &str =
+    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const PUT_CONVERSATION: &str = "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn,
+         latest_message_id, created_at, updated_at, tools) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
+     ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
+         latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
+         model = excluded.model, updated_at = excluded.updated_at, tools = excluded.tools";
+
 fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(|e| classify(path, e))?;
+    write_batch(&tx, path, ops)?;
+    tx.commit().map_err(|e| classify(path, e))
+}
+
+/// The ops of one commit. The statements every turn runs are taken from the cache once per
+/// batch, not once per turn (each take hashes the SQL text).
+fn write_batch(tx: &Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
     let now = now_secs() as i64;
+    let mut put_turn = tx.prepare_cached(PUT_TURN).map_err(|e| classify(path, e))?;
+    let mut put_conversation = tx.prepare_cached(PUT_CONVERSATION).map_err(|e| classify(path, e))?;
     for op in ops {
         match op {
             Op::Record { fp, turn, conversation: c, .. } => {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .and_then(|mut s| {
-                    let tools = turn.tools.map(|t| t as i64);
-                    s.execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now, tools])
-                })
-                .map_err(|e| classify(path, e))?;
-                tx.prepare_cached(
-                    "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn,
-                         latest_message_id, created_at, updated_at, tools) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
-                     ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
-                         latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
-                         model = excluded.model, updated_at = excluded.updated_at, tools = excluded.tools",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
+                let tools = turn.tools.map(|t| t as i64);
+                put_turn
+                    .execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now, tools])
+                    .map_err(|e| classify(path, e))?;
+                put_conversation
+                    .execute(params![
                         c.conversation_id,
                         c.app,
                         c.model,
@@ -656,8 +664,7 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
                         now,
                         c.tools.map(|t| t as i64)
                     ])
-                })
-                .map_err(|e| classify(path, e))?;
+                    .map_err(|e| classify(path, e))?;
                 if let Some(chat_id) = &c.chat_id {
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
@@ -702,7 +709,7 @@ fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), Store
             Op::Prune(_) | Op::Flush(_) => {}
         }
     }
-    tx.commit().map_err(|e| classify(path, e))
+    Ok(())
 }
 
 /// Imports `conversation_mappings.json` of the original proxy, found beside the store,

@@ -22,6 +22,8 @@ pub struct EventStream {
     /// When the request was sent, and when the latest event arrived.
     opened: Instant,
     last_event: Instant,
+    /// When bytes last arrived (or the stream began): the idle deadline counts from here.
+    last_read: Instant,
 }
 
 enum Source {
@@ -39,6 +41,7 @@ impl EventStream {
             ended: false,
             opened,
             last_event: Instant::now(),
+            last_read: Instant::now(),
         }
     }
 
@@ -53,6 +56,7 @@ impl EventStream {
             ended: true,
             opened,
             last_event: Instant::now(),
+            last_read: Instant::now(),
         }
     }
 
@@ -87,18 +91,27 @@ impl EventStream {
                     Err(SseError::TooLarge { limit }) => Some(Err(DifyError::TooLarge { limit })),
                 };
             }
-            self.deadline.as_mut().reset(Instant::now() + self.idle);
+            // The idle deadline is not moved on every read (each move is a trip through the
+            // timer wheel): when it fires, it is re-armed from the latest read if there was one.
             tokio::select! {
                 biased;
-                chunk = response.chunk() => match chunk {
-                    Ok(Some(bytes)) => self.parser.feed(&bytes),
-                    Ok(None) => self.ended = true,
-                    Err(e) => {
-                        self.ended = true;
-                        return Some(Err(DifyError::Transport(error_chain(&e))));
+                chunk = response.chunk() => {
+                    self.last_read = Instant::now();
+                    match chunk {
+                        Ok(Some(bytes)) => self.parser.feed(&bytes),
+                        Ok(None) => self.ended = true,
+                        Err(e) => {
+                            self.ended = true;
+                            return Some(Err(DifyError::Transport(error_chain(&e))));
+                        }
                     }
-                },
+                }
                 () = &mut self.deadline => {
+                    let quiet_since = self.last_read;
+                    if quiet_since.elapsed() < self.idle {
+                        self.deadline.as_mut().reset(quiet_since + self.idle);
+                        continue;
+                    }
                     self.ended = true;
                     return Some(Err(DifyError::Idle(self.idle)));
                 }
