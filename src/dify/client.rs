@@ -493,3 +493,71 @@ impl DifyClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mock_dify::{MockApp, MockDify};
+
+    async fn answer_events(client: &DifyClient) -> Vec<String> {
+        let request = GenerateRequest {
+            query: Some("hi".into()),
+            response_mode: "streaming",
+            user: "u1".into(),
+            ..GenerateRequest::default()
+        };
+        let key = Secret::new("app-chat".to_string());
+        let mut events = client.generate(&key, AppMode::Chat, &request).await.expect("generation started");
+        let mut seen = Vec::new();
+        while let Some(event) = events.next().await {
+            let event: serde_json::Value = serde_json::from_str(&event.expect("event").data).expect("json");
+            seen.push(format!("{}:{}", event["event"].as_str().unwrap_or(""), event["answer"].as_str().unwrap_or("")));
+        }
+        seen
+    }
+
+    /// The direct path (plain HTTP, no proxy) and reqwest's (https or a proxy) send the same
+    /// request and read the same events.
+    #[tokio::test]
+    async fn both_paths_to_dify_read_the_same_answer() {
+        let mock = MockDify::start(vec![MockApp::new("app-chat", "Chat", "chat")]).await.expect("mock");
+        let options = ClientOptions {
+            base: mock.base_url(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let direct = DifyClient::new(&options).expect("client");
+        assert!(direct.direct.is_some() || std::env::var("HTTP_PROXY").is_ok(), "plain HTTP goes direct");
+        let mut via_reqwest = direct.clone();
+        via_reqwest.direct = None;
+        let (one, two) = (answer_events(&direct).await, answer_events(&via_reqwest).await);
+        assert_eq!(one, two);
+        assert_eq!(one.concat().matches("message:").count() + 1, one.len(), "{one:?}");
+        assert_eq!(one.last().map(String::as_str), Some("message_end:"), "{one:?}");
+        let sent = mock.generations();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].body, sent[1].body, "the same request body either way");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_naming_the_url_after_the_retries() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let options = ClientOptions {
+            base: format!("http://127.0.0.1:{port}/v1"),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let client = DifyClient::new(&options).expect("client");
+        let key = Secret::new("app-chat".to_string());
+        let request = GenerateRequest { query: Some("hi".into()), response_mode: "streaming", ..Default::default() };
+        match client.generate(&key, AppMode::Chat, &request).await {
+            Err(DifyError::Connect { url, .. }) => assert_eq!(url, format!("http://127.0.0.1:{port}/v1/chat-messages")),
+            Err(other) => panic!("expected a connect error, got {other}"),
+            Ok(_) => panic!("expected a connect error, got a stream"),
+        }
+    }
+}
