@@ -10,9 +10,6 @@
 //! `synchronous=NORMAL`, which WAL mode is made for, a power cut could already lose the last
 //! commits.)
 
-/// The in-memory maps of pending turns: foldhash (randomly seeded per process) instead of
-/// SipHash, which showed in every turn's profile.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,6 +18,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::fingerprint::Fingerprint;
 use super::record::{ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreStats, TurnRecord, now_secs};
+
+/// The in-memory maps of pending turns: foldhash (randomly seeded per process) instead of
+/// SipHash, which showed in every turn's profile.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 const SCHEMA_VERSION: &str = "1";
 /// Size bound: beyond this many turns, the oldest are pruned first.
@@ -622,8 +623,6 @@ fn commit(conn: &mut Connection, path: &Path, writes: &[Op]) {
     }
 }
 
-/// For each answered turn: the fingerprint, the conversation's new latest turn and, when the
-/// client sent a chat id, the chat mapping. For each forgotten conversation: every row of it.
 const PUT_TURN: &str =
     "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -633,14 +632,17 @@ const PUT_CONVERSATION: &str = "INSERT INTO conversations (conversation_id, app,
          latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
          model = excluded.model, updated_at = excluded.updated_at, tools = excluded.tools";
 
+/// One transaction of ops, committed.
 fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(|e| classify(path, e))?;
     write_batch(&tx, path, ops)?;
     tx.commit().map_err(|e| classify(path, e))
 }
 
-/// The ops of one commit. The statements every turn runs are taken from the cache once per
-/// batch, not once per turn (each take hashes the SQL text).
+/// For each answered turn: the fingerprint, the conversation's new latest turn and, when the
+/// client sent a chat id, the chat mapping. For each forgotten conversation: every row of it.
+/// The statements every turn runs are taken from the cache once per batch, not once per turn
+/// (each take hashes the SQL text).
 fn write_batch(tx: &Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
     let now = now_secs() as i64;
     let mut put_turn = tx.prepare_cached(PUT_TURN).map_err(|e| classify(path, e))?;

@@ -6,13 +6,13 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::SharedState;
 use super::auth::ClientAppKey;
-use super::chat::{rejected, with_content_type_hint};
+use super::chat::{json_body, rejected, with_content_type_hint};
 use super::exchange::Exchange;
 use crate::api::responses::{self, ResponsesEncoder};
 use crate::api::{Dialect, random_id, unix_now};
@@ -96,11 +96,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Viewing {
 /// `GET /v1/responses/{id}`: the response as its client got it.
 pub async fn retrieve(State(state): State<SharedState>, Path(id): Path<String>, request: Viewing) -> Response {
     match owned(&state, &request, &id).await {
-        Ok(record) => {
-            let mut response = record.body.into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Ok(record) => json_body(record.body.into_bytes()),
         Err(error) => rejected(Dialect::OpenAi, error),
     }
 }
