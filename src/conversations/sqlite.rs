@@ -154,12 +154,10 @@ impl SqliteStore {
                  CREATE TABLE IF NOT EXISTS turns (
                      fingerprint BLOB PRIMARY KEY, conversation_id TEXT NOT NULL, turn INTEGER NOT NULL,
                      message_id TEXT, updated_at INTEGER NOT NULL, tools INTEGER) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS turns_updated ON turns(updated_at);
                  CREATE TABLE IF NOT EXISTS conversations (
                      conversation_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, user TEXT NOT NULL,
                      chat_id TEXT, latest_turn INTEGER NOT NULL, latest_message_id TEXT,
                      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, tools INTEGER);
-                 CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated_at);
                  CREATE TABLE IF NOT EXISTS responses (
                      id TEXT PRIMARY KEY, app TEXT NOT NULL, user TEXT NOT NULL, conversation_id TEXT,
                      tools INTEGER, body TEXT NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
@@ -167,12 +165,16 @@ impl SqliteStore {
                      app TEXT NOT NULL, user TEXT NOT NULL, chat_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
                      updated_at INTEGER NOT NULL, PRIMARY KEY (app, user, chat_id)) WITHOUT ROWID;
                  INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
-                 -- Each index on a random key costs every turn a page write. Turns of a dropped
-                 -- conversation are left to expire (lookups join the conversation), the doctor's
-                 -- rare scans need no index: files from earlier versions lose these three.
+                 -- Each secondary index costs every turn a B-tree insert, and one on a random
+                 -- key a page write. Turns of a dropped conversation are left to expire (lookups
+                 -- join the conversation); the hourly prune and the doctor's rare listings scan
+                 -- instead of keeping time indexes (20% of a turn's cost with random
+                 -- fingerprints): files from earlier versions lose these five.
                  DROP INDEX IF EXISTS turns_conversation;
                  DROP INDEX IF EXISTS conversations_user;
-                 DROP INDEX IF EXISTS chats_conversation;",
+                 DROP INDEX IF EXISTS chats_conversation;
+                 DROP INDEX IF EXISTS turns_updated;
+                 DROP INDEX IF EXISTS conversations_updated;",
             )
             .map_err(|e| classify(path, e))?;
             // Files from before tool emulation get the column for its definitions hash.
@@ -513,7 +515,8 @@ fn stats(conn: &Connection, path: &Path, cutoff: i64) -> Result<StoreStats, Stor
     Ok(stats)
 }
 
-fn prune(conn: &mut Connection, path: &Path, cutoff: i64) -> Result<u64, StoreError> {
+/// Deletes what expired before `cutoff` and, beyond `max_turns` turns, the oldest turns.
+fn prune(conn: &mut Connection, path: &Path, cutoff: i64, max_turns: i64) -> Result<u64, StoreError> {
     let tx = conn.transaction().map_err(|e| classify(path, e))?;
     let removed = tx
         .execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff])
@@ -521,12 +524,17 @@ fn prune(conn: &mut Connection, path: &Path, cutoff: i64) -> Result<u64, StoreEr
     tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM responses WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
-    tx.execute(
-        "DELETE FROM turns WHERE fingerprint IN
-           (SELECT fingerprint FROM turns ORDER BY updated_at DESC LIMIT -1 OFFSET ?1)",
-        params![MAX_TURNS],
-    )
-    .map_err(|e| classify(path, e))?;
+    // Over the size bound, the oldest turns go. Counted first: without a time index, finding
+    // the oldest sorts the table, which only an oversized store should pay for.
+    let turns: i64 = tx.query_row("SELECT count(*) FROM turns", [], |r| r.get(0)).map_err(|e| classify(path, e))?;
+    if turns > max_turns {
+        tx.execute(
+            "DELETE FROM turns WHERE fingerprint IN
+               (SELECT fingerprint FROM turns ORDER BY updated_at ASC LIMIT ?1)",
+            params![turns - max_turns],
+        )
+        .map_err(|e| classify(path, e))?;
+    }
     tx.commit().map_err(|e| classify(path, e))?;
     Ok(removed as u64)
 }
@@ -588,7 +596,7 @@ fn write_loop(mut conn: Connection, path: &Path, ttl: Duration, shared: &Shared)
         }
         for done in prunes {
             let cutoff = now_secs().saturating_sub(ttl.as_secs()) as i64;
-            let _ = done.send(prune(&mut conn, path, cutoff));
+            let _ = done.send(prune(&mut conn, path, cutoff, MAX_TURNS));
         }
         for done in flushes {
             let _ = done.send(());
@@ -807,6 +815,50 @@ fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_removes_what_expired_and_beyond_the_bound_the_oldest_turns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        drop(SqliteStore::open(&path, Duration::from_secs(3600), true).expect("create"));
+        let mut conn = connect(&path, false).expect("connect");
+        // Six turns of six conversations, one a second apart from t=100.
+        for i in 0..6i64 {
+            let id = format!("conversation-{i}");
+            conn.execute(
+                "INSERT INTO turns (fingerprint, conversation_id, turn, updated_at) VALUES (?1, ?2, 1, ?3)",
+                params![vec![i as u8; 32], id, 100 + i],
+            )
+            .expect("turn");
+            conn.execute(
+                "INSERT INTO conversations (conversation_id, app, model, user, latest_turn, created_at, updated_at)
+                 VALUES (?1, 'app', 'm', 'u', 1, ?2, ?2)",
+                params![id, 100 + i],
+            )
+            .expect("conversation");
+        }
+        let left = |conn: &Connection, table: &str| -> Vec<i64> {
+            let mut stmt = conn.prepare(&format!("SELECT updated_at FROM {table} ORDER BY updated_at")).expect("prepare");
+            stmt.query_map([], |r| r.get(0)).expect("query").collect::<Result<_, _>>().expect("rows")
+        };
+        // Under the bound: only what is older than the cutoff goes.
+        assert_eq!(prune(&mut conn, &path, 101, 10).expect("prune"), 1);
+        assert_eq!(left(&conn, "turns"), vec![101, 102, 103, 104, 105]);
+        assert_eq!(left(&conn, "conversations"), vec![101, 102, 103, 104, 105]);
+        // Over the bound: the oldest turns go until it is met; conversations stay until they expire.
+        prune(&mut conn, &path, 0, 3).expect("prune");
+        assert_eq!(left(&conn, "turns"), vec![103, 104, 105]);
+        assert_eq!(left(&conn, "conversations"), vec![101, 102, 103, 104, 105]);
+        // A file from an earlier version loses its time indexes when opened.
+        conn.execute_batch("CREATE INDEX turns_updated ON turns(updated_at)").expect("old index");
+        drop(conn);
+        drop(SqliteStore::open(&path, Duration::from_secs(3600), true).expect("reopen"));
+        let conn = connect(&path, false).expect("connect");
+        let indexes: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%updated'", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(indexes, 0);
+    }
 
     fn turn(i: u8) -> (Fingerprint, TurnRecord, ConversationRecord) {
         let conversation_id = format!("conversation-{i}");
