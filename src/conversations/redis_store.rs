@@ -350,6 +350,11 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// How many conversations are stored (`/metrics`): their keys counted, none read.
+    pub async fn conversation_count(&self) -> Result<u64, StoreError> {
+        Ok(self.scan(&format!("{PREFIX}:conv:*")).await?.len() as u64)
+    }
+
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let conversations = self.all_conversations().await?;
         let mut stats = StoreStats {

@@ -447,6 +447,16 @@ impl SqliteStore {
         self.read_blocking(stats).await
     }
 
+    /// How many conversations the file holds (`/metrics`): one count, not the doctor's stats.
+    pub async fn conversation_count(&self) -> Result<u64, StoreError> {
+        self.read_blocking(|conn, path, _| {
+            conn.query_row("SELECT count(*) FROM conversations", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(|e| classify(path, e))
+        })
+        .await
+    }
+
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
         let filter = filter.clone();
         self.read_blocking(move |conn, path, _| {
@@ -906,6 +916,7 @@ mod tests {
         assert_eq!(store.chat("app", "u", "chat-4").expect("chat"), Some("conversation-4".into()));
         store.flush().await;
         assert_eq!(store.stats().await.expect("stats").conversations, 64);
+        assert_eq!(store.conversation_count().await.expect("count"), 64);
     }
 
     #[tokio::test]

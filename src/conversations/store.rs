@@ -162,6 +162,14 @@ impl Store {
         }
     }
 
+    /// How many conversations are stored, without the rest of [`Store::stats`].
+    pub async fn conversation_count(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.conversation_count().await,
+            Store::Redis(r) => Box::pin(r.conversation_count()).await,
+        }
+    }
+
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         match self {
             Store::Sqlite(s) => s.stats().await,

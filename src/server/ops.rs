@@ -65,13 +65,14 @@ async fn mappings(state: &SharedState) -> Option<u64> {
         return Some(n);
     }
     let started = Instant::now();
-    let stats = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().stats()).await;
+    // Only the count: the doctor's full stats read every conversation (on Redis, one
+    // round trip each).
+    let count = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().conversation_count()).await;
     state.metrics.observe_store(started.elapsed());
-    match stats {
-        Ok(Ok(stats)) => {
-            *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((Instant::now(), stats.conversations));
-            Some(stats.conversations)
+    match count {
+        Ok(Ok(n)) => {
+            *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), n));
+            Some(n)
         }
         _ => cached.map(|(_, n)| n),
     }

@@ -420,6 +420,10 @@ async fn two_instances_sharing_redis_continue_each_others_conversations() {
     )
     .await;
     assert_eq!(conversations_with(&mock, "redis first")[0].queries, ["redis first", "redis second", "redis third"]);
+    // Either instance counts the one shared conversation for /metrics.
+    let metrics = client().get(b.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    let mappings = metrics.lines().find_map(|l| l.strip_prefix("opendify_conversation_mappings ")).map(str::trim);
+    assert_eq!(mappings, Some("1"), "{metrics}");
 
     // Redis goes away while serving: answers continue, statelessly, never a 500.
     drop(redis);
