@@ -449,12 +449,7 @@ impl SqliteStore {
 
     /// How many conversations the file holds (`/metrics`): one count, not the doctor's stats.
     pub async fn conversation_count(&self) -> Result<u64, StoreError> {
-        self.read_blocking(|conn, path, _| {
-            conn.query_row("SELECT count(*) FROM conversations", [], |r| r.get::<_, i64>(0))
-                .map(|n| n.max(0) as u64)
-                .map_err(|e| classify(path, e))
-        })
-        .await
+        self.read_blocking(|conn, path, _| count_rows(conn, path, COUNT_CONVERSATIONS)).await
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
@@ -495,12 +490,17 @@ impl Drop for SqliteStore {
 }
 
 /// Counts and ages of what the file holds (the doctor, `/metrics`).
+const COUNT_CONVERSATIONS: &str = "SELECT count(*) FROM conversations";
+
+/// The one number a counting query answers.
+fn count_rows(conn: &Connection, path: &Path, sql: &str) -> Result<u64, StoreError> {
+    conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64).map_err(|e| classify(path, e))
+}
+
 fn stats(conn: &Connection, path: &Path, cutoff: i64) -> Result<StoreStats, StoreError> {
-    let count = |sql: &str| -> Result<u64, StoreError> {
-        conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64).map_err(|e| classify(path, e))
-    };
+    let count = |sql: &str| count_rows(conn, path, sql);
     let mut stats = StoreStats {
-        conversations: count("SELECT count(*) FROM conversations")?,
+        conversations: count(COUNT_CONVERSATIONS)?,
         turns: count("SELECT count(*) FROM turns")?,
         chats: count("SELECT count(*) FROM chats")?,
         expired: count(&format!("SELECT count(*) FROM conversations WHERE updated_at < {cutoff}"))?,
@@ -538,7 +538,7 @@ fn prune(conn: &mut Connection, path: &Path, cutoff: i64, max_turns: i64) -> Res
     tx.execute("DELETE FROM responses WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     // Over the size bound, the oldest turns go. Counted first: without a time index, finding
     // the oldest sorts the table, which only an oversized store should pay for.
-    let turns: i64 = tx.query_row("SELECT count(*) FROM turns", [], |r| r.get(0)).map_err(|e| classify(path, e))?;
+    let turns = count_rows(&tx, path, "SELECT count(*) FROM turns")? as i64;
     if turns > max_turns {
         tx.execute(
             "DELETE FROM turns WHERE fingerprint IN
