@@ -39,21 +39,22 @@ pub struct FileRef {
 }
 
 /// One streamed event, flat: every field any event type carries, all optional. Borrowed
-/// where it can be, since `answer` deltas are the hot path.
+/// where it can be, since `answer` deltas are the hot path (the optional ones through
+/// [`borrowed`]: serde borrows a bare `Cow<str>`, but copies one inside an `Option`).
 #[derive(Debug, Deserialize)]
 pub struct Event<'a> {
     #[serde(borrow)]
     pub event: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub answer: Option<Cow<'a, str>>,
     /// The ids every event repeats: borrowed too, so an event costs no allocation for them.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub conversation_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub message_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub task_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub workflow_run_id: Option<String>,
@@ -90,6 +91,13 @@ pub struct Event<'a> {
     /// `message_replace` frames.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// An optional string borrowed from the frame when it has no escapes (copied when it has).
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|Text(text)| text))
 }
 
 impl Event<'_> {
@@ -248,4 +256,22 @@ pub struct ErrorBody {
     pub code: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_borrow_their_ids_and_answer_unless_escaped() {
+        let frame = r#"{"event":"message","answer":"Hi \"there\"","conversation_id":"c-1","message_id":"m-1","task_id":"t-1","id":"m-1"}"#;
+        let event: Event<'_> = serde_json::from_str(frame).unwrap();
+        let borrowed = |c: &Option<Cow<'_, str>>| matches!(c, Some(Cow::Borrowed(_)));
+        assert!(borrowed(&event.conversation_id) && borrowed(&event.message_id));
+        assert!(borrowed(&event.task_id) && borrowed(&event.id));
+        assert_eq!(event.answer.as_deref(), Some("Hi \"there\""));
+        assert!(matches!(event.answer, Some(Cow::Owned(_))), "an escaped string is unescaped into a copy");
+        let end: Event<'_> = serde_json::from_str(r#"{"event":"message_end","answer":null}"#).unwrap();
+        assert!(end.answer.is_none() && end.conversation_id.is_none());
+    }
 }
