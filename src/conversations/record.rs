@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::fingerprint::Fingerprint;
 use crate::finding::Finding;
 use crate::secret::mask_url_credentials;
 
@@ -47,6 +48,21 @@ pub struct TurnRecord {
     /// The tool definitions the conversation was told about by then (a hash), so they are
     /// sent again only when they change.
     pub tools: Option<u64>,
+    /// This is its conversation's opening turn and all the store holds of it (SQLite: the
+    /// conversation has no row of its own yet). The next turn's record says so
+    /// ([`Placement::Next`]).
+    #[serde(skip)]
+    pub opening: bool,
+}
+
+/// Where a recorded turn stands in its conversation, as the resolver decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The first turn of a conversation Dify starts with this answer.
+    Opening,
+    /// A turn of a conversation Dify already has. `opening` is the fingerprint of the
+    /// conversation's opening turn when that turn was still all the store held of it.
+    Next { opening: Option<Fingerprint> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -427,6 +427,8 @@ fn turn_from(mut fields: HashMap<String, String>) -> Option<TurnRecord> {
         turn: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
         message_id: fields.remove("m").filter(|m| !m.is_empty()),
         tools: fields.get("x").and_then(|x| x.parse().ok()),
+        // Redis writes every conversation's hash with its first turn.
+        opening: false,
     })
 }
 

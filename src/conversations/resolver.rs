@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::fingerprint::{Fingerprinter, app_id};
-use super::record::{ConversationRecord, StoreError, TurnRecord};
+use super::fingerprint::{Fingerprint, Fingerprinter, app_id};
+use super::record::{ConversationRecord, Placement, StoreError, TurnRecord};
 use super::redis_store::Lease;
 use super::store::Store;
 use crate::bridge::ConversationPlan;
@@ -82,6 +82,20 @@ pub struct Recorder {
     lock: Option<Guard>,
     /// The tool definitions the conversation has after this turn (a hash).
     pub tools: Option<u64>,
+    /// The continued conversation's opening turn, when that turn is all the store holds of it.
+    opening: Option<Fingerprint>,
+    /// When the continued conversation started (0: unknown, or a new one).
+    created_at: u64,
+    /// Dify was asked for a new conversation (set from the final plan by [`Recorder::asked`]).
+    starts_conversation: bool,
+}
+
+impl Recorder {
+    /// What Dify was finally asked: to continue a conversation, or to start one (also when a
+    /// stale conversation was dropped and the request sent again).
+    pub fn asked(&mut self, plan: &ConversationPlan) {
+        self.starts_conversation = plan.conversation_id.is_none();
+    }
 }
 
 /// A held conversation (or chat) lock: this process's own, which remembers when a turn was
@@ -192,6 +206,9 @@ impl Conversations {
             chat_id: req.chat_id.map(str::to_string),
             lock,
             tools: None,
+            opening: None,
+            created_at: 0,
+            starts_conversation: false,
         };
         let fresh = |continuity: Continuity, recorder: Option<Recorder>| Decision {
             plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
@@ -220,8 +237,7 @@ impl Conversations {
                 let mapped = self.store.chat(&app, req.user, chat_id).await?;
                 let matched = if has_history { self.store.turn_with_conversation(&prefix_fp).await? } else { None };
                 if let Some((found, conversation)) = matched {
-                    let latest = conversation.map(|c| c.latest_turn);
-                    return Ok(self.place(found, latest, &recorder, Some(lock), has_history));
+                    return Ok(self.place(found, conversation, &prefix_fp, &recorder, Some(lock), has_history));
                 }
                 if let (Some(conversation_id), true) = (mapped, has_history) {
                     // The history did not match (a client rewrote it), but the chat id is
@@ -249,16 +265,16 @@ impl Conversations {
                 // Read again when another request on this conversation held the lock, recorded
                 // a turn since the read, or (another instance) moved it on: it may have changed.
                 let moved_on = locked.latest_turn.is_some_and(|latest| Some(latest) != latest_read);
-                let (found, latest) =
+                let (found, conversation) =
                     if locked.waited || moved_on || (*locked.guard.local).is_some_and(|at| at >= read_at) {
                         match self.store.turn_with_conversation(&prefix_fp).await? {
-                            Some((found, conversation)) => (found, conversation.map(|c| c.latest_turn)),
+                            Some((found, conversation)) => (found, conversation),
                             None => (found, None),
                         }
                     } else {
-                        (found, latest_read)
+                        (found, conversation)
                     };
-                return Ok(self.place(found, latest, &recorder, Some(locked.guard), has_history));
+                return Ok(self.place(found, conversation, &prefix_fp, &recorder, Some(locked.guard), has_history));
             }
             Ok(fresh(Continuity::New, Some(recorder(None))))
         }
@@ -275,23 +291,31 @@ impl Conversations {
         }
     }
 
-    /// The history matched a recorded turn: the next turn of its conversation (`latest`, read
-    /// under the lock, is that turn), or a branch.
+    /// The history (fingerprint `prefix`) matched a recorded turn: the next turn of its
+    /// conversation (whose latest turn, read under the lock, is that turn), or a branch.
     fn place(
         &self,
         found: TurnRecord,
-        latest: Option<u32>,
+        conversation: Option<ConversationRecord>,
+        prefix: &Fingerprint,
         recorder: &(dyn Fn(Option<Guard>) -> Recorder + Sync),
         lock: Option<Guard>,
         has_history: bool,
     ) -> Decision {
+        let latest = conversation.as_ref().map(|c| c.latest_turn);
+        let continuing = |lock: Option<Guard>| {
+            let mut continued = recorder(lock);
+            continued.opening = found.opening.then_some(*prefix);
+            continued.created_at = conversation.as_ref().map_or(0, |c| c.created_at);
+            continued
+        };
         match latest {
             Some(latest) if latest == found.turn => Decision {
+                recorder: Some(continuing(lock)),
                 plan: ConversationPlan { conversation_id: Some(found.conversation_id), ..Default::default() },
                 continuity: Continuity::Fingerprint,
                 from_store: true,
                 tools_sent: found.tools,
-                recorder: Some(recorder(lock)),
             },
             Some(_) if self.branch_with_parent && found.message_id.is_some() => Decision {
                 plan: ConversationPlan {
@@ -302,7 +326,7 @@ impl Conversations {
                 continuity: Continuity::Branch,
                 from_store: true,
                 tools_sent: found.tools,
-                recorder: Some(recorder(lock)),
+                recorder: Some(continuing(lock)),
             },
             _ => Decision {
                 // Regenerate/edit of an earlier turn, or the conversation expired: a new
@@ -327,6 +351,12 @@ impl Conversations {
             turn: recorder.turn,
             message_id: message_id.map(str::to_string),
             tools: recorder.tools,
+            opening: false,
+        };
+        let placement = if recorder.starts_conversation {
+            Placement::Opening
+        } else {
+            Placement::Next { opening: recorder.opening }
         };
         let conversation = ConversationRecord {
             conversation_id: conversation_id.to_string(),
@@ -337,10 +367,10 @@ impl Conversations {
             latest_turn: recorder.turn,
             latest_message_id: message_id.map(str::to_string),
             tools: recorder.tools,
-            created_at: 0,
+            created_at: recorder.created_at,
             updated_at: 0,
         };
-        let result = self.store.record(&fingerprint, turn, conversation).await;
+        let result = self.store.record(&fingerprint, turn, conversation, placement).await;
         if let Some(mut lock) = recorder.lock {
             // After the record is visible: a request that read before this instant reads again.
             *lock.local = Some(Instant::now());

@@ -9,6 +9,16 @@
 //! those conversations continue as new ones seeded with their history. (With
 //! `synchronous=NORMAL`, which WAL mode is made for, a power cut could already lose the last
 //! commits.)
+//!
+//! A conversation's opening turn is one row. Each row keyed by a random value (a fingerprint,
+//! Dify's conversation id) costs a turn a page written at a random place in the file, and
+//! most conversations through an API are a single question: so until a conversation has a
+//! second turn, its opening turn's row also carries the conversation (`app` is set on it) and
+//! the conversations table has no row for it. The second turn writes that row and clears the
+//! mark. Opening turns of conversations with a client chat id are not kept this way: the
+//! chat's row is written anyway, and the chat's conversation is looked up by its id.
+//! A forgotten conversation leaves a tombstone row (`latest_turn` 0) until its turns expire,
+//! so that an opening turn is not found again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,7 +27,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::fingerprint::Fingerprint;
-use super::record::{ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreStats, TurnRecord, now_secs};
+use super::record::{
+    ConversationRecord, ListFilter, Placement, ResponseRecord, StoreError, StoreStats, TurnRecord, now_secs,
+};
 
 /// The in-memory maps of pending turns: foldhash (randomly seeded per process) instead of
 /// SipHash, which showed in every turn's profile.
@@ -32,6 +44,8 @@ const MAX_TURNS: i64 = 2_000_000;
 const CHECKPOINT_PAGES: i64 = 4_000;
 /// Legacy mappings imported from the original proxy match any app and user.
 pub const ANY: &str = "*";
+/// `latest_turn` of a forgotten conversation's tombstone.
+const TOMBSTONE: i64 = 0;
 /// How long an answered turn may wait in memory for the commit it shares with others.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 /// A batch this large is committed without waiting for the delay.
@@ -43,6 +57,9 @@ const MAX_PENDING: usize = 100_000;
 pub struct SqliteStore {
     path: PathBuf,
     ttl: Duration,
+    /// The turns table has the columns of opening rows (a file the doctor opens may be from
+    /// an earlier version; serving adds them).
+    opening_rows: bool,
     /// Lookups, the doctor's reads. The writer thread has its own connection.
     reader: Arc<Mutex<Connection>>,
     shared: Arc<Shared>,
@@ -77,9 +94,25 @@ struct Pending {
 // Nearly every op is a Record: boxing it would only add an allocation per turn.
 #[allow(clippy::large_enum_variant)]
 enum Op {
-    Record { seq: u64, fp: Fingerprint, turn: TurnRecord, conversation: ConversationRecord },
-    Forget { seq: u64, conversation_id: String },
-    Response { seq: u64, id: String, record: Option<ResponseRecord> },
+    /// `opening`: the turn's row stands for its conversation (see the module comment);
+    /// `clears`: the opening turn whose mark this turn's conversation row replaces.
+    Record {
+        seq: u64,
+        fp: Fingerprint,
+        turn: TurnRecord,
+        conversation: ConversationRecord,
+        opening: bool,
+        clears: Option<Fingerprint>,
+    },
+    Forget {
+        seq: u64,
+        conversation_id: String,
+    },
+    Response {
+        seq: u64,
+        id: String,
+        record: Option<ResponseRecord>,
+    },
     Prune(tokio::sync::oneshot::Sender<Result<u64, StoreError>>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -155,7 +188,8 @@ impl SqliteStore {
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                  CREATE TABLE IF NOT EXISTS turns (
                      fingerprint BLOB PRIMARY KEY, conversation_id TEXT NOT NULL, turn INTEGER NOT NULL,
-                     message_id TEXT, updated_at INTEGER NOT NULL, tools INTEGER) WITHOUT ROWID;
+                     message_id TEXT, updated_at INTEGER NOT NULL, tools INTEGER,
+                     app TEXT, model TEXT, user TEXT) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS conversations (
                      conversation_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, user TEXT NOT NULL,
                      chat_id TEXT, latest_turn INTEGER NOT NULL, latest_message_id TEXT,
@@ -179,9 +213,13 @@ impl SqliteStore {
                  DROP INDEX IF EXISTS conversations_updated;",
             )
             .map_err(|e| classify(path, e))?;
-            // Files from before tool emulation get the column for its definitions hash.
+            // Files from before tool emulation get the column for its definitions hash, and
+            // files from before opening turns were kept as one row the conversation's columns.
             for table in ["turns", "conversations"] {
                 add_column_if_missing(&conn, path, table, "tools", "INTEGER")?;
+            }
+            for column in ["app", "model", "user"] {
+                add_column_if_missing(&conn, path, "turns", column, "TEXT")?;
             }
         }
         let has_meta: bool = conn
@@ -206,6 +244,7 @@ impl SqliteStore {
         if create {
             import_legacy(&conn, path);
         }
+        let opening_rows = has_column(&conn, path, "turns", "app")?;
         let reader = connect(path, false)?;
         let shared = Arc::new(Shared { pending: Mutex::default(), wake: Condvar::new() });
         let writer = {
@@ -219,6 +258,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             ttl,
+            opening_rows,
             reader: Arc::new(Mutex::new(reader)),
             shared,
             writer: Some(writer),
@@ -247,29 +287,39 @@ impl SqliteStore {
     }
 
     pub fn turn(&self, fp: &Fingerprint) -> Result<Option<TurnRecord>, StoreError> {
-        if let Some((_, turn)) = self.pending().turns.get(fp) {
-            return Ok(Some(turn.clone()));
+        Ok(self.turn_with_conversation(fp)?.map(|(turn, _)| turn))
+    }
+
+    /// The turn with this fingerprint and its conversation: from memory, or one read of the
+    /// file (the conversation's row, or the opening turn's row standing for it).
+    pub fn turn_with_conversation(
+        &self,
+        fp: &Fingerprint,
+    ) -> Result<Option<(TurnRecord, Option<ConversationRecord>)>, StoreError> {
+        let pending_turn = self.pending().turns.get(fp).map(|(_, turn)| turn.clone());
+        if let Some(turn) = pending_turn {
+            let conversation = self.conversation(&turn.conversation_id)?;
+            return Ok(Some((turn, conversation)));
         }
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT t.conversation_id, t.turn, t.message_id, t.tools FROM turns t
-                   JOIN conversations c ON c.conversation_id = t.conversation_id
-                 WHERE t.fingerprint = ?1 AND t.updated_at >= ?2",
-            )
-            .map_err(|e| classify(&self.path, e))?;
-        let found = stmt
-            .query_row(params![&fp[..], self.cutoff()], |r| {
-                Ok(TurnRecord {
-                    conversation_id: r.get(0)?,
-                    turn: r.get(1)?,
-                    message_id: r.get(2)?,
-                    tools: hash_of(r.get(3)?),
-                })
-            })
-            .optional()
-            .map_err(|e| classify(&self.path, e))?;
-        Ok(found.filter(|t| !self.is_forgotten(&t.conversation_id)))
+        let cutoff = self.cutoff();
+        let found = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(LOOKUP_TURN).map_err(|e| classify(&self.path, e))?;
+            stmt.query_row(params![&fp[..], cutoff], |r| row_to_turn(r, cutoff))
+                .optional()
+                .map_err(|e| classify(&self.path, e))?
+        };
+        let Some(Some((turn, conversation))) = found else { return Ok(None) };
+        let pending = self.pending();
+        if pending.forgotten.contains_key(&turn.conversation_id) {
+            return Ok(None);
+        }
+        // A later turn of the conversation may still be in memory.
+        let conversation = match pending.conversations.get(&turn.conversation_id) {
+            Some((_, newer)) => Some(newer.clone()),
+            None => conversation,
+        };
+        Ok(Some((turn, conversation)))
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
@@ -284,7 +334,9 @@ impl SqliteStore {
         }
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!("{SELECT_CONVERSATION_TOOLS} WHERE conversation_id = ?1 AND updated_at >= ?2"))
+            .prepare_cached(&format!(
+                "{SELECT_CONVERSATION_TOOLS} WHERE conversation_id = ?1 AND updated_at >= ?2 AND latest_turn != {TOMBSTONE}"
+            ))
             .map_err(|e| classify(&self.path, e))?;
         stmt.query_row(params![id, self.cutoff()], row_to_conversation).optional().map_err(|e| classify(&self.path, e))
     }
@@ -315,7 +367,18 @@ impl SqliteStore {
 
     /// Records an answered turn: visible to lookups at once, committed by the writer
     /// thread within [`FLUSH_DELAY`] (see the module comment).
-    pub fn record(&self, fp: &Fingerprint, turn: TurnRecord, c: ConversationRecord) -> Result<(), StoreError> {
+    pub fn record(
+        &self,
+        fp: &Fingerprint,
+        mut turn: TurnRecord,
+        c: ConversationRecord,
+        placement: Placement,
+    ) -> Result<(), StoreError> {
+        let (opening, clears) = match placement {
+            Placement::Opening => (c.chat_id.is_none(), None),
+            Placement::Next { opening } => (false, opening),
+        };
+        turn.opening = opening;
         let mut pending = self.pending();
         if pending.ops.len() >= MAX_PENDING {
             let first = !std::mem::replace(&mut pending.overflowed, true);
@@ -340,12 +403,12 @@ impl SqliteStore {
         if let Some((_, earlier)) = pending.conversations.get(&c.conversation_id) {
             visible.created_at = earlier.created_at;
             visible.chat_id = visible.chat_id.or_else(|| earlier.chat_id.clone());
-        } else {
+        } else if visible.created_at == 0 {
             visible.created_at = now;
         }
         visible.updated_at = now;
         pending.conversations.insert(c.conversation_id.clone(), (seq, visible));
-        self.queue(pending, Op::Record { seq, fp: *fp, turn, conversation: c });
+        self.queue(pending, Op::Record { seq, fp: *fp, turn, conversation: c, opening, clears });
         Ok(())
     }
 
@@ -444,21 +507,30 @@ impl SqliteStore {
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.read_blocking(stats).await
+        let every = self.every_conversation();
+        self.read_blocking(move |conn, path, cutoff| stats(conn, path, cutoff, every)).await
     }
 
     /// How many conversations the file holds (`/metrics`): one count, not the doctor's stats.
     pub async fn conversation_count(&self) -> Result<u64, StoreError> {
-        self.read_blocking(|conn, path, _| count_rows(conn, path, COUNT_CONVERSATIONS)).await
+        let every = self.every_conversation();
+        self.read_blocking(move |conn, path, _| count_rows(conn, path, &format!("SELECT count(*) FROM {every}"))).await
+    }
+
+    /// Every conversation the file holds, as rows [`row_to_conversation`] reads (no column a
+    /// file from an earlier version may lack).
+    fn every_conversation(&self) -> &'static str {
+        if self.opening_rows { EVERY_CONVERSATION } else { EVERY_CONVERSATION_ROW }
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<ConversationRecord>, StoreError> {
         let filter = filter.clone();
+        let every = self.every_conversation();
         self.read_blocking(move |conn, path, _| {
             let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
             let mut stmt = conn
                 .prepare(&format!(
-                    "{SELECT_CONVERSATION} WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR chat_id = ?2)
+                    "SELECT * FROM {every} WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR chat_id = ?2)
                      ORDER BY updated_at DESC LIMIT ?3"
                 ))
                 .map_err(|e| classify(path, e))?;
@@ -489,32 +561,44 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Counts and ages of what the file holds (the doctor, `/metrics`).
-const COUNT_CONVERSATIONS: &str = "SELECT count(*) FROM conversations";
+/// Every conversation with a row (tombstones are not conversations).
+const EVERY_CONVERSATION_ROW: &str =
+    "(SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
+        created_at, updated_at FROM conversations WHERE latest_turn != 0)";
+/// Every conversation: those with a row, and those whose opening turn stands for them (its
+/// mark is left on a conversation continued by id alone: such a one is counted once).
+const EVERY_CONVERSATION: &str = "(SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
+        created_at, updated_at FROM conversations WHERE latest_turn != 0
+   UNION ALL
+   SELECT t.conversation_id, t.app, t.model, t.user, NULL, t.turn, t.message_id, t.updated_at, t.updated_at
+     FROM turns t WHERE t.app IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = t.conversation_id))";
 
 /// The one number a counting query answers.
 fn count_rows(conn: &Connection, path: &Path, sql: &str) -> Result<u64, StoreError> {
     conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64).map_err(|e| classify(path, e))
 }
 
-fn stats(conn: &Connection, path: &Path, cutoff: i64) -> Result<StoreStats, StoreError> {
+/// Counts and ages of what the file holds (the doctor). `every`: [`EVERY_CONVERSATION`] or,
+/// in a file from before opening rows, [`EVERY_CONVERSATION_ROW`].
+fn stats(conn: &Connection, path: &Path, cutoff: i64, every: &str) -> Result<StoreStats, StoreError> {
     let count = |sql: &str| count_rows(conn, path, sql);
     let mut stats = StoreStats {
-        conversations: count(COUNT_CONVERSATIONS)?,
+        conversations: count(&format!("SELECT count(*) FROM {every}"))?,
         turns: count("SELECT count(*) FROM turns")?,
         chats: count("SELECT count(*) FROM chats")?,
-        expired: count(&format!("SELECT count(*) FROM conversations WHERE updated_at < {cutoff}"))?,
+        expired: count(&format!("SELECT count(*) FROM {every} WHERE updated_at < {cutoff}"))?,
         ..StoreStats::default()
     };
     let (oldest, newest): (Option<i64>, Option<i64>) = conn
-        .query_row("SELECT min(updated_at), max(updated_at) FROM conversations", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(&format!("SELECT min(updated_at), max(updated_at) FROM {every}"), [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(|e| classify(path, e))?;
     stats.oldest_updated_at = oldest.map(|v| v.max(0) as u64);
     stats.newest_updated_at = newest.map(|v| v.max(0) as u64);
     let group = |column: &str| -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {column}, count(*) FROM conversations GROUP BY {column} ORDER BY count(*) DESC LIMIT 50"
+                "SELECT {column}, count(*) FROM {every} GROUP BY {column} ORDER BY count(*) DESC LIMIT 50"
             ))
             .map_err(|e| classify(path, e))?;
         let rows = stmt
@@ -530,9 +614,21 @@ fn stats(conn: &Connection, path: &Path, cutoff: i64) -> Result<StoreStats, Stor
 /// Deletes what expired before `cutoff` and, beyond `max_turns` turns, the oldest turns.
 fn prune(conn: &mut Connection, path: &Path, cutoff: i64, max_turns: i64) -> Result<u64, StoreError> {
     let tx = conn.transaction().map_err(|e| classify(path, e))?;
-    let removed = tx
-        .execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff])
+    let mut removed = tx
+        .execute(
+            "DELETE FROM turns WHERE updated_at < ?1 AND app IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = turns.conversation_id)",
+            params![cutoff],
+        )
         .map_err(|e| classify(path, e))?;
+    removed += tx
+        .execute(
+            &format!("DELETE FROM conversations WHERE updated_at < ?1 AND latest_turn != {TOMBSTONE}"),
+            params![cutoff],
+        )
+        .map_err(|e| classify(path, e))?;
+    // Tombstones, then the turns they hid: none is newer than its tombstone.
+    tx.execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM responses WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
@@ -643,14 +739,22 @@ fn commit(conn: &mut Connection, path: &Path, writes: &[Op]) {
     }
 }
 
+/// A turn; on an opening turn (see the module comment) also its conversation's app, model
+/// and user, NULL otherwise.
 const PUT_TURN: &str =
-    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    "INSERT OR REPLACE INTO turns (fingerprint, conversation_id, turn, message_id, updated_at, tools, app, model, user)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+/// A conversation's row, new (then created at `?8`, or now) or updated (a tombstone comes
+/// back to life whole).
 const PUT_CONVERSATION: &str = "INSERT INTO conversations (conversation_id, app, model, user, chat_id, latest_turn,
-         latest_message_id, created_at, updated_at, tools) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
+         latest_message_id, created_at, updated_at, tools) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
      ON CONFLICT(conversation_id) DO UPDATE SET latest_turn = excluded.latest_turn,
          latest_message_id = excluded.latest_message_id, chat_id = COALESCE(excluded.chat_id, chat_id),
-         model = excluded.model, updated_at = excluded.updated_at, tools = excluded.tools";
+         app = excluded.app, user = excluded.user, model = excluded.model, updated_at = excluded.updated_at,
+         tools = excluded.tools";
+/// The opening turn's mark goes once its conversation has a row.
+const CLEAR_OPENING: &str =
+    "UPDATE turns SET app = NULL, model = NULL, user = NULL WHERE fingerprint = ?1 AND conversation_id = ?2";
 
 /// One transaction of ops, committed.
 fn write_ops(conn: &mut Connection, path: &Path, ops: &[Op]) -> Result<(), StoreError> {
@@ -669,11 +773,29 @@ fn write_batch(tx: &Connection, path: &Path, ops: &[Op]) -> Result<(), StoreErro
     let mut put_conversation = tx.prepare_cached(PUT_CONVERSATION).map_err(|e| classify(path, e))?;
     for op in ops {
         match op {
-            Op::Record { fp, turn, conversation: c, .. } => {
+            Op::Record { fp, turn, conversation: c, opening, clears, .. } => {
                 let tools = turn.tools.map(|t| t as i64);
+                let (app, model, user) = match opening {
+                    true => (Some(&c.app), Some(&c.model), Some(&c.user)),
+                    false => (None, None, None),
+                };
                 put_turn
-                    .execute(params![&fp[..], turn.conversation_id, turn.turn, turn.message_id, now, tools])
+                    .execute(params![
+                        &fp[..],
+                        turn.conversation_id,
+                        turn.turn,
+                        turn.message_id,
+                        now,
+                        tools,
+                        app,
+                        model,
+                        user
+                    ])
                     .map_err(|e| classify(path, e))?;
+                if *opening {
+                    continue;
+                }
+                let created_at = if c.created_at > 0 { c.created_at as i64 } else { now };
                 put_conversation
                     .execute(params![
                         c.conversation_id,
@@ -683,10 +805,16 @@ fn write_batch(tx: &Connection, path: &Path, ops: &[Op]) -> Result<(), StoreErro
                         c.chat_id,
                         c.latest_turn,
                         c.latest_message_id,
+                        created_at,
                         now,
                         c.tools.map(|t| t as i64)
                     ])
                     .map_err(|e| classify(path, e))?;
+                if let Some(opening) = clears {
+                    tx.prepare_cached(CLEAR_OPENING)
+                        .and_then(|mut s| s.execute(params![&opening[..], c.conversation_id]))
+                        .map_err(|e| classify(path, e))?;
+                }
                 if let Some(chat_id) = &c.chat_id {
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO chats (app, user, chat_id, conversation_id, updated_at)
@@ -716,17 +844,23 @@ fn write_batch(tx: &Connection, path: &Path, ops: &[Op]) -> Result<(), StoreErro
                     .map_err(|e| classify(path, e))?;
             }
             Op::Forget { conversation_id, .. } => {
-                // By primary keys only; its turns stay until they expire, unreachable.
+                // By primary keys only; its turns stay until they expire, unreachable: the
+                // tombstone outlives them (it is as new as the newest).
                 for sql in [
                     "DELETE FROM chats WHERE (app, user, chat_id) IN
                        (SELECT app, user, chat_id FROM conversations WHERE conversation_id = ?1)",
                     "DELETE FROM chats WHERE app = '*' AND conversation_id = ?1",
-                    "DELETE FROM conversations WHERE conversation_id = ?1",
                 ] {
                     tx.prepare_cached(sql)
                         .and_then(|mut s| s.execute(params![conversation_id]))
                         .map_err(|e| classify(path, e))?;
                 }
+                tx.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO conversations (conversation_id, app, model, user, latest_turn, created_at, updated_at)
+                     VALUES (?1, '', '', '', {TOMBSTONE}, ?2, ?2)"
+                ))
+                .and_then(|mut s| s.execute(params![conversation_id, now]))
+                .map_err(|e| classify(path, e))?;
             }
             Op::Prune(_) | Op::Flush(_) => {}
         }
@@ -781,10 +915,15 @@ fn import_legacy(conn: &Connection, path: &Path) {
     );
 }
 
-/// What the doctor lists (no column a file from an earlier version may lack).
-const SELECT_CONVERSATION: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at FROM conversations";
 /// What serving reads (the file was brought up to date when the server opened it).
 const SELECT_CONVERSATION_TOOLS: &str = "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id, created_at, updated_at, tools FROM conversations";
+
+fn has_column(conn: &Connection, path: &Path, table: &str, column: &str) -> Result<bool, StoreError> {
+    conn.query_row(&format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
+        r.get(0)
+    })
+    .map_err(|e| classify(path, e))
+}
 
 fn add_column_if_missing(
     conn: &Connection,
@@ -793,12 +932,7 @@ fn add_column_if_missing(
     column: &str,
     kind: &str,
 ) -> Result<(), StoreError> {
-    let present: bool = conn
-        .query_row(&format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
-            r.get(0)
-        })
-        .map_err(|e| classify(path, e))?;
-    if !present {
+    if !has_column(conn, path, table, column)? {
         conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
             .map_err(|e| classify(path, e))?;
     }
@@ -807,6 +941,70 @@ fn add_column_if_missing(
 
 fn hash_of(value: Option<i64>) -> Option<u64> {
     value.map(|v| v as u64)
+}
+
+/// A turn, its row's conversation columns (set on a marked opening turn) and its
+/// conversation's row.
+const LOOKUP_TURN: &str =
+    "SELECT t.conversation_id, t.turn, t.message_id, t.tools, t.app, t.model, t.user, t.updated_at,
+        c.app, c.model, c.user, c.chat_id, c.latest_turn, c.latest_message_id, c.created_at, c.updated_at, c.tools
+   FROM turns t LEFT JOIN conversations c ON c.conversation_id = t.conversation_id
+  WHERE t.fingerprint = ?1 AND t.updated_at >= ?2";
+
+/// A row of [`LOOKUP_TURN`]; `None` when the turn is not to be found: its conversation was
+/// forgotten (a tombstone), or has no row and the turn does not stand for it (dropped before
+/// tombstones). The conversation is `None` when its row expired.
+fn row_to_turn(
+    r: &rusqlite::Row<'_>,
+    cutoff: i64,
+) -> rusqlite::Result<Option<(TurnRecord, Option<ConversationRecord>)>> {
+    let opening_app: Option<String> = r.get(4)?;
+    let latest_turn: Option<i64> = r.get(12)?;
+    let turn = TurnRecord {
+        conversation_id: r.get(0)?,
+        turn: r.get(1)?,
+        message_id: r.get(2)?,
+        tools: hash_of(r.get(3)?),
+        opening: opening_app.is_some(),
+    };
+    let conversation = match (latest_turn, opening_app) {
+        (Some(TOMBSTONE), _) | (None, None) => return Ok(None),
+        (Some(latest_turn), _) => {
+            let updated_at: i64 = r.get(15)?;
+            (updated_at >= cutoff)
+                .then(|| -> rusqlite::Result<ConversationRecord> {
+                    Ok(ConversationRecord {
+                        conversation_id: turn.conversation_id.clone(),
+                        app: r.get(8)?,
+                        model: r.get(9)?,
+                        user: r.get(10)?,
+                        chat_id: r.get(11)?,
+                        latest_turn: latest_turn.clamp(0, u32::MAX as i64) as u32,
+                        latest_message_id: r.get(13)?,
+                        created_at: r.get::<_, i64>(14)?.max(0) as u64,
+                        updated_at: updated_at.max(0) as u64,
+                        tools: hash_of(r.get(16)?),
+                    })
+                })
+                .transpose()?
+        }
+        (None, Some(app)) => {
+            let at = r.get::<_, i64>(7)?.max(0) as u64;
+            Some(ConversationRecord {
+                conversation_id: turn.conversation_id.clone(),
+                app,
+                model: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                user: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                chat_id: None,
+                latest_turn: turn.turn,
+                latest_message_id: turn.message_id.clone(),
+                tools: turn.tools,
+                created_at: at,
+                updated_at: at,
+            })
+        }
+    };
+    Ok(Some((turn, conversation)))
 }
 
 fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRecord> {
@@ -877,7 +1075,13 @@ mod tests {
 
     fn turn(i: u8) -> (Fingerprint, TurnRecord, ConversationRecord) {
         let conversation_id = format!("conversation-{i}");
-        let turn = TurnRecord { conversation_id: conversation_id.clone(), turn: 1, message_id: None, tools: Some(7) };
+        let turn = TurnRecord {
+            conversation_id: conversation_id.clone(),
+            turn: 1,
+            message_id: None,
+            tools: Some(7),
+            opening: false,
+        };
         let conversation = ConversationRecord {
             conversation_id,
             app: "app".into(),
@@ -903,7 +1107,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let (fp, t, c) = turn(i);
-                    store.record(&fp, t, c)?;
+                    store.record(&fp, t, c, Placement::Opening)?;
                     // Visible at once, before the commit.
                     store.turn(&fp)
                 })
@@ -925,7 +1129,7 @@ mod tests {
         let path = dir.path().join("c.db");
         let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
         let (old_fp, t, c) = turn(2);
-        store.record(&old_fp, t, c).expect("record");
+        store.record(&old_fp, t, c, Placement::Opening).expect("record");
         store.flush().await;
         let (new_fp, t, c) = turn(2);
         let new_fp = {
@@ -933,7 +1137,7 @@ mod tests {
             fp[0] = 99;
             fp
         };
-        store.record(&new_fp, t, c).expect("record");
+        store.record(&new_fp, t, c, Placement::Next { opening: None }).expect("record");
         store.forget("conversation-2");
         // Neither the committed turn nor the one still in memory is found.
         assert_eq!(store.turn(&old_fp).expect("turn"), None);
@@ -947,6 +1151,98 @@ mod tests {
         assert_eq!((stats.conversations, stats.chats), (0, 0));
     }
 
+    /// Rows in a table of the file, read past the store.
+    fn rows(path: &Path, sql: &str) -> i64 {
+        connect(path, false).expect("connect").query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    #[tokio::test]
+    async fn an_opening_turn_is_one_row_until_its_conversation_has_a_second_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
+        // Conversation 1 has no chat id: its opening turn is all that is written.
+        let (first_fp, t, c) = turn(1);
+        store.record(&first_fp, t, c, Placement::Opening).expect("record");
+        store.flush().await;
+        assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 0);
+        assert_eq!(rows(&path, "SELECT count(*) FROM turns WHERE app = 'app' AND user = 'u' AND model = 'm'"), 1);
+        let (found, conversation) = store.turn_with_conversation(&first_fp).expect("read").expect("found");
+        assert!(found.opening);
+        let conversation = conversation.expect("the opening turn stands for its conversation");
+        assert_eq!((conversation.conversation_id.as_str(), conversation.latest_turn), ("conversation-1", 1));
+        assert_eq!((conversation.app.as_str(), conversation.user.as_str(), conversation.tools), ("app", "u", Some(7)));
+        let started = conversation.created_at;
+        assert!(started > 0);
+        assert_eq!(store.stats().await.expect("stats").conversations, 1);
+        assert_eq!(store.conversation_count().await.expect("count"), 1);
+        let listed = store.list(&ListFilter { user: Some("u".into()), ..ListFilter::default() }).await.expect("list");
+        assert_eq!(listed.iter().map(|c| c.conversation_id.as_str()).collect::<Vec<_>>(), ["conversation-1"]);
+
+        // Its second turn, continued by id alone (no fingerprint match): the conversation gets
+        // its row, and is still counted once.
+        let (mut second_fp, mut t, mut c) = turn(1);
+        second_fp[0] = 201;
+        (t.turn, c.latest_turn, c.created_at) = (2, 2, started);
+        store.record(&second_fp, t, c, Placement::Next { opening: None }).expect("record");
+        store.flush().await;
+        assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 1);
+        assert_eq!(store.conversation_count().await.expect("count"), 1);
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.conversations, stats.turns), (1, 2));
+        // The third turn matches the second by fingerprint; the opening turn's mark is
+        // cleared once a turn continues from it.
+        let (found, conversation) = store.turn_with_conversation(&first_fp).expect("read").expect("found");
+        assert!(found.opening, "still marked");
+        assert_eq!(conversation.map(|c| c.latest_turn), Some(2), "the conversation's row wins over the mark");
+        let (mut third_fp, mut t, mut c) = turn(1);
+        third_fp[0] = 202;
+        (t.turn, c.latest_turn) = (3, 3);
+        store.record(&third_fp, t, c, Placement::Next { opening: Some(first_fp) }).expect("record");
+        store.flush().await;
+        assert_eq!(rows(&path, "SELECT count(*) FROM turns WHERE app IS NOT NULL"), 0);
+        let conversation = store.conversation("conversation-1").expect("read").expect("found");
+        assert_eq!((conversation.latest_turn, conversation.created_at), (3, started));
+        drop(store);
+        // And all of it is the same once the file is opened again.
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), false).expect("reopen");
+        assert_eq!(store.turn(&third_fp).expect("read").map(|t| t.turn), Some(3));
+        assert_eq!(store.conversation_count().await.expect("count"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_opening_turn_is_not_found_again_and_its_tombstone_expires_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
+        let (fp, t, c) = turn(3);
+        store.record(&fp, t, c, Placement::Opening).expect("record");
+        store.flush().await;
+        store.forget("conversation-3");
+        assert_eq!(store.turn(&fp).expect("read"), None);
+        store.flush().await;
+        assert_eq!(store.turn(&fp).expect("read"), None);
+        assert_eq!(store.conversation("conversation-3").expect("read"), None);
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.conversations, stats.turns), (0, 1));
+        assert!(store.list(&ListFilter::default()).await.expect("list").is_empty());
+        assert_eq!(rows(&path, &format!("SELECT count(*) FROM conversations WHERE latest_turn = {TOMBSTONE}")), 1);
+        drop(store);
+        // Everything expired: the turn and its tombstone go together, and the tombstone is
+        // not counted as a conversation removed.
+        let mut conn = connect(&path, false).expect("connect");
+        let (fp2, _, _) = turn(5);
+        conn.execute(
+            "INSERT INTO turns (fingerprint, conversation_id, turn, updated_at, app, model, user)
+             VALUES (?1, 'conversation-5', 1, 1, 'app', 'm', 'u')",
+            params![&fp2[..]],
+        )
+        .expect("an expired opening turn");
+        assert_eq!(prune(&mut conn, &path, i64::MAX, MAX_TURNS).expect("prune"), 1);
+        assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 0);
+        assert_eq!(rows(&path, "SELECT count(*) FROM turns"), 0);
+    }
+
     #[tokio::test]
     async fn turns_still_in_memory_are_committed_when_the_store_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -954,7 +1250,7 @@ mod tests {
         let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
         for i in 0..10u8 {
             let (fp, t, c) = turn(i);
-            store.record(&fp, t, c).expect("record");
+            store.record(&fp, t, c, Placement::Opening).expect("record");
         }
         drop(store);
         let reopened = SqliteStore::open(&path, Duration::from_secs(3600), false).expect("reopen");
@@ -979,7 +1275,7 @@ mod tests {
             for _ in 0..4 {
                 let (mut fp, t, c) = turn((turns % 251) as u8);
                 fp[..8].copy_from_slice(&turns.to_le_bytes());
-                store.record(&fp, t, c).expect("record");
+                store.record(&fp, t, c, Placement::Opening).expect("record");
                 turns += 1;
             }
             store.flush().await;

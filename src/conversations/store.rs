@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::fingerprint::Fingerprint;
 use super::record::{
-    ConversationRecord, ListFilter, ResponseRecord, StoreError, StoreLocation, StoreStats, TurnRecord,
+    ConversationRecord, ListFilter, Placement, ResponseRecord, StoreError, StoreLocation, StoreStats, TurnRecord,
 };
 use super::redis_store::RedisStore;
 use super::sqlite::SqliteStore;
@@ -55,13 +55,7 @@ impl Store {
         fp: &Fingerprint,
     ) -> Result<Option<(TurnRecord, Option<ConversationRecord>)>, StoreError> {
         match self {
-            Store::Sqlite(s) => match s.turn(fp)? {
-                Some(turn) => {
-                    let conversation = s.conversation(&turn.conversation_id)?;
-                    Ok(Some((turn, conversation)))
-                }
-                None => Ok(None),
-            },
+            Store::Sqlite(s) => s.turn_with_conversation(fp),
             Store::Redis(r) => Box::pin(r.turn_with_conversation(fp)).await,
         }
     }
@@ -81,15 +75,17 @@ impl Store {
     }
 
     /// Records an answered turn: the fingerprint, the conversation's new latest turn, and
-    /// the chat mapping when the client sent a chat id. One atomic write.
+    /// the chat mapping when the client sent a chat id. One atomic write. `placement` lets
+    /// SQLite keep a conversation's opening turn as a single row (Redis has no use for it).
     pub async fn record(
         &self,
         fp: &Fingerprint,
         turn: TurnRecord,
         conversation: ConversationRecord,
+        placement: Placement,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.record(fp, turn, conversation),
+            Store::Sqlite(s) => s.record(fp, turn, conversation, placement),
             Store::Redis(r) => Box::pin(r.record(fp, &turn, &conversation)).await,
         }
     }

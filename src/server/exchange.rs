@@ -610,9 +610,13 @@ impl Exchange {
     }
 
     fn finisher(&mut self) -> Finisher {
+        let mut recorder = self.decision.recorder.take();
+        if let Some(recorder) = &mut recorder {
+            recorder.asked(&self.decision.plan);
+        }
         Finisher {
             state: self.state.clone(),
-            recorder: self.decision.recorder.take(),
+            recorder,
             model: self.turn.model.clone(),
             user: self.identity.user.clone(),
             continuity: self.decision.continuity,
