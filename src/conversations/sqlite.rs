@@ -511,10 +511,13 @@ impl SqliteStore {
         self.read_blocking(move |conn, path, cutoff| stats(conn, path, cutoff, every)).await
     }
 
-    /// How many conversations the file holds (`/metrics`): one count, not the doctor's stats.
+    /// How many conversations the file holds (`/metrics`): two counts, not the doctor's stats.
+    /// A conversation continued by its id alone while its opening turn was still marked is
+    /// counted twice until the hourly prune clears the mark (finding each such turn costs a
+    /// lookup per opening turn: seconds for a million).
     pub async fn conversation_count(&self) -> Result<u64, StoreError> {
-        let every = self.every_conversation();
-        self.read_blocking(move |conn, path, _| count_rows(conn, path, &format!("SELECT count(*) FROM {every}"))).await
+        let sql = if self.opening_rows { COUNT_CONVERSATIONS } else { COUNT_CONVERSATION_ROWS };
+        self.read_blocking(move |conn, path, _| count_rows(conn, path, sql)).await
     }
 
     /// Every conversation the file holds, as rows [`row_to_conversation`] reads (no column a
@@ -561,6 +564,9 @@ impl Drop for SqliteStore {
     }
 }
 
+const COUNT_CONVERSATION_ROWS: &str = "SELECT count(*) FROM conversations WHERE latest_turn != 0";
+const COUNT_CONVERSATIONS: &str = "SELECT (SELECT count(*) FROM conversations WHERE latest_turn != 0)
+     + (SELECT count(*) FROM turns WHERE app IS NOT NULL)";
 /// Every conversation with a row (tombstones are not conversations).
 const EVERY_CONVERSATION_ROW: &str =
     "(SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
@@ -630,6 +636,14 @@ fn prune(conn: &mut Connection, path: &Path, cutoff: i64, max_turns: i64) -> Res
     // Tombstones, then the turns they hid: none is newer than its tombstone.
     tx.execute("DELETE FROM conversations WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM turns WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
+    // Opening turns of conversations that got a row since (continued by id alone, so their
+    // turn was not known) stop standing for them: counted once again.
+    tx.execute(
+        "UPDATE turns SET app = NULL, model = NULL, user = NULL WHERE app IS NOT NULL
+           AND EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = turns.conversation_id)",
+        [],
+    )
+    .map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM chats WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     tx.execute("DELETE FROM responses WHERE updated_at < ?1", params![cutoff]).map_err(|e| classify(path, e))?;
     // Over the size bound, the oldest turns go. Counted first: without a time index, finding
@@ -1180,14 +1194,14 @@ mod tests {
         assert_eq!(listed.iter().map(|c| c.conversation_id.as_str()).collect::<Vec<_>>(), ["conversation-1"]);
 
         // Its second turn, continued by id alone (no fingerprint match): the conversation gets
-        // its row, and is still counted once.
+        // its row. The doctor counts it once; /metrics' quick count twice, until the mark goes.
         let (mut second_fp, mut t, mut c) = turn(1);
         second_fp[0] = 201;
         (t.turn, c.latest_turn, c.created_at) = (2, 2, started);
         store.record(&second_fp, t, c, Placement::Next { opening: None }).expect("record");
         store.flush().await;
         assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 1);
-        assert_eq!(store.conversation_count().await.expect("count"), 1);
+        assert_eq!(store.conversation_count().await.expect("count"), 2);
         let stats = store.stats().await.expect("stats");
         assert_eq!((stats.conversations, stats.turns), (1, 2));
         // The third turn matches the second by fingerprint; the opening turn's mark is
@@ -1201,6 +1215,7 @@ mod tests {
         store.record(&third_fp, t, c, Placement::Next { opening: Some(first_fp) }).expect("record");
         store.flush().await;
         assert_eq!(rows(&path, "SELECT count(*) FROM turns WHERE app IS NOT NULL"), 0);
+        assert_eq!(store.conversation_count().await.expect("count"), 1);
         let conversation = store.conversation("conversation-1").expect("read").expect("found");
         assert_eq!((conversation.latest_turn, conversation.created_at), (3, started));
         drop(store);
@@ -1241,6 +1256,27 @@ mod tests {
         assert_eq!(prune(&mut conn, &path, i64::MAX, MAX_TURNS).expect("prune"), 1);
         assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 0);
         assert_eq!(rows(&path, "SELECT count(*) FROM turns"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_prune_clears_the_mark_of_an_opening_turn_whose_conversation_got_a_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
+        let (first_fp, t, c) = turn(7);
+        store.record(&first_fp, t, c, Placement::Opening).expect("record");
+        let (mut second_fp, mut t, mut c) = turn(7);
+        second_fp[0] = 77;
+        (t.turn, c.latest_turn) = (2, 2);
+        store.record(&second_fp, t, c, Placement::Next { opening: None }).expect("record");
+        store.flush().await;
+        assert_eq!(store.conversation_count().await.expect("count"), 2);
+        assert_eq!(store.prune_expired().await.expect("prune"), 0);
+        assert_eq!(store.conversation_count().await.expect("count"), 1);
+        assert_eq!(store.stats().await.expect("stats").conversations, 1);
+        // Both turns are still found, and lead to the conversation's row.
+        let (_, conversation) = store.turn_with_conversation(&first_fp).expect("read").expect("found");
+        assert_eq!(conversation.map(|c| c.latest_turn), Some(2));
     }
 
     #[tokio::test]

@@ -107,6 +107,14 @@ pub struct Snapshot {
     pub ready: bool,
 }
 
+/// The last count of conversation mappings, when it was taken and how long it took.
+#[derive(Clone, Copy)]
+pub(super) struct MappingsCount {
+    pub at: Instant,
+    pub count: u64,
+    pub took: Duration,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -124,7 +132,7 @@ pub struct Metrics {
     store_latency: Histogram,
     ready: Gauge,
     /// The conversation count as last read from the store, and when (counting can be slow).
-    pub(super) mappings_cache: Mutex<Option<(Instant, u64)>>,
+    pub(super) mappings_cache: Mutex<Option<MappingsCount>>,
 }
 
 impl Default for Metrics {

@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::SharedState;
-use super::metrics::Snapshot;
+use super::metrics::{MappingsCount, Snapshot};
 
 /// The longest /ready and /metrics wait on the conversation store.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often /metrics recounts the conversation mappings (counting can be slow).
+/// How often /metrics recounts the conversation mappings (counting reads a table through),
+/// and at most what share of the time recounting may take on a large store (1%).
 const MAPPINGS_MAX_AGE: Duration = Duration::from_secs(30);
+const MAPPINGS_AGE_PER_COUNT_TIME: u32 = 100;
 
 pub async fn ready(State(state): State<SharedState>) -> Response {
     if state.is_shutting_down() {
@@ -59,21 +61,23 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
 
 async fn mappings(state: &SharedState) -> Option<u64> {
     let cached = *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, n)) = cached
-        && at.elapsed() < MAPPINGS_MAX_AGE
+    if let Some(last) = cached
+        && last.at.elapsed() < MAPPINGS_MAX_AGE.max(last.took * MAPPINGS_AGE_PER_COUNT_TIME)
     {
-        return Some(n);
+        return Some(last.count);
     }
     let started = Instant::now();
     // Only the count: the doctor's full stats read every conversation (on Redis, one
     // round trip each).
     let count = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.conversations.store().conversation_count()).await;
-    state.metrics.observe_store(started.elapsed());
+    let took = started.elapsed();
+    state.metrics.observe_store(took);
     match count {
-        Ok(Ok(n)) => {
-            *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), n));
-            Some(n)
+        Ok(Ok(count)) => {
+            *state.metrics.mappings_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(MappingsCount { at: Instant::now(), count, took });
+            Some(count)
         }
-        _ => cached.map(|(_, n)| n),
+        _ => cached.map(|last| last.count),
     }
 }

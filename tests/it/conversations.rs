@@ -216,7 +216,9 @@ async fn conversations_survive_a_restart_with_sqlite() {
         let a2 =
             ask(&gw, "chat", &[("user", "restart first"), ("assistant", &a1), ("user", "restart second")], &[], false)
                 .await;
-        vec![a1, a2]
+        // A conversation of one question: its opening turn is all the store writes of it.
+        let lone = ask(&gw, "chat", &[("user", "lone first")], &[], false).await;
+        vec![a1, a2, lone]
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let gw = gateway(&mock, &[("CONVERSATION_STORE", db)]).await;
@@ -232,6 +234,15 @@ async fn conversations_survive_a_restart_with_sqlite() {
         conversations_with(&mock, "restart first")[0].queries,
         ["restart first", "restart second", "restart third"]
     );
+    ask(
+        &gw,
+        "chat",
+        &[("user", "lone first"), ("assistant", answers[2].as_str()), ("user", "lone second")],
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(conversations_with(&mock, "lone first")[0].queries, ["lone first", "lone second"]);
 }
 
 #[tokio::test]
