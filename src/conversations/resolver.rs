@@ -88,6 +88,8 @@ pub struct Recorder {
     created_at: u64,
     /// Dify was asked for a new conversation (set from the final plan by [`Recorder::asked`]).
     starts_conversation: bool,
+    /// The conversation will be continued by its id (see [`Recorder::continued_by_id`]).
+    by_id: bool,
 }
 
 impl Recorder {
@@ -95,6 +97,13 @@ impl Recorder {
     /// stale conversation was dropped and the request sent again).
     pub fn asked(&mut self, plan: &ConversationPlan) {
         self.starts_conversation = plan.conversation_id.is_none();
+    }
+
+    /// The answer is kept to be continued by its conversation's id (a stored Responses API
+    /// response): the conversation's row is written with its first turn, since a continuation
+    /// by id cannot find the opening turn again to clear its mark.
+    pub fn continued_by_id(&mut self) {
+        self.by_id = true;
     }
 }
 
@@ -209,6 +218,7 @@ impl Conversations {
             opening: None,
             created_at: 0,
             starts_conversation: false,
+            by_id: false,
         };
         let fresh = |continuity: Continuity, recorder: Option<Recorder>| Decision {
             plan: ConversationPlan { seed_from: has_history.then_some(0), ..Default::default() },
@@ -353,7 +363,7 @@ impl Conversations {
             tools: recorder.tools,
             opening: false,
         };
-        let placement = if recorder.starts_conversation {
+        let placement = if recorder.starts_conversation && !recorder.by_id {
             Placement::Opening
         } else {
             Placement::Next { opening: recorder.opening }

@@ -642,7 +642,10 @@ impl Exchange {
 
     /// What keeps this turn's answer under `id` (a Responses API response), for this app
     /// and user only.
-    pub fn keeper(&self, id: &str) -> Keeper {
+    pub fn keeper(&mut self, id: &str) -> Keeper {
+        if let Some(recorder) = &mut self.decision.recorder {
+            recorder.continued_by_id();
+        }
         Keeper {
             state: self.state.clone(),
             id: id.to_string(),

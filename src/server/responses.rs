@@ -32,7 +32,7 @@ pub async fn create(
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
+    let mut exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
         // Open WebUI's events are a Chat Completions extension.
         Ok(exchange) => exchange.without_events(),
         Err(error) => return rejected(dialect, error),

@@ -191,6 +191,12 @@ async fn previous_response_id_continues_one_dify_conversation_sending_only_the_n
     let queries = conversation_with(&mock, "chain first");
     assert_eq!(queries[1..], ["chain second", "chain third"], "{queries:?}");
     assert!(queries[0].contains("Be brief.") && queries[0].ends_with("chain first"), "instructions go with the input");
+    // Continued by id only, the conversation is counted once: a kept response's conversation
+    // gets its row with its first turn (no opening turn left standing for it too).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let metrics = client().get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let mappings = metrics.lines().find_map(|l| l.strip_prefix("opendify_conversation_mappings ")).map(str::trim);
+    assert_eq!(mappings, Some("1"), "{metrics}");
 
     // Another user, another app or an unknown id: a 404 naming the id, and nothing sent.
     let before = mock.generations().len();
