@@ -48,8 +48,8 @@ pub struct TurnRecord {
     /// The tool definitions the conversation was told about by then (a hash), so they are
     /// sent again only when they change.
     pub tools: Option<u64>,
-    /// This is its conversation's opening turn and all the store holds of it (SQLite: the
-    /// conversation has no row of its own yet). The next turn's record says so
+    /// Its row stands for its conversation (SQLite: an opening turn, whose conversation may
+    /// have no row of its own yet). The next turn found by its fingerprint clears the mark
     /// ([`Placement::Next`]).
     #[serde(skip)]
     pub opening: bool,

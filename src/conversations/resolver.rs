@@ -82,7 +82,8 @@ pub struct Recorder {
     lock: Option<Guard>,
     /// The tool definitions the conversation has after this turn (a hash).
     pub tools: Option<u64>,
-    /// The continued conversation's opening turn, when that turn is all the store holds of it.
+    /// The continued conversation's opening turn, when its row still stands for the
+    /// conversation (its mark is cleared with this turn).
     opening: Option<Fingerprint>,
     /// When the continued conversation started (0: unknown, or a new one).
     created_at: u64,
