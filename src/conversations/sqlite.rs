@@ -286,6 +286,8 @@ impl SqliteStore {
         !pending.forgotten.is_empty() && pending.forgotten.contains_key(conversation_id)
     }
 
+    /// The turn alone (the tests' view; serving reads it with its conversation).
+    #[cfg(test)]
     pub fn turn(&self, fp: &Fingerprint) -> Result<Option<TurnRecord>, StoreError> {
         Ok(self.turn_with_conversation(fp)?.map(|(turn, _)| turn))
     }
@@ -564,21 +566,33 @@ impl Drop for SqliteStore {
     }
 }
 
-const COUNT_CONVERSATION_ROWS: &str = "SELECT count(*) FROM conversations WHERE latest_turn != 0";
-const COUNT_CONVERSATIONS: &str = "SELECT (SELECT count(*) FROM conversations WHERE latest_turn != 0)
-     + (SELECT count(*) FROM turns WHERE app IS NOT NULL)";
-/// Every conversation with a row (tombstones are not conversations).
-const EVERY_CONVERSATION_ROW: &str =
-    "(SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
-        created_at, updated_at FROM conversations WHERE latest_turn != 0)";
+/// The conversations that have a row, in the columns [`row_to_conversation`] reads (none a
+/// file from an earlier version may lack); `0` is [`TOMBSTONE`]: tombstones are not
+/// conversations. A macro, so that the queries below are built from it at compile time.
+macro_rules! conversation_rows {
+    () => {
+        "SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
+            created_at, updated_at FROM conversations WHERE latest_turn != 0"
+    };
+}
+const COUNT_CONVERSATION_ROWS: &str = concat!("SELECT count(*) FROM (", conversation_rows!(), ")");
+const COUNT_CONVERSATIONS: &str = concat!(
+    "SELECT (SELECT count(*) FROM (",
+    conversation_rows!(),
+    ")) + (SELECT count(*) FROM turns WHERE app IS NOT NULL)"
+);
+/// Every conversation with a row.
+const EVERY_CONVERSATION_ROW: &str = concat!("(", conversation_rows!(), ")");
 /// Every conversation: those with a row, and those whose opening turn stands for them (its
 /// mark is left on a conversation continued by id alone: such a one is counted once).
-const EVERY_CONVERSATION: &str = "(SELECT conversation_id, app, model, user, chat_id, latest_turn, latest_message_id,
-        created_at, updated_at FROM conversations WHERE latest_turn != 0
-   UNION ALL
+const EVERY_CONVERSATION: &str = concat!(
+    "(",
+    conversation_rows!(),
+    " UNION ALL
    SELECT t.conversation_id, t.app, t.model, t.user, NULL, t.turn, t.message_id, t.updated_at, t.updated_at
      FROM turns t WHERE t.app IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = t.conversation_id))";
+      AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = t.conversation_id))"
+);
 
 /// The one number a counting query answers.
 fn count_rows(conn: &Connection, path: &Path, sql: &str) -> Result<u64, StoreError> {
@@ -1165,6 +1179,14 @@ mod tests {
         assert_eq!((stats.conversations, stats.chats), (0, 0));
     }
 
+    /// Turn `n` of conversation `i` (its own fingerprint), as its conversation's latest.
+    fn later_turn(i: u8, n: u8) -> (Fingerprint, TurnRecord, ConversationRecord) {
+        let (mut fp, mut t, mut c) = turn(i);
+        fp[0] = fp[0].wrapping_add(100 + n);
+        (t.turn, c.latest_turn) = (n.into(), n.into());
+        (fp, t, c)
+    }
+
     /// Rows in a table of the file, read past the store.
     fn rows(path: &Path, sql: &str) -> i64 {
         connect(path, false).expect("connect").query_row(sql, [], |r| r.get(0)).expect("count")
@@ -1195,9 +1217,8 @@ mod tests {
 
         // Its second turn, continued by id alone (no fingerprint match): the conversation gets
         // its row. The doctor counts it once; /metrics' quick count twice, until the mark goes.
-        let (mut second_fp, mut t, mut c) = turn(1);
-        second_fp[0] = 201;
-        (t.turn, c.latest_turn, c.created_at) = (2, 2, started);
+        let (second_fp, t, mut c) = later_turn(1, 2);
+        c.created_at = started;
         store.record(&second_fp, t, c, Placement::Next { opening: None }).expect("record");
         store.flush().await;
         assert_eq!(rows(&path, "SELECT count(*) FROM conversations"), 1);
@@ -1209,9 +1230,7 @@ mod tests {
         let (found, conversation) = store.turn_with_conversation(&first_fp).expect("read").expect("found");
         assert!(found.opening, "still marked");
         assert_eq!(conversation.map(|c| c.latest_turn), Some(2), "the conversation's row wins over the mark");
-        let (mut third_fp, mut t, mut c) = turn(1);
-        third_fp[0] = 202;
-        (t.turn, c.latest_turn) = (3, 3);
+        let (third_fp, t, c) = later_turn(1, 3);
         store.record(&third_fp, t, c, Placement::Next { opening: Some(first_fp) }).expect("record");
         store.flush().await;
         assert_eq!(rows(&path, "SELECT count(*) FROM turns WHERE app IS NOT NULL"), 0);
@@ -1265,9 +1284,7 @@ mod tests {
         let store = SqliteStore::open(&path, Duration::from_secs(3600), true).expect("open");
         let (first_fp, t, c) = turn(7);
         store.record(&first_fp, t, c, Placement::Opening).expect("record");
-        let (mut second_fp, mut t, mut c) = turn(7);
-        second_fp[0] = 77;
-        (t.turn, c.latest_turn) = (2, 2);
+        let (second_fp, t, c) = later_turn(7, 2);
         store.record(&second_fp, t, c, Placement::Next { opening: None }).expect("record");
         store.flush().await;
         assert_eq!(store.conversation_count().await.expect("count"), 2);

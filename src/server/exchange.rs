@@ -641,7 +641,8 @@ impl Exchange {
     }
 
     /// What keeps this turn's answer under `id` (a Responses API response), for this app
-    /// and user only.
+    /// and user only. The turn is then recorded with its conversation's row at once, as a
+    /// kept response is continued by its conversation's id.
     pub fn keeper(&mut self, id: &str) -> Keeper {
         if let Some(recorder) = &mut self.decision.recorder {
             recorder.continued_by_id();
