@@ -709,3 +709,31 @@ async fn http_layer_errors_are_in_the_api_shape_too() {
     let (status, _, _) = post_chat(&gw, &chat_body("chat", "still here", false), &[]).await;
     assert_eq!(status, 200);
 }
+
+/// Dify's server (gunicorn) sends a stream's response head with the first event it writes,
+/// not before it: the mock does too, or every gateway reading it would wake once for a head
+/// alone, which Dify never costs them.
+#[tokio::test]
+async fn the_mock_sends_a_streams_head_with_its_first_event_as_dify_does() {
+    let settings = MockSettings { delay: Duration::from_millis(300), ..MockSettings::default() };
+    let mock = MockDify::start_with(all_apps(), settings, "127.0.0.1:0").await.expect("mock");
+    let started = Instant::now();
+    let mut response = client()
+        .post(format!("{}/chat-messages", mock.base_url()))
+        .bearer_auth("app-chat-key-0001")
+        .json(&json!({"inputs": {}, "query": "hello", "response_mode": "streaming", "user": "u"}))
+        .send()
+        .await
+        .expect("send");
+    let head_after = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(head_after >= Duration::from_millis(250), "the head came {head_after:?} in, before the first event");
+    // The first event is there with the head: no second wait for it.
+    let first = tokio::time::timeout(Duration::from_millis(150), response.chunk())
+        .await
+        .expect("the first event came with the head")
+        .expect("chunk")
+        .expect("a first chunk");
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.starts_with("data: ") && first.contains("\"event\":\"message\""), "{first:.200}");
+}

@@ -991,8 +991,15 @@ async fn generate(
         let _playing = playing;
         script.play(tx, answering).await;
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    // Dify's server (gunicorn) sends the response head with the first event it writes, not
+    // before: the head waits for it here too. Trickling keeps its head first (it stands for a
+    // network delivering a byte at a time, not for Dify).
+    let mut rx = rx;
+    let first = if directive == Directive::Trickle { None } else { rx.recv().await };
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(first.map(Ok::<_, Infallible>)),
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) }),
+    );
     Response::builder()
         .header("content-type", "text/event-stream; charset=utf-8")
         .body(Body::from_stream(stream))
