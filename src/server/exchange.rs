@@ -435,6 +435,7 @@ impl Exchange {
         // Bounded by REQUEST_TIMEOUT, and by the shutdown deadline like streams are.
         let state = self.state.clone();
         tokio::select! {
+            biased;
             result = tokio::time::timeout(timeout, collecting) => {
                 if result.is_err() {
                     translator.abort(&DifyError::Timeout(timeout), StopReason::RequestTimeout, &mut pipeline);
@@ -450,7 +451,7 @@ impl Exchange {
         match &end.outcome {
             Outcome::Finished { .. } => {
                 guard.disarm();
-                drain(upstream);
+                drain(upstream).await;
             }
             Outcome::Failed { stop: Some(reason), .. } => guard.stop(*reason, Some(upstream)),
             Outcome::Failed { stop: None, .. } | Outcome::Running => guard.disarm(),

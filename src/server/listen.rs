@@ -82,6 +82,7 @@ async fn connection(tcp: TcpStream, app: Router, mut close: watch::Receiver<()>,
     let conn = builder.serve_connection(TokioIo::new(super::raw_errors::RawErrors::new(tcp)), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
+        biased;
         _ = conn.as_mut() => return,
         _ = close.changed() => {}
     }

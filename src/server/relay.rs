@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::DRAIN_GRACE;
@@ -116,9 +115,17 @@ pub async fn chase_task(mut upstream: EventStream, within: Duration) -> Option<S
 }
 
 /// Reads what is left of a finished upstream body so its connection goes back to the pool.
-pub fn drain(mut upstream: EventStream) {
+/// Dify's closing chunk comes right after its last event, and hyper's connection task hands
+/// it over on its next turn: that turn is waited for here, which costs less than a task of
+/// its own. A body with more to say (audio after the answer) is drained in the background.
+pub async fn drain(mut upstream: EventStream) {
     for _ in 0..4 {
-        match upstream.next().now_or_never() {
+        let next = tokio::select! {
+            biased;
+            next = upstream.next() => Some(next),
+            () = tokio::task::yield_now() => None,
+        };
+        match next {
             Some(None) => return,
             Some(Some(_)) => continue,
             None => break,
@@ -239,7 +246,7 @@ impl<E: StreamEncoder> Relay<E> {
             Outcome::Finished { .. } => {
                 self.guard.disarm();
                 if let Some(upstream) = self.upstream.take() {
-                    drain(upstream);
+                    drain(upstream).await;
                 }
             }
             Outcome::Failed { stop, .. } => {

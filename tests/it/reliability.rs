@@ -737,3 +737,28 @@ async fn the_mock_sends_a_streams_head_with_its_first_event_as_dify_does() {
     let first = String::from_utf8_lossy(&first);
     assert!(first.starts_with("data: ") && first.contains("\"event\":\"message\""), "{first:.200}");
 }
+
+/// An answer read to its end leaves its connection to Dify open for the next request, streamed
+/// or not: one connection serves a whole conversation of requests made one after another.
+#[tokio::test]
+async fn answered_requests_leave_their_connection_to_dify_pooled() {
+    let mock = mock().await;
+    let gw = gateway(&mock, &[]).await;
+    let (status, _, body) = post_chat(&gw, &chat_body("chat", "hello", false), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    // Startup's calls (app info) and the first answer have opened what they needed.
+    let opened = mock.connections();
+    for i in 0..6 {
+        let stream = i % 2 == 1;
+        let body = chat_body("chat", &format!("question {i}"), stream);
+        if stream {
+            let result = stream_chat(&gw, &body, &[]).await;
+            assert!(result.done, "{:.300}", result.raw);
+        } else {
+            let (status, _, body) = post_chat(&gw, &body, &[]).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    assert_eq!(mock.generations().len(), 7);
+    assert_eq!(mock.connections() - opened, 0, "answers opened connections of their own");
+}

@@ -204,6 +204,8 @@ struct MockState {
     shared: Mutex<Shared>,
     /// Streaming answers still being played (tests check none is left behind).
     active: std::sync::atomic::AtomicUsize,
+    /// TCP connections accepted so far (tests check a gateway reuses its connections).
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Counts one playing stream for as long as it lives.
@@ -254,9 +256,12 @@ impl MockDify {
             settings,
             shared: Mutex::new(Shared::default()),
             active: std::sync::atomic::AtomicUsize::new(0),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = router(state.clone());
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let counted = state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+            counted.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
         });
         let server = tokio::spawn(async move {
@@ -268,6 +273,11 @@ impl MockDify {
     /// `http://127.0.0.1:PORT/v1`, for DIFY_API_BASE.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
