@@ -20,6 +20,7 @@ use super::SharedState;
 use super::auth::ClientAppKey;
 use super::chat::{rejected, with_content_type_hint};
 use super::exchange::{ClientRoute, client_key_refused, echo_encoded};
+use super::gate::Generation;
 use super::gate::{GenerationLabels, USER_HEADER, UpstreamTime};
 use crate::api::Dialect;
 use crate::api::audio::{self, FormPart, SpeechFormat};
@@ -31,6 +32,20 @@ const DIALECT: Dialect = Dialect::OpenAi;
 
 pub async fn transcriptions(
     State(state): State<SharedState>,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let generation = match Generation::start(&state, DIALECT) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = transcriptions_answer(&state, client_key, headers, form).await;
+    generation.finish(&state, response)
+}
+
+async fn transcriptions_answer(
+    state: &SharedState,
     client_key: Option<Extension<ClientAppKey>>,
     headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
@@ -91,6 +106,20 @@ pub async fn transcriptions(
 
 pub async fn speech(
     State(state): State<SharedState>,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let generation = match Generation::start(&state, DIALECT) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = speech_answer(&state, client_key, headers, body).await;
+    generation.finish(&state, response)
+}
+
+async fn speech_answer(
+    state: &SharedState,
     client_key: Option<Extension<ClientAppKey>>,
     headers: HeaderMap,
     body: Bytes,

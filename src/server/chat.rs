@@ -11,6 +11,7 @@ use axum::response::Response;
 use super::SharedState;
 use super::auth::ClientAppKey;
 use super::exchange::Exchange;
+use super::gate::Generation;
 use crate::api::chat::{self, ChatEncoder};
 use crate::api::{Dialect, unix_now};
 use crate::bridge::ApiError;
@@ -22,6 +23,20 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let generation = match Generation::start(&state, Dialect::OpenAi) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = chat_completions_answer(&state, client_key, headers, body).await;
+    generation.finish(&state, response)
+}
+
+async fn chat_completions_answer(
+    state: &SharedState,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let dialect = Dialect::OpenAi;
     let (turn, mut options) = match chat::parse(&body) {
         Ok(parsed) => parsed,
@@ -29,7 +44,7 @@ pub async fn chat_completions(
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
+    let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
         Ok(exchange) => exchange,
         Err(error) => return rejected(dialect, error),
     };

@@ -12,11 +12,26 @@ use super::SharedState;
 use super::auth::ClientAppKey;
 use super::chat::{rejected, with_content_type_hint};
 use super::exchange::Exchange;
+use super::gate::Generation;
 use crate::api::completions::{self, CompletionEncoder};
 use crate::api::{Dialect, unix_now};
 
 pub async fn completions(
     State(state): State<SharedState>,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let generation = match Generation::start(&state, Dialect::OpenAi) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = completions_answer(&state, client_key, headers, body).await;
+    generation.finish(&state, response)
+}
+
+async fn completions_answer(
+    state: &SharedState,
     client_key: Option<Extension<ClientAppKey>>,
     headers: HeaderMap,
     body: Bytes,
@@ -28,7 +43,7 @@ pub async fn completions(
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare_stateless(&state, &headers, turn, client_key, dialect).await {
+    let exchange = match Exchange::prepare_stateless(state, &headers, turn, client_key, dialect).await {
         Ok(exchange) => exchange,
         Err(error) => return rejected(dialect, error),
     };

@@ -1,7 +1,7 @@
 //! What every request passes, in this order: a request id and a tracing span (so every log
 //! line of the request carries the id), client auth, the body limits, and errors in the
-//! caller's API shape whoever produced them. Generations (requests answered by Dify) pass a
-//! second layer, [`generation`]: a slot under MAX_CONCURRENT_UPSTREAM, the request metrics,
+//! caller's API shape whoever produced them. Generations (requests answered by Dify) are
+//! wrapped by a [`Generation`] too: a slot under MAX_CONCURRENT_UPSTREAM, the request metrics,
 //! and the streaming body that holds the slot until the stream ends.
 
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use tokio::sync::OwnedSemaphorePermit;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
@@ -91,47 +92,62 @@ async fn admit(state: &SharedState, mut request: Request, next: Next) -> Respons
     }
 }
 
-/// The layer around every generation route.
-pub async fn generation(State(state): State<SharedState>, request: Request, next: Next) -> Response {
-    let live = state.live();
-    let dialect = Dialect::of_path(request.uri().path());
-    let permit = match live.limits.upstream_slot() {
-        Ok(permit) => permit,
-        Err(error) => {
-            state.metrics.reject(Rejection::Overloaded);
-            state.metrics.count_request(None, false, error.status.as_u16());
-            tracing::warn!("❌ {}", error.message);
-            return dialect.error_response(&error);
-        }
-    };
-    let started = Instant::now();
-    let span = tracing::Span::current();
-    let mut response = next.run(request).await;
-    let labels = response.extensions_mut().remove::<GenerationLabels>();
-    let stream = labels.as_ref().is_some_and(|l| l.stream);
-    let status = response.status();
-    state.metrics.count_request(labels.as_ref().and_then(|l| l.model.as_deref()), stream, status.as_u16());
-    // A streamed answer (SSE, or speech relayed as Dify sends it) holds the slot to its end.
-    let events = is_event_stream(response.headers());
-    if status == StatusCode::OK && (events || stream) {
-        let (parts, body) = response.into_parts();
-        let body = if live.config.stream_smoothing && events { smoothing::adaptive(body) } else { body };
-        let tracked = TrackedStream::new(body, state.metrics.clone(), span, started, permit);
-        return Response::from_parts(parts, Body::new(tracked));
-    }
-    drop(permit);
-    let elapsed = started.elapsed();
-    state.metrics.observe_duration(stream, elapsed);
-    if let Some(UpstreamTime(upstream)) = response.extensions_mut().remove::<UpstreamTime>() {
-        let overhead = elapsed.saturating_sub(upstream);
-        state.metrics.observe_overhead(overhead);
-        let micros = overhead.as_micros();
-        let ms = format!("{}.{:03}", micros / 1000, micros % 1000);
-        if let Ok(value) = HeaderValue::from_str(&ms) {
-            response.headers_mut().insert(OVERHEAD_HEADER, value);
+/// Around every generation handler (a request answered by Dify): a slot under
+/// MAX_CONCURRENT_UPSTREAM, the request metrics, and for a streamed answer the body that
+/// holds the slot until the stream ends. The handler calls [`Generation::start`] first and
+/// [`Generation::finish`] with its response, rather than this being a middleware layer or a
+/// wrapping future: a layer boxes each request's future and clones the route, and a wrapper
+/// taking the handler's future by value copies it (several KiB) once more per request.
+pub struct Generation {
+    permit: OwnedSemaphorePermit,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl Generation {
+    /// A slot for the request, or the answer that there is none (503, in `dialect`'s shape).
+    #[expect(clippy::result_large_err, reason = "the refusal is the handler's answer, returned as it is")]
+    pub fn start(state: &SharedState, dialect: Dialect) -> Result<Generation, Response> {
+        match state.live().limits.upstream_slot() {
+            Ok(permit) => Ok(Generation { permit, started: Instant::now(), span: tracing::Span::current() }),
+            Err(error) => {
+                state.metrics.reject(Rejection::Overloaded);
+                state.metrics.count_request(None, false, error.status.as_u16());
+                tracing::warn!("❌ {}", error.message);
+                Err(dialect.error_response(&error))
+            }
         }
     }
-    response
+
+    /// Counts the answer; a streamed one keeps the slot until its body ends.
+    pub fn finish(self, state: &SharedState, mut response: Response) -> Response {
+        let Generation { permit, started, span } = self;
+        let labels = response.extensions_mut().remove::<GenerationLabels>();
+        let stream = labels.as_ref().is_some_and(|l| l.stream);
+        let status = response.status();
+        state.metrics.count_request(labels.as_ref().and_then(|l| l.model.as_deref()), stream, status.as_u16());
+        // A streamed answer (SSE, or speech relayed as Dify sends it) holds the slot to its end.
+        let events = is_event_stream(response.headers());
+        if status == StatusCode::OK && (events || stream) {
+            let (parts, body) = response.into_parts();
+            let body = if state.live().config.stream_smoothing && events { smoothing::adaptive(body) } else { body };
+            let tracked = TrackedStream::new(body, state.metrics.clone(), span, started, permit);
+            return Response::from_parts(parts, Body::new(tracked));
+        }
+        drop(permit);
+        let elapsed = started.elapsed();
+        state.metrics.observe_duration(stream, elapsed);
+        if let Some(UpstreamTime(upstream)) = response.extensions_mut().remove::<UpstreamTime>() {
+            let overhead = elapsed.saturating_sub(upstream);
+            state.metrics.observe_overhead(overhead);
+            let micros = overhead.as_micros();
+            let ms = format!("{}.{:03}", micros / 1000, micros % 1000);
+            if let Ok(value) = HeaderValue::from_str(&ms) {
+                response.headers_mut().insert(OVERHEAD_HEADER, value);
+            }
+        }
+        response
+    }
 }
 
 /// CORS for browser clients, only when CORS_ORIGINS names origins (`*` for any). Off by

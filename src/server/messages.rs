@@ -11,12 +11,27 @@ use super::SharedState;
 use super::auth::ClientAppKey;
 use super::chat::{rejected, with_content_type_hint};
 use super::exchange::Exchange;
+use super::gate::Generation;
 use crate::api::Dialect;
 use crate::api::messages::{self, MessagesEncoder};
 use crate::bridge::ApiError;
 
 pub async fn create_message(
     State(state): State<SharedState>,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let generation = match Generation::start(&state, Dialect::Anthropic) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = create_message_answer(&state, client_key, headers, body).await;
+    generation.finish(&state, response)
+}
+
+async fn create_message_answer(
+    state: &SharedState,
     client_key: Option<Extension<ClientAppKey>>,
     headers: HeaderMap,
     body: Bytes,
@@ -28,7 +43,7 @@ pub async fn create_message(
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
+    let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
         Ok(exchange) => exchange,
         Err(error) => return rejected(dialect, error),
     };

@@ -147,22 +147,6 @@ impl AppState {
 pub fn router(state: SharedState) -> Router {
     let live = state.live();
     let cors = gate::cors(&live.config);
-    // Dify generations: each holds an upstream slot and is counted by model.
-    let generations = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/audio/transcriptions", post(audio::transcriptions))
-        .route("/v1/audio/speech", post(audio::speech))
-        // Clients configured with a bare base URL (no `/v1`).
-        .route("/chat/completions", post(chat::chat_completions))
-        .route("/v1/responses", post(responses::create))
-        .route("/responses", post(responses::create))
-        .route("/completions", post(completions::completions))
-        .route("/audio/transcriptions", post(audio::transcriptions))
-        .route("/audio/speech", post(audio::speech))
-        .route("/v1/messages", post(messages::create_message))
-        .route("/messages", post(messages::create_message))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::generation));
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ops::ready))
@@ -176,7 +160,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/models/{*id}", get(get_model))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/responses/{id}/input_items", get(responses::input_items))
-        .merge(generations)
+        // Dify generations: each handler holds an upstream slot and is counted by model
+        // (`gate::generation`).
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
+        .route("/v1/audio/speech", post(audio::speech))
+        // Clients configured with a bare base URL (no `/v1`).
+        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/responses", post(responses::create))
+        .route("/completions", post(completions::completions))
+        .route("/audio/transcriptions", post(audio::transcriptions))
+        .route("/audio/speech", post(audio::speech))
+        .route("/v1/messages", post(messages::create_message))
+        .route("/messages", post(messages::create_message))
         .fallback(not_found)
         // The gate reads bodies within MAX_BODY_MB (as of now: it may be reloaded).
         .layer(DefaultBodyLimit::disable())

@@ -14,6 +14,7 @@ use super::SharedState;
 use super::auth::ClientAppKey;
 use super::chat::{json_body, rejected, with_content_type_hint};
 use super::exchange::Exchange;
+use super::gate::Generation;
 use crate::api::responses::{self, ResponsesEncoder};
 use crate::api::{Dialect, random_id, unix_now};
 use crate::bridge::ApiError;
@@ -25,6 +26,20 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let generation = match Generation::start(&state, Dialect::OpenAi) {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    let response = create_answer(&state, client_key, headers, body).await;
+    generation.finish(&state, response)
+}
+
+async fn create_answer(
+    state: &SharedState,
+    client_key: Option<Extension<ClientAppKey>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let dialect = Dialect::OpenAi;
     let (turn, mut options) = match responses::parse(&body) {
         Ok(parsed) => parsed,
@@ -32,7 +47,7 @@ pub async fn create(
     };
     let stream = turn.stream;
     let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let mut exchange = match Exchange::prepare(&state, &headers, turn, client_key, dialect).await {
+    let mut exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
         // Open WebUI's events are a Chat Completions extension.
         Ok(exchange) => exchange.without_events(),
         Err(error) => return rejected(dialect, error),
