@@ -99,15 +99,14 @@ impl Direct {
 
     async fn post(&self, path: &str, auth: &HeaderValue, body: &Bytes) -> Option<Result<reqwest::Response, Sent>> {
         let (_, uri, url) = self.endpoints.iter().find(|(p, _, _)| *p == path)?;
-        let request = axum::http::Request::post(uri.clone())
-            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-            .header(AUTHORIZATION, auth.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(body.clone()));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => return Some(Err(Sent::Other(DifyError::Request(e.to_string())))),
-        };
+        // Set in place: http's builder moves the whole request head on every call.
+        let mut request = axum::http::Request::new(Full::new(body.clone()));
+        *request.method_mut() = axum::http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        headers.insert(AUTHORIZATION, auth.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Some(match self.client.request(request).await {
             Ok(response) => {
                 // As reqwest's own response, so that everything after the head is one path.

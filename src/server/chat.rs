@@ -27,44 +27,44 @@ pub async fn chat_completions(
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
-    let response = chat_completions_answer(&state, client_key, headers, body).await;
+    let response = 'answer: {
+        let state = &state;
+        let dialect = Dialect::OpenAi;
+        let (turn, mut options) = match chat::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),
+        };
+        let stream = turn.stream;
+        let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
+        let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
+            Ok(exchange) => exchange,
+            Err(error) => break 'answer rejected(dialect, error),
+        };
+        options.events = exchange.extras.events;
+        options.metadata = exchange.extras.metadata;
+        if stream {
+            exchange.stream(ChatEncoder::new(&options, unix_now())).await
+        } else {
+            exchange
+                .complete(async |answer| {
+                    match chat::completion(
+                        &options,
+                        &answer.collected,
+                        answer.reason,
+                        answer.usage.as_ref(),
+                        unix_now(),
+                    ) {
+                        Ok(body) => json_body(body),
+                        Err(e) => dialect.error_response(&ApiError::server(
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("The answer could not be written as JSON: {e}"),
+                        )),
+                    }
+                })
+                .await
+        }
+    };
     generation.finish(&state, response)
-}
-
-async fn chat_completions_answer(
-    state: &SharedState,
-    client_key: Option<Extension<ClientAppKey>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let dialect = Dialect::OpenAi;
-    let (turn, mut options) = match chat::parse(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
-    };
-    let stream = turn.stream;
-    let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
-        Ok(exchange) => exchange,
-        Err(error) => return rejected(dialect, error),
-    };
-    options.events = exchange.extras.events;
-    options.metadata = exchange.extras.metadata;
-    if stream {
-        exchange.stream(ChatEncoder::new(&options, unix_now())).await
-    } else {
-        exchange
-            .complete(async |answer| {
-                match chat::completion(&options, &answer.collected, answer.reason, answer.usage.as_ref(), unix_now()) {
-                    Ok(body) => json_body(body),
-                    Err(e) => dialect.error_response(&ApiError::server(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("The answer could not be written as JSON: {e}"),
-                    )),
-                }
-            })
-            .await
-    }
 }
 
 /// A JSON body already written to bytes, as `application/json`.

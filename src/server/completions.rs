@@ -26,41 +26,35 @@ pub async fn completions(
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
-    let response = completions_answer(&state, client_key, headers, body).await;
+    let response = 'answer: {
+        let state = &state;
+        let dialect = Dialect::OpenAi;
+        let (turn, options) = match completions::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),
+        };
+        let stream = turn.stream;
+        let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
+        let exchange = match Exchange::prepare_stateless(state, &headers, turn, client_key, dialect).await {
+            Ok(exchange) => exchange,
+            Err(error) => break 'answer rejected(dialect, error),
+        };
+        if stream {
+            exchange.stream(CompletionEncoder::new(&options, unix_now())).await
+        } else {
+            exchange
+                .complete(async |answer| {
+                    let body = completions::completion(
+                        &options,
+                        &answer.collected,
+                        answer.reason,
+                        answer.usage.as_ref(),
+                        unix_now(),
+                    );
+                    axum::Json(body).into_response()
+                })
+                .await
+        }
+    };
     generation.finish(&state, response)
-}
-
-async fn completions_answer(
-    state: &SharedState,
-    client_key: Option<Extension<ClientAppKey>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let dialect = Dialect::OpenAi;
-    let (turn, options) = match completions::parse(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
-    };
-    let stream = turn.stream;
-    let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare_stateless(state, &headers, turn, client_key, dialect).await {
-        Ok(exchange) => exchange,
-        Err(error) => return rejected(dialect, error),
-    };
-    if stream {
-        exchange.stream(CompletionEncoder::new(&options, unix_now())).await
-    } else {
-        exchange
-            .complete(async |answer| {
-                let body = completions::completion(
-                    &options,
-                    &answer.collected,
-                    answer.reason,
-                    answer.usage.as_ref(),
-                    unix_now(),
-                );
-                axum::Json(body).into_response()
-            })
-            .await
-    }
 }

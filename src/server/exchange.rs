@@ -128,7 +128,8 @@ impl ClientRoute {
         let mut route = match live.registry.get(model) {
             Some(route) => route,
             None => {
-                live.registry.refresh_if_stale().await;
+                // Boxed: a rare path, whose future would otherwise size every request's.
+                Box::pin(live.registry.refresh_if_stale()).await;
                 live.registry.get(model).ok_or_else(|| unknown_model(model, &live.registry.names()))?
             }
         };
@@ -161,26 +162,28 @@ pub struct Answer {
 impl Exchange {
     /// Finds the app, the user and the conversation. `client_key`: a Dify app key the
     /// client sent with DIFY_KEY_PASSTHROUGH, used for this request only.
-    pub async fn prepare(
+    // Not `async fn`s themselves: a wrapper's future would hold prepare_with's (several KiB)
+    // and copy it once more per request.
+    pub fn prepare(
         state: &SharedState,
         headers: &HeaderMap,
         turn: Turn,
         client_key: Option<Secret>,
         dialect: Dialect,
-    ) -> Result<Exchange, ApiError> {
-        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::Conversation).await
+    ) -> impl Future<Output = Result<Box<Exchange>, ApiError>> {
+        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::Conversation)
     }
 
     /// Like [`Exchange::prepare`], for an API without conversations (legacy completions):
     /// every request is a new Dify conversation, nothing is looked up, locked or recorded.
-    pub async fn prepare_stateless(
+    pub fn prepare_stateless(
         state: &SharedState,
         headers: &HeaderMap,
         turn: Turn,
         client_key: Option<Secret>,
         dialect: Dialect,
-    ) -> Result<Exchange, ApiError> {
-        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::None).await
+    ) -> impl Future<Output = Result<Box<Exchange>, ApiError>> {
+        Self::prepare_with(state, headers, turn, client_key, dialect, Memory::None)
     }
 
     async fn prepare_with(
@@ -190,7 +193,7 @@ impl Exchange {
         client_key: Option<Secret>,
         dialect: Dialect,
         memory: Memory,
-    ) -> Result<Exchange, ApiError> {
+    ) -> Result<Box<Exchange>, ApiError> {
         let started = Instant::now();
         let live = state.live();
         let client_route = ClientRoute::find(&live, &turn.model, client_key).await?;
@@ -220,7 +223,9 @@ impl Exchange {
             Shown(&identity.user),
             identity.source
         );
-        Ok(Exchange {
+        // Boxed: about 1 KiB, moved into each answer's future (and kept there twice, as an
+        // `async fn`'s by-value arguments are).
+        Ok(Box::new(Exchange {
             state: state.clone(),
             live,
             turn,
@@ -234,7 +239,7 @@ impl Exchange {
             keeper: None,
             extras,
             follow_ups_of,
-        })
+        }))
         .and_then(|mut exchange| {
             exchange.plan_emulation(headers)?;
             Ok(exchange)
@@ -304,7 +309,7 @@ impl Exchange {
     }
 
     /// Relays the answer as it is produced, written by `encoder`.
-    pub async fn stream<E: StreamEncoder>(mut self, encoder: E) -> Response {
+    pub async fn stream<E: StreamEncoder>(mut self: Box<Self>, encoder: E) -> Response {
         let busy = Busy::begin();
         let upstream = match self.start_upstream(true, None).await {
             Ok(upstream) => upstream,
@@ -334,7 +339,7 @@ impl Exchange {
     /// Collects the whole answer (bounded by REQUEST_TIMEOUT) and renders it with `render`.
     /// A structured answer that misses its format is asked for again (in the same Dify
     /// conversation) up to STRUCTURED_OUTPUT_RETRIES times, then refused with a 502.
-    pub async fn complete(mut self, render: impl AsyncFnOnce(&Answer) -> Response) -> Response {
+    pub async fn complete(mut self: Box<Self>, render: impl AsyncFnOnce(&Answer) -> Response) -> Response {
         let _busy = Busy::begin();
         // Boxed, and only for Open WebUI's follow-up task: its future would otherwise size
         // (and be copied with) every answer's.
@@ -574,7 +579,7 @@ impl Exchange {
     }
 
     /// The answer without Open WebUI's events, for dialects that have none.
-    pub fn without_events(mut self) -> Self {
+    pub fn without_events(mut self: Box<Self>) -> Box<Self> {
         self.extras.events = false;
         self
     }
@@ -600,13 +605,11 @@ impl Exchange {
 
     fn stop_target(&self) -> StopTarget {
         StopTarget {
-            client: self.live.client.clone(),
-            key: self.route.key.clone(),
-            mode: self.route.mode,
+            live: self.live.clone(),
+            route: self.route.clone(),
             user: self.identity.user.clone(),
             model: self.turn.model.clone(),
             metrics: self.state.metrics.clone(),
-            chase_for: self.live.config.request_timeout,
         }
     }
 
@@ -630,14 +633,16 @@ impl Exchange {
 
     /// A conversation made only for an Open WebUI task is deleted once answered
     /// (TASK_CONVERSATIONS=delete), so the user's Dify history holds only their chats.
-    fn discard(&self) -> Option<Discard> {
+    fn discard(&self) -> Option<Box<Discard>> {
         let wanted = self.decision.continuity == Continuity::Task
             && self.live.config.delete_task_conversations
             && self.route.mode.is_chat_family();
-        wanted.then(|| Discard {
-            client: self.live.client.clone(),
-            key: self.route.key.clone(),
-            user: self.identity.user.clone(),
+        wanted.then(|| {
+            Box::new(Discard {
+                client: self.live.client.clone(),
+                key: self.route.key.clone(),
+                user: self.identity.user.clone(),
+            })
         })
     }
 
@@ -658,7 +663,7 @@ impl Exchange {
     }
 
     /// A streamed answer's summary is kept by `keeper` once the stream is over.
-    pub fn keep_stream(mut self, keeper: Keeper) -> Self {
+    pub fn keep_stream(mut self: Box<Self>, keeper: Keeper) -> Box<Self> {
         self.keeper = Some(keeper);
         self
     }

@@ -39,8 +39,9 @@ pub struct Finisher {
     pub stream: bool,
     /// Keeps the answer's summary (a Responses API response) once it is over.
     pub keeper: Option<Keeper>,
-    /// Deletes the answer's Dify conversation once it is over (Open WebUI's tasks).
-    pub discard: Option<Discard>,
+    /// Deletes the answer's Dify conversation once it is over (Open WebUI's tasks). Boxed:
+    /// few answers have one, and the finisher is moved with every answer.
+    pub discard: Option<Box<Discard>>,
 }
 
 /// What deletes a conversation in Dify: the app's key and the user it belongs to.

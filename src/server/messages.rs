@@ -26,37 +26,31 @@ pub async fn create_message(
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
-    let response = create_message_answer(&state, client_key, headers, body).await;
+    let response = 'answer: {
+        let state = &state;
+        let dialect = Dialect::Anthropic;
+        let (turn, options) = match messages::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),
+        };
+        let stream = turn.stream;
+        let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
+        let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
+            Ok(exchange) => exchange,
+            Err(error) => break 'answer rejected(dialect, error),
+        };
+        if stream {
+            exchange.stream(MessagesEncoder::new(&options)).await
+        } else {
+            exchange
+                .complete(async |answer| {
+                    let body = messages::message(&options, &answer.collected, answer.reason, answer.usage.as_ref());
+                    axum::Json(body).into_response()
+                })
+                .await
+        }
+    };
     generation.finish(&state, response)
-}
-
-async fn create_message_answer(
-    state: &SharedState,
-    client_key: Option<Extension<ClientAppKey>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let dialect = Dialect::Anthropic;
-    let (turn, options) = match messages::parse(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
-    };
-    let stream = turn.stream;
-    let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
-        Ok(exchange) => exchange,
-        Err(error) => return rejected(dialect, error),
-    };
-    if stream {
-        exchange.stream(MessagesEncoder::new(&options)).await
-    } else {
-        exchange
-            .complete(async |answer| {
-                let body = messages::message(&options, &answer.collected, answer.reason, answer.usage.as_ref());
-                axum::Json(body).into_response()
-            })
-            .await
-    }
 }
 
 /// Token counts are the Dify app's model's, which opendify does not know (nor which model

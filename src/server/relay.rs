@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::DRAIN_GRACE;
 use super::finish::{End, Finisher};
 use super::metrics::{Cut, Metrics};
 use super::trim::Busy;
+use super::{DRAIN_GRACE, Live};
+use crate::bridge::AppRoute;
 use crate::bridge::pipeline::Pipeline;
 use crate::bridge::{Outcome, StopReason, StreamEncoder, Translator};
-use crate::dify::{AppMode, DifyClient, DifyError, EventStream};
-use crate::secret::Secret;
+use crate::dify::{DifyError, EventStream};
 
 /// Tells Dify to stop a generation opendify will not read to its end. Armed from the start;
 /// disarmed once Dify itself ended the answer; dropped armed, it stops the task as
@@ -28,15 +28,16 @@ pub struct StopGuard {
     task_id: Option<String>,
 }
 
+/// What stopping a task takes: shared handles rather than copies, as every answer carries
+/// one and few are ever used.
 pub struct StopTarget {
-    pub client: DifyClient,
-    pub key: Secret,
-    pub mode: AppMode,
+    /// Its Dify client; its REQUEST_TIMEOUT bounds how long a stop waits for Dify to name the task.
+    pub live: Arc<Live>,
+    /// The app's key (the client's own with DIFY_KEY_PASSTHROUGH) and mode.
+    pub route: Arc<AppRoute>,
     pub user: String,
     pub model: String,
     pub metrics: Arc<Metrics>,
-    /// How long a stop may wait for Dify to name the task.
-    pub chase_for: Duration,
 }
 
 impl StopGuard {
@@ -66,14 +67,14 @@ impl StopGuard {
         let stopping = async move {
             let task_id = match (task_id, upstream) {
                 (Some(id), _) => Some(id),
-                (None, Some(upstream)) => chase_task(upstream, target.chase_for).await,
+                (None, Some(upstream)) => chase_task(upstream, target.live.config.request_timeout).await,
                 (None, None) => None,
             };
             let Some(task_id) = task_id else {
                 tracing::info!(model = %target.model, reason = reason.as_str(), "Dify never named the task; nothing to stop");
                 return;
             };
-            match target.client.stop(&target.key, target.mode, &task_id, &target.user).await {
+            match target.live.client.stop(&target.route.key, target.route.mode, &task_id, &target.user).await {
                 Ok(()) => {
                     tracing::info!(model = %target.model, task_id, reason = reason.as_str(), "stopped the Dify task")
                 }

@@ -30,56 +30,50 @@ pub async fn create(
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
-    let response = create_answer(&state, client_key, headers, body).await;
-    generation.finish(&state, response)
-}
-
-async fn create_answer(
-    state: &SharedState,
-    client_key: Option<Extension<ClientAppKey>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let dialect = Dialect::OpenAi;
-    let (turn, mut options) = match responses::parse(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => return rejected(dialect, with_content_type_hint(error, &headers)),
-    };
-    let stream = turn.stream;
-    let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
-    let mut exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
-        // Open WebUI's events are a Chat Completions extension.
-        Ok(exchange) => exchange.without_events(),
-        Err(error) => return rejected(dialect, error),
-    };
-    options.metadata = exchange.extras.metadata;
-    let id = random_id("resp_");
-    let keeper = options.store.then(|| exchange.keeper(&id));
-    let created_at = unix_now();
-    if stream {
-        let exchange = match keeper {
-            Some(keeper) => exchange.keep_stream(keeper),
-            None => exchange,
+    let response = 'answer: {
+        let state = &state;
+        let dialect = Dialect::OpenAi;
+        let (turn, mut options) = match responses::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),
         };
-        exchange.stream(ResponsesEncoder::new(id, options, created_at)).await
-    } else {
-        exchange
-            .complete(async |answer| {
-                let body = ResponsesEncoder::collected(
-                    id,
-                    options,
-                    created_at,
-                    &answer.collected,
-                    answer.reason,
-                    answer.usage.as_ref(),
-                );
-                if let Some(keeper) = keeper {
-                    keeper.keep(answer.conversation_id.clone(), body.to_string()).await;
-                }
-                axum::Json(body).into_response()
-            })
-            .await
-    }
+        let stream = turn.stream;
+        let client_key = client_key.map(|Extension(ClientAppKey(key))| key);
+        let mut exchange = match Exchange::prepare(state, &headers, turn, client_key, dialect).await {
+            // Open WebUI's events are a Chat Completions extension.
+            Ok(exchange) => exchange.without_events(),
+            Err(error) => break 'answer rejected(dialect, error),
+        };
+        options.metadata = exchange.extras.metadata;
+        let id = random_id("resp_");
+        let keeper = options.store.then(|| exchange.keeper(&id));
+        let created_at = unix_now();
+        if stream {
+            let exchange = match keeper {
+                Some(keeper) => exchange.keep_stream(keeper),
+                None => exchange,
+            };
+            exchange.stream(ResponsesEncoder::new(id, options, created_at)).await
+        } else {
+            exchange
+                .complete(async |answer| {
+                    let body = ResponsesEncoder::collected(
+                        id,
+                        options,
+                        created_at,
+                        &answer.collected,
+                        answer.reason,
+                        answer.usage.as_ref(),
+                    );
+                    if let Some(keeper) = keeper {
+                        keeper.keep(answer.conversation_id.clone(), body.to_string()).await;
+                    }
+                    axum::Json(body).into_response()
+                })
+                .await
+        }
+    };
+    generation.finish(&state, response)
 }
 
 #[derive(Debug, Default, Deserialize)]
