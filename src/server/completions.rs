@@ -22,13 +22,13 @@ pub async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let generation = match Generation::start(&state, Dialect::OpenAi) {
+    let dialect = Dialect::OpenAi;
+    let generation = match Generation::start(&state, dialect) {
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
     let response = 'answer: {
         let state = &state;
-        let dialect = Dialect::OpenAi;
         let (turn, options) = match completions::parse(&body) {
             Ok(parsed) => parsed,
             Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),

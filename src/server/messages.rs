@@ -22,13 +22,13 @@ pub async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let generation = match Generation::start(&state, Dialect::Anthropic) {
+    let dialect = Dialect::Anthropic;
+    let generation = match Generation::start(&state, dialect) {
         Ok(generation) => generation,
         Err(refused) => return refused,
     };
     let response = 'answer: {
         let state = &state;
-        let dialect = Dialect::Anthropic;
         let (turn, options) = match messages::parse(&body) {
             Ok(parsed) => parsed,
             Err(error) => break 'answer rejected(dialect, with_content_type_hint(error, &headers)),
