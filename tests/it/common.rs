@@ -14,6 +14,8 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The conversation store and env file; removed when the gateway is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -72,8 +74,8 @@ pub async fn gateway_tuned(
     extra: &[(&'static str, &str)],
     tune: impl FnOnce(&mut Live),
 ) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("opendify-test-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let temp = tempfile::Builder::new().prefix("opendify-test-").tempdir().expect("temp dir");
+    let dir = temp.path();
     let empty_env = dir.join("test.env");
     std::fs::write(&empty_env, "").expect("env file");
     let mut overrides: Vec<(&'static str, String)> = vec![
@@ -98,7 +100,7 @@ pub async fn gateway_tuned(
     let server = tokio::spawn(server::run(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    Gateway { addr, state, shutdown: Some(tx), server: Some(server) }
+    Gateway { addr, state, shutdown: Some(tx), server: Some(server), _dir: temp }
 }
 
 pub fn client() -> reqwest::Client {
