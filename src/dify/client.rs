@@ -2,26 +2,22 @@
 //! sees the same timeouts, TLS settings, proxies and error mapping that serving does.
 //!
 //! Generations to a plain-HTTP Dify reached without a proxy (the usual sidecar setup) go
-//! through hyper's pooled client directly ([`Direct`]): reqwest, which carries everything
-//! else, parses each request's URL again in its redirect layer and each response's URL once
-//! more, about a tenth of the CPU a proxied request costs. Both paths share the body, the
-//! headers, the connection retries and the error mapping below.
+//! through a small HTTP/1.1 client read in the request's own task ([`Direct`], see its
+//! module for why); reqwest carries everything else. Both paths share the body, the headers,
+//! the connection retries and the error mapping below.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use reqwest::ResponseBuilderExt;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::AppMode;
 use super::audio::{AudioStream, not_audio};
+use super::direct::{Answer, Direct, Sent, USER_AGENT_VALUE};
 use super::error::{DifyError, check_status, error_chain, read_body};
 use super::stream::EventStream;
 use super::types::{AppInfo, AppParameters, GenerateRequest, TextToAudioRequest, Transcript, UploadedFile};
@@ -63,82 +59,10 @@ fn tls_version_name(version: reqwest::tls::Version) -> &'static str {
     }
 }
 
-/// hyper's pooled HTTP/1 client for generations to a plain-HTTP Dify without a proxy.
-#[derive(Clone)]
-struct Direct {
-    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
-    /// The generation endpoints as hyper takes them, with the URL reqwest's responses carry.
-    endpoints: Arc<Vec<(&'static str, axum::http::Uri, reqwest::Url)>>,
-}
-
-impl Direct {
-    /// `None` when reqwest must carry generations too: https (TLS), or a proxy variable set.
-    fn for_base(options: &ClientOptions, endpoints: &[(&'static str, reqwest::Url)]) -> Option<Direct> {
-        let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-            .iter()
-            .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()));
-        if proxied || !options.base.starts_with("http://") {
-            return None;
-        }
-        let endpoints = endpoints
-            .iter()
-            .map(|(path, url)| Some((*path, url.as_str().parse::<axum::http::Uri>().ok()?, url.clone())))
-            .collect::<Option<Vec<_>>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Some(Direct { client, endpoints: Arc::new(endpoints) })
-    }
-
-    async fn post(&self, path: &str, auth: &HeaderValue, body: &Bytes) -> Option<Result<reqwest::Response, Sent>> {
-        let (_, uri, url) = self.endpoints.iter().find(|(p, _, _)| *p == path)?;
-        // Set in place: http's builder moves the whole request head on every call.
-        let mut request = axum::http::Request::new(Full::new(body.clone()));
-        *request.method_mut() = axum::http::Method::POST;
-        *request.uri_mut() = uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        headers.insert(AUTHORIZATION, auth.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Some(match self.client.request(request).await {
-            Ok(response) => {
-                // As reqwest's own response, so that everything after the head is one path.
-                let (parts, body) = response.into_parts();
-                let mut head =
-                    axum::http::Response::builder().status(parts.status).version(parts.version).url(url.clone());
-                if let Some(headers) = head.headers_mut() {
-                    *headers = parts.headers;
-                }
-                head.body(reqwest::Body::wrap(body))
-                    .map(reqwest::Response::from)
-                    .map_err(|e| Sent::Other(DifyError::Transport(e.to_string())))
-            }
-            Err(e) if e.is_connect() => Err(Sent::Connect(e)),
-            Err(e) => Err(Sent::Other(DifyError::Transport(error_chain(&e)))),
-        })
-    }
-}
-
-/// Why a direct generation call failed.
-enum Sent {
-    /// No connection could be opened: nothing was sent (retried like reqwest's connect errors).
-    Connect(hyper_util::client::legacy::Error),
-    Other(DifyError),
-}
-
-const USER_AGENT_VALUE: &str = concat!("opendify/", env!("CARGO_PKG_VERSION"));
-
 #[derive(Clone)]
 pub struct DifyClient {
     http: reqwest::Client,
-    direct: Option<Direct>,
+    direct: Option<Arc<Direct>>,
     base: String,
     /// The generation endpoints, parsed once: reqwest parses a URL string on every request.
     endpoints: Arc<Vec<(&'static str, reqwest::Url)>>,
@@ -167,7 +91,7 @@ impl DifyClient {
             .collect::<Vec<_>>();
         Ok(DifyClient {
             http,
-            direct: Direct::for_base(options, &endpoints),
+            direct: Direct::for_base(&options.base, options.connect_timeout, &endpoints).map(Arc::new),
             base: options.base.clone(),
             endpoints: Arc::new(endpoints),
             connect_timeout: options.connect_timeout,
@@ -219,7 +143,7 @@ impl DifyClient {
                     None => None,
                 };
                 let sent = match direct {
-                    Some(Ok(response)) => Ok(response),
+                    Some(Ok(answer)) => Ok(answer),
                     Some(Err(Sent::Other(e))) => Err(e),
                     Some(Err(Sent::Connect(e))) if attempt < CONNECT_ATTEMPTS => {
                         self.connect_backoff(attempt, &e).await;
@@ -244,7 +168,9 @@ impl DifyClient {
                                 attempt += 1;
                                 continue;
                             }
-                            sent => sent.map_err(|e| DifyError::from_reqwest(e, &url(), self.connect_timeout)),
+                            sent => sent
+                                .map(Answer::Whole)
+                                .map_err(|e| DifyError::from_reqwest(e, &url(), self.connect_timeout)),
                         }
                     }
                 };
@@ -255,7 +181,9 @@ impl DifyClient {
         // by the idle timeout, because a healthy stream may last many minutes.
         let response = match tokio::time::timeout(self.request_timeout, response).await {
             Err(_) => return Err(DifyError::Timeout(self.request_timeout)),
-            Ok(result) => result?,
+            Ok(Ok(Answer::Events(body))) => return Ok(EventStream::direct(body, self.idle_timeout, opened)),
+            Ok(Ok(Answer::Whole(response))) => response,
+            Ok(Err(e)) => return Err(e),
         };
         let response = check_status(response).await?;
         let is_json = response

@@ -200,13 +200,9 @@ impl DifyError {
 
     /// A connection hyper could not open (the direct path): a timeout is the connect
     /// timeout, as reqwest reports it.
-    pub(super) fn from_connect(err: &hyper_util::client::legacy::Error, url: &str, timeout: Duration) -> Self {
-        let mut source = std::error::Error::source(err);
-        while let Some(cause) = source {
-            if cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
-                return DifyError::Timeout(timeout);
-            }
-            source = cause.source();
+    pub(super) fn from_connect(err: &std::io::Error, url: &str, timeout: Duration) -> Self {
+        if err.kind() == std::io::ErrorKind::TimedOut {
+            return DifyError::Timeout(timeout);
         }
         DifyError::Connect { url: url.to_string(), reason: error_chain(err) }
     }

@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod client;
+mod direct;
 pub mod error;
 pub mod sse;
 pub mod stream;

@@ -44,6 +44,9 @@ pub struct SseParser {
     buf: Vec<u8>,
     /// Start of the unparsed part of `buf`.
     pos: usize,
+    /// How much of the line starting at `pos` is known to have no line end yet: a long
+    /// event arriving in many reads is scanned once, not once per read.
+    scanned: usize,
     /// The previous chunk ended in `\r`: a `\n` starting the next one belongs to it.
     skip_lf: bool,
     data: Vec<u8>,
@@ -63,6 +66,7 @@ impl SseParser {
         SseParser {
             buf: Vec::new(),
             pos: 0,
+            scanned: 0,
             skip_lf: false,
             data: Vec::new(),
             has_data: false,
@@ -92,12 +96,14 @@ impl SseParser {
                 self.skip_lf = false;
             }
             let rest = &self.buf[self.pos..];
-            let Some(end) = find_line_end(rest) else {
+            let Some(end) = find_line_end(&rest[self.scanned.min(rest.len())..]).map(|end| end + self.scanned) else {
+                self.scanned = rest.len();
                 if rest.len() + self.data.len() > self.max_event_bytes {
                     return Err(SseError::TooLarge { limit: self.max_event_bytes });
                 }
                 return Ok(None);
             };
+            self.scanned = 0;
             let line_start = self.pos;
             let terminator = rest[end];
             self.pos += end + 1;
@@ -116,6 +122,7 @@ impl SseParser {
         if self.pos < self.buf.len() {
             let (start, end) = (self.pos, self.buf.len());
             self.pos = end;
+            self.scanned = 0;
             if let Some(event) = self.process_line(start, end)? {
                 return Ok(Some(event));
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::Response;
 use tokio::time::{Instant, Sleep};
 
+use super::direct::DirectBody;
 use super::error::{DifyError, error_chain};
 use super::sse::{SseError, SseEvent, SseParser};
 
@@ -27,6 +28,8 @@ pub struct EventStream {
 }
 
 enum Source {
+    /// Read in this task from a direct connection (plain HTTP, no proxy).
+    Direct(DirectBody),
     Live(Response),
     Replay(std::vec::IntoIter<SseEvent>),
 }
@@ -35,6 +38,19 @@ impl EventStream {
     pub(super) fn new(response: Response, idle: Duration, opened: Instant) -> Self {
         EventStream {
             source: Source::Live(response),
+            parser: SseParser::default(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            ended: false,
+            opened,
+            last_event: Instant::now(),
+            last_read: Instant::now(),
+        }
+    }
+
+    pub(super) fn direct(body: DirectBody, idle: Duration, opened: Instant) -> Self {
+        EventStream {
+            source: Source::Direct(body),
             parser: SseParser::default(),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
@@ -75,10 +91,6 @@ impl EventStream {
     }
 
     async fn next_event(&mut self) -> Option<Result<SseEvent, DifyError>> {
-        let response = match &mut self.source {
-            Source::Replay(events) => return events.next().map(Ok),
-            Source::Live(response) => response,
-        };
         loop {
             match self.parser.next_event() {
                 Ok(Some(event)) => return Some(Ok(event)),
@@ -91,22 +103,64 @@ impl EventStream {
                     Err(SseError::TooLarge { limit }) => Some(Err(DifyError::TooLarge { limit })),
                 };
             }
-            // The idle deadline is not moved on every read (each move is a trip through the
-            // timer wheel): when it fires, it is re-armed from the latest read if there was one.
-            tokio::select! {
-                biased;
-                chunk = response.chunk() => {
-                    self.last_read = Instant::now();
-                    match chunk {
-                        Ok(Some(bytes)) => self.parser.feed(&bytes),
-                        Ok(None) => self.ended = true,
+            let more = match &mut self.source {
+                Source::Replay(events) => return events.next().map(Ok),
+                Source::Direct(body) => {
+                    // What has arrived already is parsed before waiting for more.
+                    let parser = &mut self.parser;
+                    let mut fed = false;
+                    match body.decode(&mut |bytes: &[u8]| {
+                        fed = true;
+                        parser.feed(bytes);
+                    }) {
+                        Ok(true) => {
+                            self.ended = true;
+                            continue;
+                        }
+                        Ok(false) if fed => continue,
+                        Ok(false) => {}
                         Err(e) => {
                             self.ended = true;
-                            return Some(Err(DifyError::Transport(error_chain(&e))));
+                            return Some(Err(e));
                         }
                     }
+                    tokio::select! {
+                        biased;
+                        read = body.read() => Some(read.map(|closed| {
+                            if closed {
+                                self.ended = true;
+                            }
+                        })),
+                        () = &mut self.deadline => None,
+                    }
                 }
-                () = &mut self.deadline => {
+                Source::Live(response) => {
+                    tokio::select! {
+                        biased;
+                        chunk = response.chunk() => Some(match chunk {
+                            Ok(Some(bytes)) => {
+                                self.parser.feed(&bytes);
+                                Ok(())
+                            }
+                            Ok(None) => {
+                                self.ended = true;
+                                Ok(())
+                            }
+                            Err(e) => Err(DifyError::Transport(error_chain(&e))),
+                        }),
+                        () = &mut self.deadline => None,
+                    }
+                }
+            };
+            match more {
+                Some(Ok(())) => self.last_read = Instant::now(),
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                // The idle deadline is not moved on every read (each move is a trip through the
+                // timer wheel): when it fires, it is re-armed from the latest read if there was one.
+                None => {
                     let quiet_since = self.last_read;
                     if quiet_since.elapsed() < self.idle {
                         self.deadline.as_mut().reset(quiet_since + self.idle);
