@@ -710,7 +710,7 @@ mod tests {
             }
             assert_eq!(text, b"data: {\"a\":\"b\"}\n\n", "round {round}");
             // Let the server's close arrive before the next round takes the connection.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3, "each round on a new connection");
     }
