@@ -141,17 +141,6 @@ impl Direct {
                 return Err(Sent::Other(DifyError::Transport(format!("sending the request to Dify: {e}"))));
             }
             let head = read_head(&mut conn).await.map_err(Sent::Other)?;
-            if head.is_event_stream() {
-                return Ok(Answer::Events(DirectBody {
-                    conn: Some(conn),
-                    framing: head.framing,
-                    keep_alive: head.keep_alive,
-                    done: false,
-                    pool: Arc::downgrade(&self.pool),
-                }));
-            }
-            let status = head.status;
-            let headers = head.headers.unwrap_or_default();
             let mut body = DirectBody {
                 conn: Some(conn),
                 framing: head.framing,
@@ -159,9 +148,10 @@ impl Direct {
                 done: false,
                 pool: Arc::downgrade(&self.pool),
             };
+            let Some(headers) = head.headers else { return Ok(Answer::Events(body)) };
             let bytes = body.read_whole().await.map_err(Sent::Other)?;
             let mut response = axum::http::Response::builder()
-                .status(status)
+                .status(head.status)
                 .url(url.clone())
                 .body(reqwest::Body::from(bytes))
                 .map_err(|e| Sent::Other(DifyError::Protocol(format!("Dify's response: {e}"))))?;
@@ -305,15 +295,9 @@ struct Head {
     status: u16,
     framing: Framing,
     keep_alive: bool,
-    event_stream: bool,
-    /// Built only for an answer read whole (reqwest's response carries them).
+    /// `None` for a 2xx event stream, read in the caller's task; anything else is read whole,
+    /// and reqwest's response carries its headers.
     headers: Option<HeaderMap>,
-}
-
-impl Head {
-    fn is_event_stream(&self) -> bool {
-        (200..300).contains(&self.status) && self.event_stream
-    }
 }
 
 async fn read_head(conn: &mut Conn) -> Result<Head, DifyError> {
@@ -398,8 +382,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, DifyError> {
             Framing::Close
         };
         let keep_alive = framing != Framing::Close && !close && (http11 || keep_alive_token);
-        let mut whole_headers = None;
-        if !((200..300).contains(&status) && event_stream) {
+        let headers = (!((200..300).contains(&status) && event_stream)).then(|| {
             let mut map = HeaderMap::with_capacity(response.headers.len());
             for header in response.headers.iter() {
                 if let (Ok(name), Ok(value)) =
@@ -408,10 +391,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, DifyError> {
                     map.append(name, value);
                 }
             }
-            whole_headers = Some(map);
-        }
+            map
+        });
         buf.advance(len);
-        return Ok(Some(Head { status, framing, keep_alive, event_stream, headers: whole_headers }));
+        return Ok(Some(Head { status, framing, keep_alive, headers }));
     }
 }
 
@@ -640,7 +623,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n",
         );
         assert_eq!((head.status, head.framing, head.keep_alive), (200, Framing::Chunked(Chunk::Size), true));
-        assert!(head.is_event_stream() && head.headers.is_none());
+        assert!(head.headers.is_none(), "an event stream is read in the caller's task");
         let head = parse(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
         );

@@ -36,40 +36,25 @@ enum Source {
 
 impl EventStream {
     pub(super) fn new(response: Response, idle: Duration, opened: Instant) -> Self {
-        EventStream {
-            source: Source::Live(response),
-            parser: SseParser::default(),
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            ended: false,
-            opened,
-            last_event: Instant::now(),
-            last_read: Instant::now(),
-        }
+        Self::of(Source::Live(response), idle, opened)
     }
 
     pub(super) fn direct(body: DirectBody, idle: Duration, opened: Instant) -> Self {
-        EventStream {
-            source: Source::Direct(body),
-            parser: SseParser::default(),
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            ended: false,
-            opened,
-            last_event: Instant::now(),
-            last_read: Instant::now(),
-        }
+        Self::of(Source::Direct(body), idle, opened)
     }
 
     /// A blocking JSON answer, replayed as the events a stream would have carried.
     pub(super) fn from_blocking(body: &[u8], idle: Duration, opened: Instant) -> Self {
-        let events = blocking_to_events(body);
+        Self::of(Source::Replay(blocking_to_events(body).into_iter()), idle, opened)
+    }
+
+    fn of(source: Source, idle: Duration, opened: Instant) -> Self {
         EventStream {
-            source: Source::Replay(events.into_iter()),
+            source,
             parser: SseParser::default(),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
-            ended: true,
+            ended: false,
             opened,
             last_event: Instant::now(),
             last_read: Instant::now(),
