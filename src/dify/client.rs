@@ -443,13 +443,10 @@ mod tests {
         seen
     }
 
-    /// The direct path (plain HTTP, no proxy) and reqwest's (https or a proxy) send the same
-    /// request and read the same events.
-    #[tokio::test]
-    async fn both_paths_to_dify_read_the_same_answer() {
-        let mock = MockDify::start(vec![MockApp::new("app-chat", "Chat", "chat")]).await.expect("mock");
+    /// Two clients of a plain-HTTP base: one on the direct path, one through reqwest.
+    fn both_paths(base: String) -> (DifyClient, DifyClient) {
         let options = ClientOptions {
-            base: mock.base_url(),
+            base,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
@@ -458,6 +455,15 @@ mod tests {
         assert!(direct.direct.is_some() || std::env::var("HTTP_PROXY").is_ok(), "plain HTTP goes direct");
         let mut via_reqwest = direct.clone();
         via_reqwest.direct = None;
+        (direct, via_reqwest)
+    }
+
+    /// The direct path (plain HTTP, no proxy) and reqwest's (https or a proxy) send the same
+    /// request and read the same events.
+    #[tokio::test]
+    async fn both_paths_to_dify_read_the_same_answer() {
+        let mock = MockDify::start(vec![MockApp::new("app-chat", "Chat", "chat")]).await.expect("mock");
+        let (direct, via_reqwest) = both_paths(mock.base_url());
         let (one, two) = (answer_events(&direct).await, answer_events(&via_reqwest).await);
         assert_eq!(one, two);
         assert_eq!(one.concat().matches("message:").count() + 1, one.len(), "{one:?}");
@@ -506,16 +512,7 @@ mod tests {
                 });
             }
         });
-        let options = ClientOptions {
-            base: format!("http://127.0.0.1:{port}/v1"),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
-        };
-        let direct = DifyClient::new(&options).expect("client");
-        assert!(direct.direct.is_some() || std::env::var("HTTP_PROXY").is_ok(), "plain HTTP goes direct");
-        let mut via_reqwest = direct.clone();
-        via_reqwest.direct = None;
+        let (direct, via_reqwest) = both_paths(format!("http://127.0.0.1:{port}/v1"));
         for client in [&direct, &via_reqwest] {
             assert_eq!(answer_events(client).await, ["message:whole", "message_end:"]);
         }
