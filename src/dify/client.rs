@@ -477,41 +477,12 @@ mod tests {
     /// is replayed as the events a stream would have carried, on both paths.
     #[tokio::test]
     async fn a_blocking_answer_to_a_streaming_request_is_replayed_as_events() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    // The head, then the body its Content-Length announces.
-                    loop {
-                        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
-                            let length = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                                .unwrap_or(0);
-                            if seen.len() >= end + 4 + length {
-                                break;
-                            }
-                        }
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let body = r#"{"event":"message","answer":"whole","conversation_id":"c1","message_id":"m1","metadata":{}}"#;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
+        let body = r#"{"event":"message","answer":"whole","conversation_id":"c1","message_id":"m1","metadata":{}}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (port, _) = crate::dify::one_shot::answering(answer).await;
         let (direct, via_reqwest) = both_paths(format!("http://127.0.0.1:{port}/v1"));
         for client in [&direct, &via_reqwest] {
             assert_eq!(answer_events(client).await, ["message:whole", "message_end:"]);

@@ -653,29 +653,10 @@ mod tests {
     /// connection is found closed and a new one is opened, without an error.
     #[tokio::test]
     async fn a_connection_the_server_closed_is_not_reused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
-                                  11\r\ndata: {\"a\":\"b\"}\n\n\r\n0\r\n\r\n";
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    // Closes after one answer, as a server whose keep-alive ran out would.
-                });
-            }
-        });
+        // Closes after one answer, as a server whose keep-alive ran out would.
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+                      11\r\ndata: {\"a\":\"b\"}\n\n\r\n0\r\n\r\n";
+        let (port, accepted) = crate::dify::one_shot::answering(answer.to_string()).await;
         let url = reqwest::Url::parse(&format!("http://127.0.0.1:{port}/v1/chat-messages")).expect("url");
         let direct = Direct::for_base("http://x", Duration::from_secs(2), &[("/chat-messages", url)]).expect("direct");
         let auth = HeaderValue::from_static("Bearer app-x");

@@ -5,6 +5,8 @@ pub mod audio;
 pub mod client;
 mod direct;
 pub mod error;
+#[cfg(test)]
+mod one_shot;
 pub mod sse;
 pub mod stream;
 pub mod types;
