@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::finish::{Discard, End, Finisher, Keeper};
-use super::gate::{GenerationLabels, USER_HEADER, UpstreamTime};
+use super::gate::{CONVERSATION_HEADER, GenerationLabels, MESSAGE_HEADER, USER_HEADER, UpstreamTime};
 use super::relay::{Relay, StopGuard, StopTarget, chase_task, drain};
 use super::trim::Busy;
 use super::{Live, SharedState, unknown_model};
@@ -33,8 +33,6 @@ use crate::dify::{DifyError, EventStream};
 use crate::logging::Shown;
 use crate::secret::Secret;
 
-pub const CONVERSATION_HEADER: &str = "x-dify-conversation-id";
-pub const MESSAGE_HEADER: &str = "x-dify-message-id";
 /// `true`: this answer carries the `dify` object, whatever DIFY_METADATA says.
 pub const METADATA_HEADER: &str = "x-dify-metadata";
 
@@ -780,7 +778,7 @@ async fn decide(
     if !route.mode.is_chat_family() {
         return Ok(no_conversation());
     }
-    let header = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER)?;
+    let header = crate::conversations::identity::header_text(headers, CONVERSATION_HEADER.as_str())?;
     if previous.is_some() && (header.is_some() || turn.conversation_id.is_some()) {
         return Err(ApiError::invalid_request(
             "A request continues either a previous response or a named conversation, not both: \

@@ -25,10 +25,16 @@ use super::stream::TrackedStream;
 use crate::api::Dialect;
 use crate::config::Config;
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-pub const OVERHEAD_HEADER: &str = "x-opendify-overhead-ms";
+// Header names as `HeaderName` constants: inserting a `&str` name that is not one of the
+// standard headers copies it into a fresh allocation on every response.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-opendify-overhead-ms");
 /// The user opendify resolved, on every generation's response.
-pub const USER_HEADER: &str = "x-opendify-user";
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-opendify-user");
+/// Which Dify conversation and message a non-streaming answer was (a client may continue the
+/// conversation by its id, and send the header back).
+pub const CONVERSATION_HEADER: HeaderName = HeaderName::from_static("x-dify-conversation-id");
+pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-dify-message-id");
 
 /// Set on a generation's response: what the metrics label the request with. `stream`: the
 /// body is relayed as Dify produces it, and holds the upstream slot until it ends.
@@ -177,13 +183,7 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any)
-            .expose_headers([
-                HeaderName::from_static(REQUEST_ID_HEADER),
-                HeaderName::from_static(OVERHEAD_HEADER),
-                HeaderName::from_static(USER_HEADER),
-                HeaderName::from_static("x-dify-conversation-id"),
-                HeaderName::from_static("x-dify-message-id"),
-            ])
+            .expose_headers([REQUEST_ID_HEADER, OVERHEAD_HEADER, USER_HEADER, CONVERSATION_HEADER, MESSAGE_HEADER])
             .max_age(Duration::from_secs(600)),
     )
 }

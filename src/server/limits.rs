@@ -201,8 +201,8 @@ pub async fn api_shaped(response: Response, method: &Method, path: &str) -> Resp
     let kind = if status.is_server_error() { ErrorType::Server } else { ErrorType::InvalidRequest };
     let mut shaped = Dialect::of_path(path).error_response(&ApiError::new(status, kind, message).code(code));
     // Keep headers that mean something to the client (Allow on a 405, Retry-After).
-    for name in ["allow", "retry-after"] {
-        if let Some(value) = parts.headers.get(name) {
+    for name in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
             shaped.headers_mut().insert(name, value.clone());
         }
     }
