@@ -994,12 +994,40 @@ async fn generate(
     if directive == Directive::SlowHead {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
     let playing = Playing::new(state.clone());
     let answering = if chat_family { Answering::start(&state, &script.conversation_id) } else { None };
+    let paced = !state.settings.delay.is_zero()
+        || matches!(directive, Directive::Slow | Directive::Trickle | Directive::SplitUtf8 | Directive::Hang);
+    if !paced {
+        // Back-to-back events are played straight into a list the body yields: a task and a
+        // channel per answer made a streamed answer cost the mock 1.7× a blocking one (in
+        // Dify both modes run the same pipeline), which a benchmark would charge to a gateway
+        // that streams. hyper still writes each event as its own chunk.
+        let mut out = Out::Collect { frames: Vec::new(), answering, answered_at: None };
+        script.play(&mut out).await;
+        let Out::Collect { frames, answering, answered_at } = out else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let played = Played { frames: frames.into_iter(), next: 0, answering, answered_at, _playing: playing };
+        let stream = futures_util::stream::unfold(played, |mut p| async move {
+            if p.answered_at == Some(p.next) {
+                p.answering = None;
+            }
+            let frame = p.frames.next()?;
+            p.next += 1;
+            Some((Ok::<_, Infallible>(frame), p))
+        });
+        return Response::builder()
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let delay = if directive == Directive::Slow { Duration::from_millis(50) } else { state.settings.delay };
     tokio::spawn(async move {
         let _playing = playing;
-        script.play(tx, answering).await;
+        let mut out = Out::Channel { tx, delay, trickle: directive == Directive::Trickle, answering };
+        script.play(&mut out).await;
     });
     // Dify's server (gunicorn) sends the response head with the first event it writes, not
     // before: the head waits for it here too. Trickling keeps its head first (it stands for a
@@ -1014,6 +1042,67 @@ async fn generate(
         .header("content-type", "text/event-stream; charset=utf-8")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Where a script's events go.
+enum Out {
+    /// Paced: a task plays them into a channel the response body reads.
+    Channel { tx: mpsc::Sender<Bytes>, delay: Duration, trickle: bool, answering: Option<Answering> },
+    /// Back to back: straight into a list; the answer ends (`answering` is released) when the
+    /// body reaches the event at `answered_at`.
+    Collect { frames: Vec<Bytes>, answering: Option<Answering>, answered_at: Option<usize> },
+}
+
+impl Out {
+    /// Sends one event; false once the client has gone.
+    async fn send(&mut self, b: Bytes) -> bool {
+        match self {
+            Out::Collect { frames, .. } => {
+                frames.push(b);
+                true
+            }
+            Out::Channel { tx, delay, trickle, .. } => {
+                if *trickle {
+                    for i in 0..b.len() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tx.send(b.slice(i..i + 1)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
+                if !delay.is_zero() {
+                    tokio::time::sleep(*delay).await;
+                }
+                tx.send(b).await.is_ok()
+            }
+        }
+    }
+
+    /// Waits until the client has gone.
+    async fn closed(&self) {
+        if let Out::Channel { tx, .. } = self {
+            tx.closed().await;
+        }
+    }
+
+    /// The answer is complete: the conversation takes its next turn from here on, before the
+    /// closing event reaches the client (as in Dify).
+    fn answered(&mut self) {
+        match self {
+            Out::Channel { answering, .. } => *answering = None,
+            Out::Collect { frames, answered_at, .. } => *answered_at = Some(frames.len()),
+        }
+    }
+}
+
+/// A collected answer, as the response body yields it.
+struct Played {
+    frames: std::vec::IntoIter<Bytes>,
+    next: usize,
+    answering: Option<Answering>,
+    answered_at: Option<usize>,
+    _playing: Playing,
 }
 
 fn usage(prompt: u64, completion: u64) -> Value {
@@ -1035,6 +1124,49 @@ fn blocking(s: &Script) -> Response {
         "conversation_id": s.conversation_id, "mode": s.app.mode, "answer": s.answer,
         "metadata": {"usage": usage(10, tokens), "retriever_resources": s.resources()}, "created_at": now()}))
     .into_response()
+}
+
+/// One `data:` line being written: JSON serialised as axum's `Json` serialises a blocking
+/// answer.
+struct Frame {
+    out: Vec<u8>,
+    /// The event's own fields, written after the common ones.
+    extra: serde_json::Map<String, Value>,
+}
+
+impl Frame {
+    fn key(&mut self, name: &str) {
+        self.out.push(if self.out.ends_with(b"data: ") { b'{' } else { b',' });
+        serde_json::to_writer(&mut self.out, name).expect("a string always serialises");
+        self.out.push(b':');
+    }
+
+    fn text(&mut self, name: &str, value: &str) {
+        self.key(name);
+        match self.extra.shift_remove(name) {
+            Some(own) => serde_json::to_writer(&mut self.out, &own),
+            None => serde_json::to_writer(&mut self.out, value),
+        }
+        .expect("JSON always serialises");
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        self.key(name);
+        match self.extra.shift_remove(name) {
+            Some(own) => serde_json::to_writer(&mut self.out, &own),
+            None => serde_json::to_writer(&mut self.out, &value),
+        }
+        .expect("JSON always serialises");
+    }
+
+    fn finish(mut self) -> Bytes {
+        for (name, value) in std::mem::take(&mut self.extra) {
+            self.key(&name);
+            serde_json::to_writer(&mut self.out, &value).expect("JSON always serialises");
+        }
+        self.out.extend_from_slice(b"}\n\n");
+        Bytes::from(self.out)
+    }
 }
 
 struct Script {
@@ -1077,27 +1209,31 @@ impl Script {
         chars.chunks(size).map(|c| c.iter().collect()).collect()
     }
 
-    /// A chat-family frame: the common fields first, like Dify.
+    /// A chat-family frame: the common fields first, like Dify (a common field that `extra`
+    /// also has takes its value from `extra`). Written field by field: a `serde_json::Map` per
+    /// event, hashed with SipHash, cost more than the rest of a streamed answer.
     fn frame(&self, event: &str, extra: Value) -> Bytes {
-        let mut obj = serde_json::Map::new();
-        obj.insert("event".into(), json!(event));
+        let extra = match extra {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut frame = Frame { out: Vec::with_capacity(384), extra };
+        frame.out.extend_from_slice(b"data: ");
+        frame.text("event", event);
         if self.app.mode == "workflow" {
-            obj.insert("workflow_run_id".into(), json!(self.message_id));
-            obj.insert("task_id".into(), json!(self.task_id));
+            frame.text("workflow_run_id", &self.message_id);
+            frame.text("task_id", &self.task_id);
         } else {
             if self.app.mode != "completion" {
-                obj.insert("conversation_id".into(), json!(self.conversation_id));
+                frame.text("conversation_id", &self.conversation_id);
             }
-            obj.insert("message_id".into(), json!(self.message_id));
-            obj.insert("created_at".into(), json!(now()));
+            frame.text("message_id", &self.message_id);
+            frame.number("created_at", now());
             if event != "error" {
-                obj.insert("task_id".into(), json!(self.task_id));
+                frame.text("task_id", &self.task_id);
             }
         }
-        if let Value::Object(extra) = extra {
-            obj.extend(extra);
-        }
-        Bytes::from(format!("data: {}\n\n", Value::Object(obj)))
+        frame.finish()
     }
 
     fn answer_event(&self, text: &str) -> Bytes {
@@ -1110,42 +1246,22 @@ impl Script {
         }
     }
 
-    /// Sends the answer; `answering` ends just before the closing event, as in Dify, where
-    /// the next turn may start once the client has that event.
-    async fn play(self, tx: mpsc::Sender<Bytes>, answering: Option<Answering>) {
-        let delay = if self.directive == Directive::Slow { Duration::from_millis(50) } else { self.settings.delay };
-        let trickle = self.directive == Directive::Trickle;
-        let send = |b: Bytes| {
-            let tx = tx.clone();
-            async move {
-                if trickle {
-                    for i in 0..b.len() {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if tx.send(b.slice(i..i + 1)).await.is_err() {
-                            return false;
-                        }
-                    }
-                    return true;
-                }
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                tx.send(b).await.is_ok()
-            }
-        };
+    /// Sends the answer; it ends (`Out::answered`) just before the closing event, as in Dify,
+    /// where the next turn may start once the client has that event.
+    async fn play(self, out: &mut Out) {
         let mode = self.app.mode.clone();
         let workflow_like = mode == "workflow" || mode == "advanced-chat";
         let tokens = self.answer.chars().count() as u64;
         if workflow_like {
             let run = json!({"workflow_run_id": uuid(), "data": {"id": uuid(), "workflow_id": uuid(), "inputs": {}, "created_at": now()}});
-            if !send(self.frame("workflow_started", run)).await {
+            if !out.send(self.frame("workflow_started", run)).await {
                 return;
             }
             let resources = self.resources();
             if !resources.is_empty() {
                 // A knowledge-retrieval node, reporting its results as Dify's node does.
                 let started = json!({"data": {"id": uuid(), "node_id": "knowledge", "node_type": "knowledge-retrieval", "title": "Handbook", "index": 1, "inputs": {}, "created_at": now()}});
-                if !send(self.frame("node_started", started)).await {
+                if !out.send(self.frame("node_started", started)).await {
                     return;
                 }
                 let results: Vec<Value> = resources.iter().map(|r| json!({"metadata": {
@@ -1153,24 +1269,24 @@ impl Script {
                     "document_id": r["document_id"], "document_name": r["document_name"], "segment_id": r["segment_id"],
                     "score": r["score"], "position": r["position"]}, "title": r["document_name"], "content": r["content"]})).collect();
                 let finished = json!({"data": {"id": uuid(), "node_id": "knowledge", "node_type": "knowledge-retrieval", "title": "Handbook", "index": 1, "status": "succeeded", "outputs": {"result": results}, "elapsed_time": 0.05, "created_at": now(), "finished_at": now()}});
-                if !send(self.frame("node_finished", finished)).await {
+                if !out.send(self.frame("node_finished", finished)).await {
                     return;
                 }
             }
             let node = json!({"data": {"id": uuid(), "node_id": "llm", "node_type": "llm", "title": "LLM", "index": 1, "inputs": {}, "created_at": now()}});
-            if !send(self.frame("node_started", node)).await {
+            if !out.send(self.frame("node_started", node)).await {
                 return;
             }
         }
         if mode == "agent-chat" || mode == "agent" {
             let thought = json!({"id": "thought-1", "position": 1, "thought": "", "observation": "", "tool": "", "tool_labels": {}, "tool_input": "", "message_files": []});
-            if !send(self.frame("agent_thought", thought)).await {
+            if !out.send(self.frame("agent_thought", thought)).await {
                 return;
             }
         }
         if self.directive == Directive::Think {
             for part in ["<thi", "nk>Let me think", " about it.</th", "ink>\n\n"] {
-                if !send(self.answer_event(part)).await {
+                if !out.send(self.answer_event(part)).await {
                     return;
                 }
             }
@@ -1183,38 +1299,38 @@ impl Script {
                 let text = String::from_utf8_lossy(&frame).into_owned();
                 let cut =
                     text.char_indices().find(|(_, c)| c.len_utf8() > 1).map(|(i, _)| i + 1).unwrap_or(frame.len() / 2);
-                if !send(frame.slice(..cut)).await {
+                if !out.send(frame.slice(..cut)).await {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if !send(frame.slice(cut..)).await {
+                if !out.send(frame.slice(cut..)).await {
                     return;
                 }
                 continue;
             }
-            if !send(self.answer_event(chunk)).await {
+            if !out.send(self.answer_event(chunk)).await {
                 return;
             }
             if i == 0 {
                 match self.directive {
                     Directive::Hang => {
-                        tx.closed().await;
+                        out.closed().await;
                         return;
                     }
-                    Directive::Ping if !send(Bytes::from_static(b"event: ping\n\n")).await => {
+                    Directive::Ping if !out.send(Bytes::from_static(b"event: ping\n\n")).await => {
                         return;
                     }
                     Directive::Garbage => {
-                        let _ = send(Bytes::from_static(b"data: {this is not json\n\n")).await;
+                        let _ = out.send(Bytes::from_static(b"data: {this is not json\n\n")).await;
                         return;
                     }
                     Directive::ErrorMid => {
                         let error = json!({"status": 400, "code": "completion_request_error", "message": "[openai] Rate Limit Error"});
-                        let _ = send(self.frame("error", error)).await;
+                        let _ = out.send(self.frame("error", error)).await;
                         return;
                     }
                     Directive::Cut => return,
-                    Directive::Huge if !send(self.answer_event(&"x".repeat(17 * 1024 * 1024))).await => {
+                    Directive::Huge if !out.send(self.answer_event(&"x".repeat(17 * 1024 * 1024))).await => {
                         return;
                     }
                     _ => {}
@@ -1223,36 +1339,36 @@ impl Script {
         }
         if self.directive == Directive::File {
             let file = json!({"id": uuid(), "type": "image", "belongs_to": "assistant", "url": "https://files.example/cat.png"});
-            if !send(self.frame("message_file", file)).await {
+            if !out.send(self.frame("message_file", file)).await {
                 return;
             }
         }
         if mode == "agent-chat" || mode == "agent" {
             let thought = json!({"id": "thought-1", "position": 1, "thought": self.answer, "observation": "", "tool": "calculator", "tool_labels": {}, "tool_input": "{\"x\": 1}", "message_files": []});
-            if !send(self.frame("agent_thought", thought)).await {
+            if !out.send(self.frame("agent_thought", thought)).await {
                 return;
             }
             let observed = json!({"id": "thought-1", "position": 1, "thought": self.answer, "observation": "2", "tool": "calculator", "tool_labels": {}, "tool_input": "{\"x\": 1}", "message_files": []});
-            if !send(self.frame("agent_thought", observed)).await {
+            if !out.send(self.frame("agent_thought", observed)).await {
                 return;
             }
             if mode == "agent" {
                 // The New Agent closes with one `message` repeating the whole answer.
                 let whole = json!({"id": self.message_id, "answer": self.answer, "from_variable_selector": null});
-                if !send(self.frame("message", whole)).await {
+                if !out.send(self.frame("message", whole)).await {
                     return;
                 }
             }
         }
         if self.directive == Directive::Replace {
             let replace = json!({"answer": "This answer was withheld by moderation.", "reason": "moderation"});
-            if !send(self.frame("message_replace", replace)).await {
+            if !out.send(self.frame("message_replace", replace)).await {
                 return;
             }
         }
         if workflow_like {
             let node = json!({"data": {"id": uuid(), "node_id": "llm", "node_type": "llm", "title": "LLM", "index": 1, "status": "succeeded", "outputs": {"text": self.answer}, "elapsed_time": 0.1, "created_at": now(), "finished_at": now()}});
-            if !send(self.frame("node_finished", node)).await {
+            if !out.send(self.frame("node_finished", node)).await {
                 return;
             }
             let failed = self.directive == Directive::Fail;
@@ -1260,20 +1376,20 @@ impl Script {
                 "outputs": if failed { json!({}) } else { json!({"text": self.answer}) },
                 "error": if failed { json!("Node LLM run failed: model quota exceeded") } else { Value::Null },
                 "elapsed_time": 0.2, "total_tokens": tokens + 10, "total_steps": 3, "created_at": now(), "finished_at": now(), "exceptions_count": 0, "files": []}});
-            if !send(self.frame("workflow_finished", finished)).await {
+            if !out.send(self.frame("workflow_finished", finished)).await {
                 return;
             }
             if failed && mode == "advanced-chat" {
                 let error = json!({"status": 400, "code": "invalid_param", "message": "Run failed: Node LLM run failed: model quota exceeded"});
-                let _ = send(self.frame("error", error)).await;
+                let _ = out.send(self.frame("error", error)).await;
                 return;
             }
             if mode == "workflow" {
                 return;
             }
         }
-        drop(answering);
+        out.answered();
         let end = json!({"id": self.message_id, "metadata": {"usage": usage(10, tokens), "retriever_resources": self.resources()}, "files": null});
-        let _ = send(self.frame("message_end", end)).await;
+        let _ = out.send(self.frame("message_end", end)).await;
     }
 }
