@@ -1393,3 +1393,39 @@ impl Script {
         let _ = out.send(self.frame("message_end", end)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(extra: Value) -> Frame {
+        let extra = extra.as_object().cloned().unwrap_or_default();
+        Frame { out: b"data: ".to_vec(), extra }
+    }
+
+    #[test]
+    fn common_fields_come_first_and_an_own_value_takes_their_place() {
+        let mut f = frame(json!({"workflow_run_id": "own", "data": {"id": "n1", "inputs": {}}}));
+        f.text("event", "workflow_started");
+        f.text("workflow_run_id", "common");
+        f.text("task_id", "t1");
+        assert_eq!(
+            &f.finish()[..],
+            b"data: {\"event\":\"workflow_started\",\"workflow_run_id\":\"own\",\"task_id\":\"t1\",\"data\":{\"id\":\"n1\",\"inputs\":{}}}\n\n"
+        );
+    }
+
+    #[test]
+    fn text_is_escaped_and_numbers_are_bare() {
+        let mut f = frame(json!({"answer": "say \"hi\"\n"}));
+        f.text("event", "message");
+        f.number("created_at", 1_700_000_000);
+        let line = f.finish();
+        assert_eq!(
+            &line[..],
+            b"data: {\"event\":\"message\",\"created_at\":1700000000,\"answer\":\"say \\\"hi\\\"\\n\"}\n\n"
+        );
+        let json: Value = serde_json::from_slice(&line[6..]).expect("the frame is JSON");
+        assert_eq!(json["answer"], "say \"hi\"\n");
+    }
+}
