@@ -1003,11 +1003,9 @@ async fn generate(
         // channel per answer made a streamed answer cost the mock 1.7× a blocking one (in
         // Dify both modes run the same pipeline), which a benchmark would charge to a gateway
         // that streams. hyper still writes each event as its own chunk.
-        let mut out = Out::Collect { frames: Vec::new(), answering, answered_at: None };
-        script.play(&mut out).await;
-        let Out::Collect { frames, answering, answered_at } = out else {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        };
+        let mut collected = Collected { frames: Vec::new(), answering, answered_at: None };
+        script.play(&mut Out::Collect(&mut collected)).await;
+        let Collected { frames, answering, answered_at } = collected;
         let played = Played { frames: frames.into_iter(), next: 0, answering, answered_at, _playing: playing };
         let stream = futures_util::stream::unfold(played, |mut p| async move {
             if p.answered_at == Some(p.next) {
@@ -1017,10 +1015,7 @@ async fn generate(
             p.next += 1;
             Some((Ok::<_, Infallible>(frame), p))
         });
-        return Response::builder()
-            .header("content-type", "text/event-stream; charset=utf-8")
-            .body(Body::from_stream(stream))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        return event_stream(Body::from_stream(stream));
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let delay = if directive == Directive::Slow { Duration::from_millis(50) } else { state.settings.delay };
@@ -1038,27 +1033,38 @@ async fn generate(
         futures_util::stream::iter(first.map(Ok::<_, Infallible>)),
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) }),
     );
+    event_stream(Body::from_stream(stream))
+}
+
+fn event_stream(body: Body) -> Response {
     Response::builder()
         .header("content-type", "text/event-stream; charset=utf-8")
-        .body(Body::from_stream(stream))
+        .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Where a script's events go.
-enum Out {
+enum Out<'a> {
     /// Paced: a task plays them into a channel the response body reads.
     Channel { tx: mpsc::Sender<Bytes>, delay: Duration, trickle: bool, answering: Option<Answering> },
-    /// Back to back: straight into a list; the answer ends (`answering` is released) when the
-    /// body reaches the event at `answered_at`.
-    Collect { frames: Vec<Bytes>, answering: Option<Answering>, answered_at: Option<usize> },
+    /// Back to back: straight into a list.
+    Collect(&'a mut Collected),
 }
 
-impl Out {
+/// A back-to-back answer: its events, and the one before which the answer ends (`answering`
+/// is released when the body reaches it).
+struct Collected {
+    frames: Vec<Bytes>,
+    answering: Option<Answering>,
+    answered_at: Option<usize>,
+}
+
+impl Out<'_> {
     /// Sends one event; false once the client has gone.
     async fn send(&mut self, b: Bytes) -> bool {
         match self {
-            Out::Collect { frames, .. } => {
-                frames.push(b);
+            Out::Collect(collected) => {
+                collected.frames.push(b);
                 true
             }
             Out::Channel { tx, delay, trickle, .. } => {
@@ -1091,7 +1097,7 @@ impl Out {
     fn answered(&mut self) {
         match self {
             Out::Channel { answering, .. } => *answering = None,
-            Out::Collect { frames, answered_at, .. } => *answered_at = Some(frames.len()),
+            Out::Collect(collected) => collected.answered_at = Some(collected.frames.len()),
         }
     }
 }
@@ -1135,28 +1141,39 @@ struct Frame {
 }
 
 impl Frame {
+    /// A frame with the event's own fields (an object; anything else adds none).
+    fn new(extra: Value) -> Frame {
+        let extra = match extra {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut out = Vec::with_capacity(384);
+        out.extend_from_slice(b"data: ");
+        Frame { out, extra }
+    }
+
     fn key(&mut self, name: &str) {
         self.out.push(if self.out.ends_with(b"data: ") { b'{' } else { b',' });
         serde_json::to_writer(&mut self.out, name).expect("a string always serialises");
         self.out.push(b':');
     }
 
-    fn text(&mut self, name: &str, value: &str) {
+    /// A common field: the event's own value for it if it has one, else `common`'s.
+    fn common(&mut self, name: &str, common: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) {
         self.key(name);
         match self.extra.shift_remove(name) {
             Some(own) => serde_json::to_writer(&mut self.out, &own),
-            None => serde_json::to_writer(&mut self.out, value),
+            None => common(&mut self.out),
         }
         .expect("JSON always serialises");
     }
 
+    fn text(&mut self, name: &str, value: &str) {
+        self.common(name, |out| serde_json::to_writer(out, value));
+    }
+
     fn number(&mut self, name: &str, value: u64) {
-        self.key(name);
-        match self.extra.shift_remove(name) {
-            Some(own) => serde_json::to_writer(&mut self.out, &own),
-            None => serde_json::to_writer(&mut self.out, &value),
-        }
-        .expect("JSON always serialises");
+        self.common(name, |out| serde_json::to_writer(out, &value));
     }
 
     fn finish(mut self) -> Bytes {
@@ -1213,12 +1230,7 @@ impl Script {
     /// also has takes its value from `extra`). Written field by field: a `serde_json::Map` per
     /// event, hashed with SipHash, cost more than the rest of a streamed answer.
     fn frame(&self, event: &str, extra: Value) -> Bytes {
-        let extra = match extra {
-            Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        let mut frame = Frame { out: Vec::with_capacity(384), extra };
-        frame.out.extend_from_slice(b"data: ");
+        let mut frame = Frame::new(extra);
         frame.text("event", event);
         if self.app.mode == "workflow" {
             frame.text("workflow_run_id", &self.message_id);
@@ -1248,7 +1260,7 @@ impl Script {
 
     /// Sends the answer; it ends (`Out::answered`) just before the closing event, as in Dify,
     /// where the next turn may start once the client has that event.
-    async fn play(self, out: &mut Out) {
+    async fn play(self, out: &mut Out<'_>) {
         let mode = self.app.mode.clone();
         let workflow_like = mode == "workflow" || mode == "advanced-chat";
         let tokens = self.answer.chars().count() as u64;
@@ -1398,14 +1410,9 @@ impl Script {
 mod tests {
     use super::*;
 
-    fn frame(extra: Value) -> Frame {
-        let extra = extra.as_object().cloned().unwrap_or_default();
-        Frame { out: b"data: ".to_vec(), extra }
-    }
-
     #[test]
     fn common_fields_come_first_and_an_own_value_takes_their_place() {
-        let mut f = frame(json!({"workflow_run_id": "own", "data": {"id": "n1", "inputs": {}}}));
+        let mut f = Frame::new(json!({"workflow_run_id": "own", "data": {"id": "n1", "inputs": {}}}));
         f.text("event", "workflow_started");
         f.text("workflow_run_id", "common");
         f.text("task_id", "t1");
@@ -1417,7 +1424,7 @@ mod tests {
 
     #[test]
     fn text_is_escaped_and_numbers_are_bare() {
-        let mut f = frame(json!({"answer": "say \"hi\"\n"}));
+        let mut f = Frame::new(json!({"answer": "say \"hi\"\n"}));
         f.text("event", "message");
         f.number("created_at", 1_700_000_000);
         let line = f.finish();
