@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::finish::{Discard, End, Finisher, Keeper};
@@ -35,6 +35,9 @@ use crate::secret::Secret;
 
 /// `true`: this answer carries the `dify` object, whatever DIFY_METADATA says.
 pub const METADATA_HEADER: &str = "x-dify-metadata";
+/// nginx's switch for response buffering. A `HeaderName` constant, as in `gate`: a `&str`
+/// name that is not a standard header is copied into an allocation on every insert.
+const ACCEL_BUFFERING_HEADER: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// A turn whose app, user and conversation are known.
 pub struct Exchange {
@@ -330,7 +333,7 @@ impl Exchange {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Reverse proxies (nginx) must not buffer the stream.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(ACCEL_BUFFERING_HEADER, HeaderValue::from_static("no"));
         self.reply(response)
     }
 

@@ -38,6 +38,8 @@ async fn streaming_sends_role_then_each_delta_then_stop_and_done() {
     let result = stream_chat(&gw, &chat_body("chat", "Hello there, world", true), &[]).await;
     assert_eq!(result.status, 200);
     assert!(result.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    // nginx in front must pass each event on, not buffer the stream.
+    assert_eq!(result.headers["x-accel-buffering"], "no");
     assert!(result.done, "no [DONE]: {}", result.raw);
     let first = &result.chunks[0];
     assert_eq!(first["object"], "chat.completion.chunk");
